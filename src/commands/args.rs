@@ -1,0 +1,159 @@
+//! Argument parsing shared by the commands. Every error starts with `ERR` and is raised before
+//! anything changes.
+
+use crate::config;
+use crate::entry::normalize_tags;
+use crate::policy::MAX_SECONDS;
+use redis_module::{RedisError, RedisString};
+
+pub fn err(msg: impl Into<String>) -> RedisError {
+    let msg = msg.into();
+    if msg.starts_with("ERR ") || msg.starts_with("WRONGTYPE ") || msg.starts_with("NOPERM ") {
+        RedisError::String(msg)
+    } else {
+        RedisError::String(format!("ERR {msg}"))
+    }
+}
+
+pub fn wrong_arity(command: &str) -> RedisError {
+    err(format!("wrong number of arguments for '{command}' command"))
+}
+
+pub fn wrongtype() -> RedisError {
+    RedisError::String(
+        "WRONGTYPE Operation against a key holding the wrong kind of value".to_string(),
+    )
+}
+
+/// Parses a base-10 i64 exactly (no spaces, no '+', no overflow).
+pub fn parse_i64(arg: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(arg).ok()?;
+    if text.starts_with('+') || text.is_empty() {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// An integer in `min..=max`, or an error naming the option.
+pub fn int_in(arg: &[u8], what: &str, min: i64, max: i64) -> Result<i64, RedisError> {
+    match parse_i64(arg) {
+        Some(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(err(format!("{what} must be an integer from {min} to {max}"))),
+    }
+}
+
+pub fn is(arg: &[u8], name: &str) -> bool {
+    arg.eq_ignore_ascii_case(name.as_bytes())
+}
+
+/// How a write sets the entry's fresh deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// From ttl-rules or default-ttl.
+    Default,
+    /// Never expires.
+    Never,
+    /// Relative, in ms.
+    In(i64),
+    /// Absolute unix time in ms.
+    At(i64),
+}
+
+/// The options shared by CACHE.SET and CACHE.FILL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOptions {
+    pub expiry: Expiry,
+    pub stale_s: Option<i64>,
+    pub tags: Vec<Vec<u8>>,
+    pub tenant: Option<Vec<u8>>,
+}
+
+/// Largest absolute deadline accepted (year ~2286 in ms), so later additions cannot overflow.
+const MAX_UNIX_MS: i64 = 9_999_999_999_999;
+
+/// Parses `[EX s | PX ms | EXAT s | PXAT ms | NOEXPIRE] [STALE s] [TAGS n tag…] [TENANT t]`.
+pub fn parse_write_options(args: &[RedisString]) -> Result<WriteOptions, RedisError> {
+    let mut opts = WriteOptions {
+        expiry: Expiry::Default,
+        stale_s: None,
+        tags: Vec::new(),
+        tenant: None,
+    };
+    let mut seen_tags = false;
+    let mut i = 0usize;
+    let value_of = |i: usize, name: &str| -> Result<&[u8], RedisError> {
+        args.get(i + 1)
+            .map(|a| a.as_slice())
+            .ok_or_else(|| err(format!("{name} needs a value")))
+    };
+    while let Some(arg) = args.get(i) {
+        let name = arg.as_slice();
+        let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
+        match upper.as_str() {
+            "EX" | "PX" | "EXAT" | "PXAT" => {
+                if opts.expiry != Expiry::Default {
+                    return Err(err("only one of EX, PX, EXAT, PXAT and NOEXPIRE may be given"));
+                }
+                let raw = value_of(i, &upper)?;
+                let bad = || err(format!("invalid expire time for {upper}: must be a positive integer in range"));
+                let v = parse_i64(raw).filter(|v| *v > 0).ok_or_else(bad)?;
+                opts.expiry = match upper.as_str() {
+                    "EX" if v <= MAX_SECONDS => Expiry::In(v * 1000),
+                    "PX" if v <= MAX_SECONDS * 1000 => Expiry::In(v),
+                    "EXAT" if v <= MAX_UNIX_MS / 1000 => Expiry::At(v * 1000),
+                    "PXAT" if v <= MAX_UNIX_MS => Expiry::At(v),
+                    _ => return Err(bad()),
+                };
+                i += 2;
+            }
+            "NOEXPIRE" => {
+                if opts.expiry != Expiry::Default {
+                    return Err(err("only one of EX, PX, EXAT, PXAT and NOEXPIRE may be given"));
+                }
+                opts.expiry = Expiry::Never;
+                i += 1;
+            }
+            "STALE" => {
+                if opts.stale_s.is_some() {
+                    return Err(err("option STALE given twice"));
+                }
+                opts.stale_s = Some(int_in(value_of(i, "STALE")?, "STALE", 0, MAX_SECONDS)?);
+                i += 2;
+            }
+            "TAGS" => {
+                if seen_tags {
+                    return Err(err("option TAGS given twice"));
+                }
+                seen_tags = true;
+                let max = config::get(&config::MAX_TAGS);
+                let n = parse_i64(value_of(i, "TAGS")?)
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| err("TAGS count must be a non-negative integer"))?;
+                if n > max {
+                    return Err(err(format!("too many tags: {n} > tagcache.max-tags ({max})")));
+                }
+                let n = usize::try_from(n).map_err(|_| err("TAGS count out of range"))?;
+                let start = i + 2;
+                let tags = args
+                    .get(start..start.saturating_add(n))
+                    .ok_or_else(|| err("TAGS count is larger than the number of tags given"))?;
+                opts.tags = normalize_tags(tags.iter().map(|t| t.as_slice().to_vec()).collect());
+                i = start + n;
+            }
+            "TENANT" => {
+                if opts.tenant.is_some() {
+                    return Err(err("option TENANT given twice"));
+                }
+                opts.tenant = Some(value_of(i, "TENANT")?.to_vec());
+                i += 2;
+            }
+            _ => {
+                return Err(err(format!(
+                    "unknown option '{}'",
+                    String::from_utf8_lossy(name)
+                )))
+            }
+        }
+    }
+    Ok(opts)
+}

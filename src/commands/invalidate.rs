@@ -1,0 +1,144 @@
+//! CACHE.INVALIDATE and CACHE.INVALIDATETAGS.
+
+use super::args::{err, int_in, is, wrong_arity};
+use super::read::tenant_scope;
+use crate::config;
+use crate::engine;
+use crate::glob::Glob;
+use crate::index::show;
+use crate::keyspace;
+use crate::policy;
+use crate::state::with_state;
+use crate::stats::Event;
+use redis_module::{Context, RedisResult, RedisString, RedisValue};
+use std::time::Instant;
+
+/// Parses a trailing `[SOFT]`.
+fn parse_soft(rest: &[RedisString]) -> Result<bool, redis_module::RedisError> {
+    match rest {
+        [] => Ok(false),
+        [opt] if is(opt.as_slice(), "SOFT") => Ok(true),
+        [opt, ..] => Err(err(format!(
+            "unknown option '{}'",
+            String::from_utf8_lossy(opt.as_slice())
+        ))),
+    }
+}
+
+/// `CACHE.INVALIDATE tenant pattern [SOFT]` → entries invalidated.
+pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let (Some(tenant), Some(pattern)) = (args.get(1), args.get(2)) else {
+        return Err(wrong_arity("cache.invalidate"));
+    };
+    let soft = parse_soft(args.get(3..).unwrap_or_default())?;
+    let started = Instant::now();
+    let scope = tenant_scope(tenant.as_slice());
+    let glob = Glob::new(pattern.as_slice());
+    let db = keyspace::selected_db(ctx.ctx);
+    let keys: Vec<Vec<u8>> = with_state(|s| {
+        s.index
+            .db(db)
+            .map(|ix| ix.matching(scope.as_deref(), &glob, usize::MAX))
+            .unwrap_or_default()
+            .iter()
+            .map(|k| k.to_vec())
+            .collect()
+    });
+    engine::check_write_permission(ctx, &keys)?;
+    // Leases on matching keys are voided even when the key holds no value yet.
+    let leased = with_state(|s| s.leases.keys_in_db(db));
+    let void: Vec<Vec<u8>> = leased
+        .into_iter()
+        .filter(|k| glob.matches(k))
+        .filter(|k| {
+            let owner = with_state(|s| s.index.db(db).and_then(|ix| ix.get(k)).map(|i| i.tenant));
+            let owner = owner.unwrap_or_else(|| engine::derived_tenant(k));
+            scope.as_ref().is_none_or(|t| *t == owner)
+        })
+        .collect();
+    let count = apply(ctx, db, &keys, soft);
+    with_state(|s| {
+        for k in &void {
+            s.leases.void(db, k);
+        }
+        s.stats.record_invalidation(scope.as_deref());
+    });
+    log_if_large(ctx, count, started, || {
+        format!(
+            "tenant {} pattern {}{}",
+            scope.as_deref().map_or_else(|| "*".to_string(), show),
+            show(pattern.as_slice()),
+            if soft { " SOFT" } else { "" }
+        )
+    });
+    Ok(RedisValue::Integer(count as i64))
+}
+
+/// `CACHE.INVALIDATETAGS numtags tag [tag …] [SOFT]` → entries invalidated (each once).
+pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let Some(count_arg) = args.get(1) else {
+        return Err(wrong_arity("cache.invalidatetags"));
+    };
+    let n = int_in(count_arg.as_slice(), "numtags", 1, config::MAX_TAGS_LIMIT * 1024)?;
+    let n = usize::try_from(n).map_err(|_| err("numtags out of range"))?;
+    let tags: Vec<Vec<u8>> = args
+        .get(2..2 + n)
+        .ok_or_else(|| err("numtags is larger than the number of tags given"))?
+        .iter()
+        .map(|t| t.as_slice().to_vec())
+        .collect();
+    let soft = parse_soft(args.get(2 + n..).unwrap_or_default())?;
+    let started = Instant::now();
+    let db = keyspace::selected_db(ctx.ctx);
+    let keys: Vec<Vec<u8>> = with_state(|s| {
+        s.index
+            .db(db)
+            .map(|ix| ix.tagged(&tags))
+            .unwrap_or_default()
+            .iter()
+            .map(|k| k.to_vec())
+            .collect()
+    });
+    engine::check_write_permission(ctx, &keys)?;
+    with_state(|s| s.leases.invalidate_tags(&tags));
+    let count = apply(ctx, db, &keys, soft);
+    with_state(|s| s.stats.record_invalidation(None));
+    log_if_large(ctx, count, started, || {
+        let names: Vec<String> = tags.iter().map(|t| show(t)).collect();
+        format!("tags {}{}", names.join(" "), if soft { " SOFT" } else { "" })
+    });
+    Ok(RedisValue::Integer(count as i64))
+}
+
+/// Deletes (or soft-expires) the keys, counting each invalidated key for its tenant.
+fn apply(ctx: &Context, db: i32, keys: &[Vec<u8>], soft: bool) -> usize {
+    let owners: Vec<(Vec<u8>, Vec<u8>)> = with_state(|s| {
+        let ix = s.index.db(db);
+        keys.iter()
+            .map(|k| (k.clone(), ix.and_then(|i| i.get(k)).map(|i| i.tenant).unwrap_or_default()))
+            .collect()
+    });
+    let count = if soft {
+        engine::soft_expire_entries(ctx, keys)
+    } else {
+        engine::delete_entries(ctx, keys)
+    };
+    let sep = config::NAMESPACE_SEPARATOR.get();
+    with_state(|s| {
+        for (k, tenant) in &owners {
+            s.stats.record(Event::KeyInvalidated, tenant, policy::namespace(k, &sep));
+        }
+    });
+    count
+}
+
+fn log_if_large(ctx: &Context, count: usize, started: Instant, what: impl FnOnce() -> String) {
+    let threshold = config::get(&config::LOG_INVALIDATIONS_OVER);
+    if i64::try_from(count).unwrap_or(i64::MAX) > threshold {
+        ctx.log_notice(&format!(
+            "tagcache: invalidated {count} keys ({}) in {} ms",
+            what(),
+            started.elapsed().as_millis()
+        ));
+    }
+}

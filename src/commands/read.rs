@@ -1,0 +1,119 @@
+//! CACHE.GET, CACHE.INSPECT and CACHE.KEYS.
+
+use super::args::{int_in, is, wrong_arity, wrongtype, err};
+use super::{json_name, reply_bytes};
+use crate::engine;
+use crate::glob::Glob;
+use crate::keyspace::{self, Key, Kind};
+use crate::policy;
+use crate::state::with_state;
+use crate::stats::Event;
+use redis_module::{Context, RedisResult, RedisString, RedisValue};
+use serde_json::json;
+
+/// `CACHE.GET key` → the value when fresh, else nil.
+pub fn get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let [_, key] = args.as_slice() else {
+        return Err(wrong_arity("cache.get"));
+    };
+    let name = key.as_slice();
+    let handle = Key::read(ctx, key);
+    match handle.kind() {
+        Kind::Other => Err(wrongtype()),
+        Kind::Missing => {
+            engine::record(Event::Miss, &engine::derived_tenant(name), name);
+            Ok(RedisValue::Null)
+        }
+        Kind::Entry => {
+            let ttl = handle.ttl_ms();
+            let Some(entry) = handle.entry() else {
+                return Ok(RedisValue::Null);
+            };
+            if entry.is_fresh(ttl) {
+                engine::record(Event::Hit, &entry.tenant, name);
+                Ok(reply_bytes(ctx, &entry.value))
+            } else {
+                engine::record(Event::Miss, &entry.tenant, name);
+                Ok(RedisValue::Null)
+            }
+        }
+    }
+}
+
+/// `CACHE.INSPECT key` → JSON describing the entry and its lease, or nil when there is neither.
+pub fn inspect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let [_, key] = args.as_slice() else {
+        return Err(wrong_arity("cache.inspect"));
+    };
+    let name = key.as_slice();
+    let db = keyspace::selected_db(ctx.ctx);
+    let now = keyspace::now_ms();
+    let (lease, waiters, indexed) = with_state(|s| {
+        (
+            s.leases.current(db, name, now).map(|l| l.deadline_ms.saturating_sub(now)),
+            s.leases.waiters_on(db, name),
+            s.index.db(db).is_some_and(|d| d.contains(name)),
+        )
+    });
+    let handle = Key::read(ctx, key);
+    let mut doc = json!({
+        "exists": false,
+        "indexed": indexed,
+        "lease": {"active": lease.is_some(), "ttl_ms": lease.unwrap_or(0), "waiters": waiters},
+    });
+    match handle.kind() {
+        Kind::Other => return Err(wrongtype()),
+        Kind::Missing if lease.is_none() && waiters == 0 => return Ok(RedisValue::Null),
+        Kind::Missing => {}
+        Kind::Entry => {
+            let ttl = handle.ttl_ms();
+            if let (Some(e), Some(obj)) = (handle.entry(), doc.as_object_mut()) {
+                obj.insert("exists".into(), json!(true));
+                obj.insert("tenant".into(), json_name(&e.tenant));
+                obj.insert("tenant_explicit".into(), json!(e.tenant_explicit));
+                obj.insert("tags".into(), e.tags.iter().map(|t| json_name(t)).collect());
+                obj.insert("ttl_ms".into(), json!(ttl.unwrap_or(-1)));
+                obj.insert("fresh_ms".into(), json!(e.fresh_ms(ttl)));
+                obj.insert("fresh".into(), json!(e.is_fresh(ttl)));
+                obj.insert("stale_ms".into(), json!(e.stale_ms));
+                obj.insert("size".into(), json!(e.value.len()));
+                obj.insert("fill_ms".into(), json!(e.fill_ms));
+            }
+        }
+    }
+    Ok(RedisValue::BulkString(doc.to_string()))
+}
+
+/// A tenant argument: `*` (every tenant), `{t}` or `t`.
+pub fn tenant_scope(arg: &[u8]) -> Option<Vec<u8>> {
+    (arg != b"*").then(|| policy::tenant_argument(arg).to_vec())
+}
+
+/// `CACHE.KEYS tenant pattern [LIMIT n]` → matching entry names from the index.
+pub fn keys(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let (Some(tenant), Some(pattern)) = (args.get(1), args.get(2)) else {
+        return Err(wrong_arity("cache.keys"));
+    };
+    let limit = match args.get(3..).unwrap_or_default() {
+        [] => usize::MAX,
+        [opt, n] if is(opt.as_slice(), "LIMIT") => {
+            usize::try_from(int_in(n.as_slice(), "LIMIT", 1, i64::MAX)?).unwrap_or(usize::MAX)
+        }
+        [opt, ..] if is(opt.as_slice(), "LIMIT") => return Err(err("syntax error: LIMIT n")),
+        [opt, ..] => {
+            return Err(err(format!("unknown option '{}'", String::from_utf8_lossy(opt.as_slice()))))
+        }
+    };
+    let scope = tenant_scope(tenant.as_slice());
+    let glob = Glob::new(pattern.as_slice());
+    let db = keyspace::selected_db(ctx.ctx);
+    let names = with_state(|s| {
+        s.index
+            .db(db)
+            .map(|ix| ix.matching(scope.as_deref(), &glob, limit))
+            .unwrap_or_default()
+    });
+    Ok(RedisValue::Array(
+        names.iter().map(|n| RedisValue::StringBuffer(n.to_vec())).collect(),
+    ))
+}

@@ -1,0 +1,45 @@
+//! CACHE.SET and CACHE.DEL.
+
+use super::args::{parse_write_options, wrong_arity};
+use crate::engine;
+use crate::entry::Entry;
+use crate::keyspace;
+use crate::state::with_state;
+use redis_module::{Context, RedisResult, RedisString, RedisValue};
+
+/// `CACHE.SET key value [EX s|PX ms|EXAT s|PXAT ms|NOEXPIRE] [STALE s] [TAGS n tag…] [TENANT t]`
+pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let (Some(key), Some(value)) = (args.get(1), args.get(2)) else {
+        return Err(wrong_arity("cache.set"));
+    };
+    let opts = parse_write_options(args.get(3..).unwrap_or_default())?;
+    let name = key.as_slice();
+    let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant.as_deref());
+    let deadline = engine::resolve_deadline(name, &opts, keyspace::now_ms());
+    let entry = Entry {
+        value: value.as_slice().to_vec(),
+        tenant,
+        tenant_explicit,
+        tags: opts.tags,
+        stale_ms: deadline.stale_ms,
+        fill_ms: 0,
+    };
+    engine::store(ctx, key, entry, deadline)?;
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
+/// `CACHE.DEL key [key …]` → number of entries removed. Also voids leases on those keys.
+pub fn del(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if args.len() < 2 {
+        return Err(wrong_arity("cache.del"));
+    }
+    let keys: Vec<Vec<u8>> = args.iter().skip(1).map(|k| k.as_slice().to_vec()).collect();
+    let db = keyspace::selected_db(ctx.ctx);
+    let removed = engine::delete_entries(ctx, &keys);
+    with_state(|s| {
+        for k in &keys {
+            s.leases.void(db, k);
+        }
+    });
+    Ok(RedisValue::Integer(removed as i64))
+}

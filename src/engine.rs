@@ -1,0 +1,206 @@
+//! Operations shared by several commands: storing an entry with its index and replication,
+//! removing or soft-expiring entries, ACL checks. Command modules parse and reply; this does.
+
+use crate::commands::args::{err, Expiry, WriteOptions};
+use crate::config;
+use crate::entry::{set_command_args, Entry};
+use crate::keyspace::{self, Key, Kind};
+use crate::policy;
+use crate::state::with_state;
+use crate::stats::Event;
+use redis_module::{raw, Context, RedisError, RedisString};
+use std::os::raw::c_int;
+
+/// When a write's entry stops being fresh, and how long it may then be served stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// Absolute ms; `None` = never stale, no expiry.
+    pub fresh_until: Option<i64>,
+    pub stale_ms: i64,
+}
+
+impl Deadline {
+    /// The key's TTL from `now` (fresh time plus stale window); `None` = no expiry.
+    pub fn key_ttl_ms(&self, now: i64) -> Option<i64> {
+        self.fresh_until
+            .map(|f| f.saturating_add(self.stale_ms).saturating_sub(now))
+    }
+}
+
+pub fn resolve_deadline(key: &[u8], opts: &WriteOptions, now: i64) -> Deadline {
+    let rules = config::TTL_RULES.get();
+    let rule = policy::rule_for(&rules, key);
+    let fresh_until = match opts.expiry {
+        Expiry::Never => None,
+        Expiry::In(ms) => Some(now.saturating_add(ms)),
+        Expiry::At(at) => Some(at),
+        Expiry::Default => {
+            let ttl_s = rule.map_or_else(|| config::get(&config::DEFAULT_TTL), |r| r.ttl_s);
+            (ttl_s > 0).then(|| now.saturating_add(ttl_s.saturating_mul(1000)))
+        }
+    };
+    let stale_s = opts
+        .stale_s
+        .or_else(|| rule.and_then(|r| r.stale_s))
+        .unwrap_or_else(|| config::get(&config::DEFAULT_STALE));
+    Deadline {
+        fresh_until,
+        stale_ms: stale_s.saturating_mul(1000),
+    }
+}
+
+/// The tenant of a write: TENANT option, else derived from the key name.
+pub fn resolve_tenant(key: &[u8], explicit: Option<&[u8]>) -> (Vec<u8>, bool) {
+    match explicit {
+        Some(t) => (t.to_vec(), true),
+        None => (derived_tenant(key), false),
+    }
+}
+
+pub fn derived_tenant(key: &[u8]) -> Vec<u8> {
+    let re = config::TENANT_REGEX.get();
+    policy::tenant_from_key(key, re.as_ref().as_ref()).to_vec()
+}
+
+pub fn namespace_of(key: &[u8]) -> Vec<u8> {
+    let sep = config::NAMESPACE_SEPARATOR.get();
+    policy::namespace(key, &sep).to_vec()
+}
+
+pub fn record(event: Event, tenant: &[u8], key: &[u8]) {
+    let ns = namespace_of(key);
+    with_state(|s| s.stats.record(event, tenant, &ns));
+}
+
+fn is_from_primary_or_loading(ctx: &Context) -> bool {
+    let flags = keyspace::context_flags(ctx.ctx);
+    flags & (raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING) != 0
+}
+
+/// Stores `entry` at `key` with `deadline`, indexes it, voids any lease on the key and
+/// replicates the write with an absolute deadline. A deadline already past deletes the key
+/// instead (as SET with a past EXAT does), except when replaying the primary's stream.
+pub fn store(ctx: &Context, key: &RedisString, entry: Entry, deadline: Deadline) -> Result<(), RedisError> {
+    let name = key.as_slice();
+    let now = keyspace::now_ms();
+    let ttl = deadline.key_ttl_ms(now);
+    let db = keyspace::selected_db(ctx.ctx);
+    if ttl.is_some_and(|t| t <= 0) && !is_from_primary_or_loading(ctx) {
+        let handle = Key::write(ctx, key);
+        if handle.kind() != Kind::Missing {
+            handle.delete();
+            drop(handle);
+            ctx.replicate("DEL", &[name]);
+        }
+        with_state(|s| s.leases.void(db, name));
+        return Ok(());
+    }
+    let args = set_command_args(name, &entry, deadline.fresh_until);
+    let tenant = entry.tenant.clone();
+    let tags = entry.tags.clone();
+    {
+        let handle = Key::write(ctx, key);
+        if !handle.set_entry(entry) {
+            return Err(err("could not store the entry"));
+        }
+        // A relative TTL keeps within a ms of the absolute deadline the replica receives.
+        if let Some(t) = ttl {
+            handle.set_ttl_ms(Some(t.max(1)));
+        }
+    }
+    let sep = config::NAMESPACE_SEPARATOR.get();
+    with_state(|s| {
+        s.index_insert(db, name, &tenant, &tags, &sep);
+        s.leases.void(db, name);
+        s.stats.record(Event::Set, &tenant, policy::namespace(name, &sep));
+    });
+    let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+    ctx.replicate("CACHE.SET", refs.as_slice());
+    Ok(())
+}
+
+/// Deletes entries (never keys of other types); returns how many were removed. Replicated as one
+/// DEL of the removed keys.
+pub fn delete_entries(ctx: &Context, keys: &[Vec<u8>]) -> usize {
+    let mut removed: Vec<&[u8]> = Vec::new();
+    for name in keys {
+        let key = ctx.create_string(name.as_slice());
+        let is_entry = Key::read(ctx, &key).kind() == Kind::Entry;
+        if is_entry && Key::write(ctx, &key).delete() {
+            removed.push(name);
+        }
+    }
+    for chunk in removed.chunks(1024) {
+        ctx.replicate("DEL", chunk);
+    }
+    removed.len()
+}
+
+/// Marks entries stale now: their TTL becomes their stale window (never longer than it was).
+/// Entries without a stale window are deleted. Returns how many entries changed.
+pub fn soft_expire_entries(ctx: &Context, keys: &[Vec<u8>]) -> usize {
+    let mut to_delete = Vec::new();
+    let mut changed = 0usize;
+    let now = keyspace::now_ms();
+    for name in keys {
+        let key = ctx.create_string(name.as_slice());
+        let handle = Key::write(ctx, &key);
+        let Some(stale_ms) = handle.entry().map(|e| e.stale_ms) else {
+            continue;
+        };
+        if stale_ms <= 0 {
+            to_delete.push(name.clone());
+            continue;
+        }
+        let ttl = handle.ttl_ms().map_or(stale_ms, |t| t.min(stale_ms)).max(1);
+        if handle.set_ttl_ms(Some(ttl)) {
+            changed += 1;
+            drop(handle);
+            let at = now.saturating_add(ttl).to_string();
+            ctx.replicate("PEXPIREAT", &[name.as_slice(), at.as_bytes()]);
+        }
+    }
+    changed + delete_entries(ctx, &to_delete)
+}
+
+/// Checks that the calling user may delete/overwrite every key; `NOPERM` names the first that
+/// it may not. Commands replayed from the primary or the AOF are not checked.
+pub fn check_write_permission(ctx: &Context, keys: &[Vec<u8>]) -> Result<(), RedisError> {
+    if keys.is_empty() || is_from_primary_or_loading(ctx) {
+        return Ok(());
+    }
+    let (Some(user_name), Some(get_user), Some(check), Some(free_user)) = (
+        api!(RedisModule_GetCurrentUserName),
+        api!(RedisModule_GetModuleUserFromUserName),
+        api!(RedisModule_ACLCheckKeyPermissions),
+        api!(RedisModule_FreeModuleUser),
+    ) else {
+        return Ok(());
+    };
+    // SAFETY: ctx is the command's context.
+    let name = unsafe { user_name(ctx.ctx) };
+    if name.is_null() {
+        return Ok(());
+    }
+    let name = RedisString::new(std::ptr::NonNull::new(ctx.ctx), name);
+    // SAFETY: name is a live string.
+    let user = unsafe { get_user(name.inner) };
+    if user.is_null() {
+        return Err(err("NOPERM the current user could not be resolved"));
+    }
+    let flags = (raw::REDISMODULE_CMD_KEY_DELETE | raw::REDISMODULE_CMD_KEY_UPDATE) as c_int;
+    let denied = keys.iter().find(|k| {
+        let key = ctx.create_string(k.as_slice());
+        // SAFETY: user and key are live for this call.
+        unsafe { check(user, key.inner, flags) != raw::REDISMODULE_OK as c_int }
+    });
+    // SAFETY: user was returned by GetModuleUserFromUserName and is freed once.
+    unsafe { free_user(user) };
+    match denied {
+        Some(k) => Err(RedisError::String(format!(
+            "NOPERM this user has no permissions to access the '{}' key",
+            String::from_utf8_lossy(k)
+        ))),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,346 @@
+//! Pure index of live entries, per database: tenant → ordered key names, tag → key names, and
+//! key → (tenant, tags) so any removal needs only the key name. Names are shared `Arc<[u8]>`s:
+//! one allocation per key name, tenant and tag, whatever the number of structures referring to it.
+
+use crate::glob::Glob;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+pub type Name = Arc<[u8]>;
+
+#[derive(Debug, Clone)]
+struct KeyRecord {
+    tenant: Name,
+    tags: Box<[Name]>,
+}
+
+#[derive(Debug, Default)]
+pub struct DbIndex {
+    keys: HashMap<Name, KeyRecord>,
+    tenants: HashMap<Name, BTreeSet<Name>>,
+    tags: HashMap<Name, HashSet<Name>>,
+}
+
+/// What an index holds for one key, owned (for checks and reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed {
+    pub tenant: Vec<u8>,
+    pub tags: Vec<Vec<u8>>,
+}
+
+impl DbIndex {
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn tag_count(&self) -> usize {
+        self.tags.len()
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<Indexed> {
+        self.keys.get(key).map(|r| Indexed {
+            tenant: r.tenant.to_vec(),
+            tags: r.tags.iter().map(|t| t.to_vec()).collect(),
+        })
+    }
+
+    /// Registers a key, replacing whatever was indexed for it.
+    pub fn insert(&mut self, key: &[u8], tenant: &[u8], tags: &[Vec<u8>]) {
+        self.remove(key);
+        let key: Name = Arc::from(key);
+        let tenant = intern(&self.tenants, tenant);
+        self.tenants
+            .entry(tenant.clone())
+            .or_default()
+            .insert(key.clone());
+        let mut interned = Vec::with_capacity(tags.len());
+        for tag in tags {
+            let tag = intern(&self.tags, tag);
+            self.tags.entry(tag.clone()).or_default().insert(key.clone());
+            interned.push(tag);
+        }
+        self.keys.insert(
+            key,
+            KeyRecord {
+                tenant,
+                tags: interned.into_boxed_slice(),
+            },
+        );
+    }
+
+    /// Forgets a key; true when it was indexed.
+    pub fn remove(&mut self, key: &[u8]) -> bool {
+        let Some((key, record)) = self.keys.remove_entry(key) else {
+            return false;
+        };
+        if let Some(set) = self.tenants.get_mut(&record.tenant) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.tenants.remove(&record.tenant);
+            }
+        }
+        for tag in record.tags.iter() {
+            if let Some(set) = self.tags.get_mut(tag) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.tags.remove(tag);
+                }
+            }
+        }
+        true
+    }
+
+    /// Keys of `tenant` (or of every tenant for `None`) whose names match `glob`, in name order
+    /// within a tenant, at most `limit`. Only the glob's literal-prefix range is walked.
+    pub fn matching(&self, tenant: Option<&[u8]>, glob: &Glob, limit: usize) -> Vec<Name> {
+        let mut out = Vec::new();
+        let mut scan = |keys: &BTreeSet<Name>| {
+            let prefix = glob.literal_prefix();
+            let range = keys.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded));
+            for key in range.take_while(|k| k.starts_with(prefix)) {
+                if out.len() >= limit {
+                    return;
+                }
+                if glob.matches(key) {
+                    out.push(key.clone());
+                }
+            }
+        };
+        match tenant {
+            Some(t) => {
+                if let Some(keys) = self.tenants.get(t) {
+                    scan(keys);
+                }
+            }
+            None => {
+                for keys in self.tenants.values() {
+                    scan(keys);
+                }
+            }
+        }
+        out
+    }
+
+    /// Distinct keys carrying any of `tags`.
+    pub fn tagged(&self, tags: &[Vec<u8>]) -> Vec<Name> {
+        let mut seen: HashSet<Name> = HashSet::new();
+        for tag in tags {
+            if let Some(keys) = self.tags.get(tag.as_slice()) {
+                seen.extend(keys.iter().cloned());
+            }
+        }
+        let mut out: Vec<Name> = seen.into_iter().collect();
+        out.sort();
+        out
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.keys.keys().map(|k| k.as_ref())
+    }
+
+    /// All indexed keys with what the index holds for them (for consistency checks).
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], Indexed)> + '_ {
+        self.keys.iter().map(|(k, r)| {
+            (
+                k.as_ref(),
+                Indexed {
+                    tenant: r.tenant.to_vec(),
+                    tags: r.tags.iter().map(|t| t.to_vec()).collect(),
+                },
+            )
+        })
+    }
+
+    /// Checks the three maps agree with each other; returns the first problem found.
+    pub fn self_check(&self) -> Result<(), String> {
+        for (key, record) in &self.keys {
+            if !self.tenants.get(&record.tenant).is_some_and(|s| s.contains(key)) {
+                return Err(format!("key {} missing from its tenant set", show(key)));
+            }
+            for tag in record.tags.iter() {
+                if !self.tags.get(tag).is_some_and(|s| s.contains(key)) {
+                    return Err(format!("key {} missing from tag {}", show(key), show(tag)));
+                }
+            }
+        }
+        let tenant_members: usize = self.tenants.values().map(BTreeSet::len).sum();
+        if tenant_members != self.keys.len() {
+            return Err(format!(
+                "tenant sets hold {tenant_members} keys, index has {}",
+                self.keys.len()
+            ));
+        }
+        let tag_members: usize = self.tags.values().map(HashSet::len).sum();
+        let tag_refs: usize = self.keys.values().map(|r| r.tags.len()).sum();
+        if tag_members != tag_refs {
+            return Err(format!("tag sets hold {tag_members} references, keys carry {tag_refs}"));
+        }
+        Ok(())
+    }
+
+    /// Bytes held by the index structures (approximate to the allocator's rounding).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let name = |n: &Name| n.len() + 2 * size_of::<usize>();
+        let ptr = size_of::<Name>();
+        let mut total = self.keys.capacity() * (ptr + size_of::<KeyRecord>() + 1);
+        for (k, r) in &self.keys {
+            total += name(k) + r.tags.len() * ptr;
+        }
+        for (t, set) in &self.tenants {
+            // B-tree nodes hold up to 11 names; assume two-thirds full.
+            total += name(t) + ptr + size_of::<BTreeSet<Name>>() + set.len() * ptr * 3 / 2;
+        }
+        for (t, set) in &self.tags {
+            total += name(t) + ptr + size_of::<HashSet<Name>>() + set.capacity() * (ptr + 1);
+        }
+        total + self.tenants.capacity() + self.tags.capacity()
+    }
+}
+
+fn intern<V>(map: &HashMap<Name, V>, bytes: &[u8]) -> Name {
+    map.get_key_value(bytes)
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| Arc::from(bytes))
+}
+
+/// Printable form of a binary name for messages.
+pub fn show(bytes: &[u8]) -> String {
+    format!("\"{}\"", bytes.escape_ascii())
+}
+
+/// The index of every database, created on first use.
+#[derive(Debug, Default)]
+pub struct Index {
+    dbs: HashMap<i32, DbIndex>,
+}
+
+impl Index {
+    pub fn db(&self, db: i32) -> Option<&DbIndex> {
+        self.dbs.get(&db)
+    }
+
+    pub fn db_mut(&mut self, db: i32) -> &mut DbIndex {
+        self.dbs.entry(db).or_default()
+    }
+
+    pub fn remove(&mut self, db: i32, key: &[u8]) -> bool {
+        self.dbs.get_mut(&db).is_some_and(|d| d.remove(key))
+    }
+
+    pub fn clear_db(&mut self, db: i32) {
+        self.dbs.remove(&db);
+    }
+
+    pub fn clear(&mut self) {
+        self.dbs.clear();
+    }
+
+    pub fn swap(&mut self, a: i32, b: i32) {
+        let ia = self.dbs.remove(&a);
+        let ib = self.dbs.remove(&b);
+        if let Some(i) = ia {
+            self.dbs.insert(b, i);
+        }
+        if let Some(i) = ib {
+            self.dbs.insert(a, i);
+        }
+    }
+
+    pub fn total_keys(&self) -> usize {
+        self.dbs.values().map(DbIndex::len).sum()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.dbs.values().map(DbIndex::heap_bytes).sum()
+    }
+
+    pub fn dbs(&self) -> impl Iterator<Item = (i32, &DbIndex)> {
+        self.dbs.iter().map(|(k, v)| (*k, v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(t: &[&str]) -> Vec<Vec<u8>> {
+        t.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    fn names(v: Vec<Name>) -> Vec<String> {
+        v.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect()
+    }
+
+    #[test]
+    fn insert_replace_remove_keep_maps_exact() {
+        let mut ix = DbIndex::default();
+        ix.insert(b"a:1", b"t1", &tags(&["x", "y"]));
+        ix.insert(b"a:2", b"t1", &tags(&["y"]));
+        ix.insert(b"b:1", b"t2", &tags(&["x"]));
+        assert_eq!((ix.len(), ix.tenant_count(), ix.tag_count()), (3, 2, 2));
+        ix.insert(b"a:1", b"t3", &tags(&["z"]));
+        assert_eq!(ix.get(b"a:1").unwrap().tenant, b"t3");
+        assert_eq!(names(ix.tagged(&tags(&["x"]))), ["b:1"]);
+        assert_eq!((ix.tenant_count(), ix.tag_count()), (3, 3));
+        ix.self_check().unwrap();
+        assert!(ix.remove(b"a:1"));
+        assert!(!ix.remove(b"a:1"));
+        assert_eq!((ix.tenant_count(), ix.tag_count()), (2, 2));
+        ix.remove(b"a:2");
+        ix.remove(b"b:1");
+        assert!(ix.is_empty());
+        assert_eq!((ix.tenant_count(), ix.tag_count()), (0, 0));
+        ix.self_check().unwrap();
+    }
+
+    #[test]
+    fn matching_walks_tenant_prefix_range() {
+        let mut ix = DbIndex::default();
+        for k in ["fmpa:list:1", "fmpa:list:2", "fmpa:item:1", "fmp", "zz"] {
+            ix.insert(k.as_bytes(), b"t", &[]);
+        }
+        ix.insert(b"fmpa:list:9", b"other", &[]);
+        let g = Glob::new(b"fmpa:list:*");
+        assert_eq!(names(ix.matching(Some(b"t"), &g, usize::MAX)), ["fmpa:list:1", "fmpa:list:2"]);
+        assert_eq!(ix.matching(None, &g, usize::MAX).len(), 3);
+        assert_eq!(ix.matching(Some(b"t"), &Glob::new(b"*"), 2).len(), 2);
+        assert_eq!(names(ix.matching(Some(b"t"), &Glob::new(b"*:1"), 10)), ["fmpa:item:1", "fmpa:list:1"]);
+        assert!(ix.matching(Some(b"nobody"), &g, 10).is_empty());
+    }
+
+    #[test]
+    fn tagged_counts_each_key_once() {
+        let mut ix = DbIndex::default();
+        ix.insert(b"k1", b"", &tags(&["a", "b"]));
+        ix.insert(b"k2", b"", &tags(&["b"]));
+        ix.insert(b"k3", b"", &tags(&["c"]));
+        assert_eq!(names(ix.tagged(&tags(&["a", "b", "zz"]))), ["k1", "k2"]);
+    }
+
+    #[test]
+    fn swap_and_clear_dbs() {
+        let mut ix = Index::default();
+        ix.db_mut(0).insert(b"k", b"", &[]);
+        ix.swap(0, 3);
+        assert!(ix.db(0).is_none());
+        assert!(ix.db(3).unwrap().contains(b"k"));
+        assert!(ix.remove(3, b"k"));
+        ix.db_mut(1).insert(b"j", b"", &[]);
+        ix.clear_db(1);
+        assert_eq!(ix.total_keys(), 0);
+    }
+}

@@ -1,0 +1,165 @@
+//! A thin, safe wrapper over raw module keys. The crate's key types cannot read a key's TTL and
+//! refuse to replace a value of another type, and `RedisModule_GetExpire` on a NULL key crashes
+//! 7.0: this wrapper checks every pointer before use.
+
+use crate::entry::{raw_type, Entry};
+use redis_module::{raw, Context, RedisString};
+use std::os::raw::c_int;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Missing,
+    Entry,
+    Other,
+}
+
+pub struct Key {
+    ctx: *mut raw::RedisModuleCtx,
+    ptr: *mut raw::RedisModuleKey,
+}
+
+impl Key {
+    pub fn read(ctx: &Context, name: &RedisString) -> Key {
+        Self::open(ctx.ctx, name.inner, raw::REDISMODULE_READ)
+    }
+
+    pub fn write(ctx: &Context, name: &RedisString) -> Key {
+        Self::open(ctx.ctx, name.inner, raw::REDISMODULE_READ | raw::REDISMODULE_WRITE)
+    }
+
+    /// Opens for reading without touching the LRU/LFU clock (for checks and scans).
+    pub fn peek(ctx: *mut raw::RedisModuleCtx, name: *mut raw::RedisModuleString) -> Key {
+        Self::open(ctx, name, raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH)
+    }
+
+    pub fn open_raw_write(ctx: *mut raw::RedisModuleCtx, name: *mut raw::RedisModuleString) -> Key {
+        Self::open(ctx, name, raw::REDISMODULE_READ | raw::REDISMODULE_WRITE)
+    }
+
+    fn open(ctx: *mut raw::RedisModuleCtx, name: *mut raw::RedisModuleString, mode: u32) -> Key {
+        let ptr = match api!(RedisModule_OpenKey) {
+            // SAFETY: ctx and name come from Redis for the duration of this call.
+            Some(open) if !ctx.is_null() && !name.is_null() => unsafe {
+                open(ctx, name, mode as c_int).cast::<raw::RedisModuleKey>()
+            },
+            _ => std::ptr::null_mut(),
+        };
+        Key { ctx, ptr }
+    }
+
+    pub fn kind(&self) -> Kind {
+        if self.ptr.is_null() {
+            return Kind::Missing;
+        }
+        let (Some(key_type), Some(get_type)) =
+            (api!(RedisModule_KeyType), api!(RedisModule_ModuleTypeGetType))
+        else {
+            return Kind::Other;
+        };
+        // SAFETY: ptr is a live key handle.
+        let t = unsafe { key_type(self.ptr) };
+        if t == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
+            Kind::Missing
+        } else if t == raw::REDISMODULE_KEYTYPE_MODULE as c_int
+            && unsafe { get_type(self.ptr) } == raw_type()
+        {
+            Kind::Entry
+        } else {
+            Kind::Other
+        }
+    }
+
+    /// The entry stored at this key, when it is one of ours.
+    pub fn entry(&self) -> Option<&mut Entry> {
+        if self.kind() != Kind::Entry {
+            return None;
+        }
+        let get = api!(RedisModule_ModuleTypeGetValue)?;
+        // SAFETY: kind() proved the value is a tagcache0 entry, boxed by us.
+        unsafe { get(self.ptr).cast::<Entry>().as_mut() }
+    }
+
+    /// Remaining TTL in ms; `None` when the key has no expiry or does not exist.
+    pub fn ttl_ms(&self) -> Option<i64> {
+        if self.ptr.is_null() {
+            return None;
+        }
+        let get = api!(RedisModule_GetExpire)?;
+        // SAFETY: non-null key handle.
+        let ttl = unsafe { get(self.ptr) };
+        (ttl >= 0).then_some(ttl)
+    }
+
+    /// Stores an entry, replacing any value of any type. False when Redis refused.
+    pub fn set_entry(&self, entry: Entry) -> bool {
+        let Some(set) = api!(RedisModule_ModuleTypeSetValue) else {
+            return false;
+        };
+        if self.ptr.is_null() {
+            return false;
+        }
+        let value = Box::into_raw(Box::new(entry));
+        // SAFETY: writable key; on success Redis owns the box and frees it through our type.
+        let status = unsafe { set(self.ptr, raw_type(), value.cast()) };
+        if status != raw::REDISMODULE_OK as c_int {
+            // SAFETY: Redis did not take ownership.
+            drop(unsafe { Box::from_raw(value) });
+            return false;
+        }
+        true
+    }
+
+    /// Sets the TTL in ms from now, or removes it for `None`.
+    pub fn set_ttl_ms(&self, ttl: Option<i64>) -> bool {
+        let Some(set) = api!(RedisModule_SetExpire) else {
+            return false;
+        };
+        if self.ptr.is_null() {
+            return false;
+        }
+        let ms = ttl.unwrap_or(raw::REDISMODULE_NO_EXPIRE as i64);
+        // SAFETY: non-null writable key handle.
+        unsafe { set(self.ptr, ms) == raw::REDISMODULE_OK as c_int }
+    }
+
+    pub fn delete(&self) -> bool {
+        match api!(RedisModule_DeleteKey) {
+            // SAFETY: non-null writable key handle.
+            Some(del) if !self.ptr.is_null() => unsafe { del(self.ptr) == raw::REDISMODULE_OK as c_int },
+            _ => false,
+        }
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        if let (false, Some(close)) = (self.ptr.is_null(), api!(RedisModule_CloseKey)) {
+            // SAFETY: handle opened by us, closed once.
+            unsafe { close(self.ptr) };
+        }
+        let _ = self.ctx;
+    }
+}
+
+/// Milliseconds since the epoch, from Redis's clock (cached per command, as Redis itself uses).
+pub fn now_ms() -> i64 {
+    api!(RedisModule_Milliseconds).map_or(0, |f| unsafe { f() })
+}
+
+/// The database selected in a context.
+pub fn selected_db(ctx: *mut raw::RedisModuleCtx) -> i32 {
+    match api!(RedisModule_GetSelectedDb) {
+        // SAFETY: ctx provided by Redis.
+        Some(f) if !ctx.is_null() => unsafe { f(ctx) },
+        _ => 0,
+    }
+}
+
+/// Raw context flags (REDISMODULE_CTX_FLAGS_*).
+pub fn context_flags(ctx: *mut raw::RedisModuleCtx) -> u32 {
+    match api!(RedisModule_GetContextFlags) {
+        // SAFETY: ctx provided by Redis.
+        Some(f) if !ctx.is_null() => unsafe { f(ctx) as u32 },
+        _ => 0,
+    }
+}

@@ -1,0 +1,296 @@
+//! Pure lease table for stampede protection: at most one lease per (db, key), opaque tokens not
+//! bound to a connection, deadlines, parked-waiter counts, and the invalidation sequence that lets
+//! a FILL be refused when an invalidation covering its key or tags came after the lease's grant.
+
+use std::collections::HashMap;
+
+type LeaseKey = (i32, Vec<u8>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub token: Vec<u8>,
+    pub granted_at_ms: i64,
+    pub deadline_ms: i64,
+    /// Invalidation sequence number when the lease was granted.
+    pub granted_seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No lease, another token, expired, abandoned, superseded by a SET or voided by an invalidation.
+    NotCurrent,
+    /// One of the FILL's tags was invalidated after the grant.
+    TagInvalidated,
+}
+
+#[derive(Debug, Default)]
+pub struct Leases {
+    leases: HashMap<LeaseKey, Lease>,
+    waiters: HashMap<LeaseKey, usize>,
+    seq: u64,
+    tag_invalidated_at: HashMap<Vec<u8>, u64>,
+    next_token: u64,
+    salt: u64,
+}
+
+impl Leases {
+    pub fn with_salt(salt: u64) -> Leases {
+        Leases {
+            salt,
+            ..Leases::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    /// The current lease on a key, if any and not past its deadline.
+    pub fn current(&self, db: i32, key: &[u8], now_ms: i64) -> Option<&Lease> {
+        self.leases
+            .get(&(db, key.to_vec()))
+            .filter(|l| l.deadline_ms > now_ms)
+    }
+
+    /// Drops a lease found past its deadline; true when one was dropped (an expiry to count).
+    pub fn expire(&mut self, db: i32, key: &[u8], now_ms: i64) -> bool {
+        let k = (db, key.to_vec());
+        if self.leases.get(&k).is_some_and(|l| l.deadline_ms <= now_ms) {
+            self.leases.remove(&k);
+            return true;
+        }
+        false
+    }
+
+    /// Grants a lease unless a live one exists. Returns the new token.
+    pub fn grant(&mut self, db: i32, key: &[u8], now_ms: i64, length_ms: i64) -> Option<Vec<u8>> {
+        if self.current(db, key, now_ms).is_some() {
+            return None;
+        }
+        self.next_token = self.next_token.wrapping_add(1);
+        let token = format!("{:x}-{:x}", self.salt, self.next_token).into_bytes();
+        self.leases.insert(
+            (db, key.to_vec()),
+            Lease {
+                token: token.clone(),
+                granted_at_ms: now_ms,
+                deadline_ms: now_ms.saturating_add(length_ms),
+                granted_seq: self.seq,
+            },
+        );
+        Some(token)
+    }
+
+    /// Consumes the lease for a FILL carrying `tags`; the lease is gone whatever the outcome
+    /// unless the token is simply not the current one.
+    pub fn take_for_fill(
+        &mut self,
+        db: i32,
+        key: &[u8],
+        token: &[u8],
+        tags: &[Vec<u8>],
+        now_ms: i64,
+    ) -> Result<Lease, Refusal> {
+        let k = (db, key.to_vec());
+        match self.leases.get(&k) {
+            Some(l) if l.token == token && l.deadline_ms > now_ms => {}
+            _ => return Err(Refusal::NotCurrent),
+        }
+        let lease = self.leases.remove(&k).ok_or(Refusal::NotCurrent)?;
+        let invalidated = tags.iter().any(|t| {
+            self.tag_invalidated_at
+                .get(t)
+                .is_some_and(|&seq| seq > lease.granted_seq)
+        });
+        self.prune_tags();
+        if invalidated {
+            return Err(Refusal::TagInvalidated);
+        }
+        Ok(lease)
+    }
+
+    /// Releases a lease held with `token`; false when it was not the current one.
+    pub fn abandon(&mut self, db: i32, key: &[u8], token: &[u8], now_ms: i64) -> bool {
+        let k = (db, key.to_vec());
+        if self
+            .leases
+            .get(&k)
+            .is_some_and(|l| l.token == token && l.deadline_ms > now_ms)
+        {
+            self.leases.remove(&k);
+            self.prune_tags();
+            return true;
+        }
+        false
+    }
+
+    /// Voids the lease on one key (SET, DEL, invalidation); true when there was one.
+    pub fn void(&mut self, db: i32, key: &[u8]) -> bool {
+        let voided = self.leases.remove(&(db, key.to_vec())).is_some();
+        if voided {
+            self.prune_tags();
+        }
+        voided
+    }
+
+    /// Keys (of `db`) that hold a lease, for pattern invalidations.
+    pub fn keys_in_db(&self, db: i32) -> Vec<Vec<u8>> {
+        self.leases
+            .keys()
+            .filter(|(d, _)| *d == db)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
+    /// Records an invalidation of `tags`: later FILLs carrying one of them with an older lease
+    /// are refused.
+    pub fn invalidate_tags(&mut self, tags: &[Vec<u8>]) {
+        self.seq = self.seq.wrapping_add(1);
+        if self.leases.is_empty() {
+            // No lease can predate this call: nothing to remember.
+            return;
+        }
+        for t in tags {
+            self.tag_invalidated_at.insert(t.clone(), self.seq);
+        }
+    }
+
+    /// Forgets tag invalidations no live lease can predate.
+    fn prune_tags(&mut self) {
+        match self.leases.values().map(|l| l.granted_seq).min() {
+            None => self.tag_invalidated_at.clear(),
+            Some(oldest) if self.tag_invalidated_at.len() > 1024 => {
+                self.tag_invalidated_at.retain(|_, seq| *seq > oldest)
+            }
+            Some(_) => {}
+        }
+    }
+
+    pub fn remembered_tags(&self) -> usize {
+        self.tag_invalidated_at.len()
+    }
+
+    pub fn add_waiter(&mut self, db: i32, key: &[u8]) -> usize {
+        let n = self.waiters.entry((db, key.to_vec())).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    pub fn remove_waiter(&mut self, db: i32, key: &[u8]) {
+        let k = (db, key.to_vec());
+        if let Some(n) = self.waiters.get_mut(&k) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.waiters.remove(&k);
+            }
+        }
+    }
+
+    pub fn waiters_on(&self, db: i32, key: &[u8]) -> usize {
+        self.waiters.get(&(db, key.to_vec())).copied().unwrap_or(0)
+    }
+
+    pub fn total_waiters(&self) -> usize {
+        self.waiters.values().sum()
+    }
+
+    pub fn clear_db(&mut self, db: i32) {
+        self.leases.retain(|(d, _), _| *d != db);
+        self.prune_tags();
+    }
+
+    pub fn clear(&mut self) {
+        self.leases.clear();
+        self.tag_invalidated_at.clear();
+    }
+
+    pub fn swap(&mut self, a: i32, b: i32) {
+        let swap = |d: i32| if d == a { b } else if d == b { a } else { d };
+        self.leases = self.leases.drain().map(|((d, k), l)| ((swap(d), k), l)).collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(t: &[&str]) -> Vec<Vec<u8>> {
+        t.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn one_lease_per_key_until_deadline() {
+        let mut l = Leases::with_salt(7);
+        let t1 = l.grant(0, b"k", 1000, 500).unwrap();
+        assert!(l.grant(0, b"k", 1200, 500).is_none());
+        assert!(l.grant(1, b"k", 1200, 500).is_some(), "other db, other lease");
+        assert!(!l.expire(0, b"k", 1499));
+        let t2 = l.grant(0, b"k", 1500, 500).unwrap();
+        assert_ne!(t1, t2);
+        assert_eq!(l.take_for_fill(0, b"k", &t1, &[], 1600), Err(Refusal::NotCurrent));
+        assert!(l.take_for_fill(0, b"k", &t2, &[], 1600).is_ok());
+        assert_eq!(l.take_for_fill(0, b"k", &t2, &[], 1600), Err(Refusal::NotCurrent));
+    }
+
+    #[test]
+    fn expired_lease_cannot_fill_or_abandon() {
+        let mut l = Leases::default();
+        let t = l.grant(0, b"k", 0, 100).unwrap();
+        assert!(!l.abandon(0, b"k", &t, 100));
+        assert_eq!(l.take_for_fill(0, b"k", &t, &[], 100), Err(Refusal::NotCurrent));
+        assert!(l.expire(0, b"k", 100));
+    }
+
+    #[test]
+    fn abandon_and_void_release_the_key() {
+        let mut l = Leases::default();
+        let t = l.grant(0, b"k", 0, 100).unwrap();
+        assert!(!l.abandon(0, b"k", b"wrong", 1));
+        assert!(l.abandon(0, b"k", &t, 1));
+        let t = l.grant(0, b"k", 2, 100).unwrap();
+        assert!(l.void(0, b"k"));
+        assert_eq!(l.take_for_fill(0, b"k", &t, &[], 3), Err(Refusal::NotCurrent));
+    }
+
+    #[test]
+    fn tag_invalidation_after_grant_refuses_fill() {
+        let mut l = Leases::default();
+        l.invalidate_tags(&tags(&["a"])); // before any lease: forgotten
+        let t = l.grant(0, b"k", 0, 1000).unwrap();
+        assert_eq!(l.take_for_fill(0, b"k", &t, &tags(&["a"]), 1), Ok(l.current(0, b"k", 1).cloned().unwrap()));
+        let t = l.grant(0, b"k", 2, 1000).unwrap();
+        l.invalidate_tags(&tags(&["b"]));
+        assert_eq!(l.take_for_fill(0, b"k", &t, &tags(&["a", "b"]), 3), Err(Refusal::TagInvalidated));
+        assert_eq!(l.remembered_tags(), 0, "no lease left: nothing remembered");
+    }
+
+    #[test]
+    fn lease_granted_after_tag_invalidation_may_fill() {
+        let mut l = Leases::default();
+        let _other = l.grant(0, b"other", 0, 1000).unwrap();
+        l.invalidate_tags(&tags(&["a"]));
+        let t = l.grant(0, b"k", 1, 1000).unwrap();
+        assert!(l.take_for_fill(0, b"k", &t, &tags(&["a"]), 2).is_ok());
+    }
+
+    #[test]
+    fn waiters_and_db_moves() {
+        let mut l = Leases::default();
+        assert_eq!(l.add_waiter(0, b"k"), 1);
+        assert_eq!(l.add_waiter(0, b"k"), 2);
+        l.remove_waiter(0, b"k");
+        l.remove_waiter(0, b"k");
+        l.remove_waiter(0, b"k");
+        assert_eq!(l.total_waiters(), 0);
+        l.grant(0, b"k", 0, 100).unwrap();
+        l.swap(0, 5);
+        assert!(l.current(5, b"k", 1).is_some());
+        assert_eq!(l.keys_in_db(5), vec![b"k".to_vec()]);
+        l.clear_db(5);
+        assert!(l.is_empty());
+    }
+}

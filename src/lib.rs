@@ -1,0 +1,94 @@
+//! tagcache: a Redis module for cache-aside workloads. This file only registers things: the
+//! data type, the commands, the configs and the event handlers.
+
+/// Reads a Redis module API function pointer (a `static mut` filled by Redis at load time).
+macro_rules! api {
+    ($name:ident) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: written once by RedisModule_Init before any command or callback runs.
+        let f = unsafe { redis_module::raw::$name };
+        f
+    }};
+}
+
+pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod entry;
+pub mod events;
+pub mod glob;
+pub mod index;
+pub mod keyspace;
+pub mod lease;
+pub mod policy;
+pub mod state;
+pub mod stats;
+
+use commands::{debug, invalidate, read, write};
+use config::{
+    DEFAULT_STALE, DEFAULT_TTL, LEASE_MS, LOG_INVALIDATIONS_OVER, MAX_MS, MAX_TAGS, MAX_TAGS_LIMIT,
+    MAX_WAITERS, MAX_WAIT_MS, NAMESPACE_SEPARATOR, TENANT_REGEX, TTL_RULES,
+};
+use entry::TAGCACHE_TYPE;
+use policy::MAX_SECONDS;
+use redis_module::configuration::ConfigurationFlags;
+use redis_module::{redis_module, Context, RedisString, Status};
+
+// The Redis allocator only exists inside redis-server; unit tests use the system one.
+#[cfg(not(test))]
+type Allocator = redis_module::alloc::RedisAlloc;
+#[cfg(not(test))]
+const ALLOCATOR: Allocator = redis_module::alloc::RedisAlloc;
+#[cfg(test)]
+type Allocator = std::alloc::System;
+#[cfg(test)]
+const ALLOCATOR: Allocator = std::alloc::System;
+
+fn init(ctx: &Context, _args: &[RedisString]) -> Status {
+    if !events::subscribe_server_events(ctx) {
+        ctx.log_warning("tagcache: could not subscribe to server events");
+        return Status::Err;
+    }
+    state::with_state(|s| s.leases = lease::Leases::with_salt(keyspace::now_ms() as u64));
+    Status::Ok
+}
+
+redis_module! {
+    name: "tagcache",
+    version: 1,
+    allocator: (Allocator, ALLOCATOR),
+    data_types: [TAGCACHE_TYPE],
+    init: init,
+    commands: [
+        ["cache.set", write::set, "write deny-oom", 1, 1, 1, ""],
+        ["cache.del", write::del, "write", 1, -1, 1, ""],
+        ["cache.get", read::get, "readonly fast", 1, 1, 1, ""],
+        ["cache.inspect", read::inspect, "readonly", 1, 1, 1, ""],
+        ["cache.keys", read::keys, "readonly", 1, 1, 1, ""],
+        ["cache.invalidate", invalidate::invalidate, "write", 1, 1, 1, ""],
+        ["cache.invalidatetags", invalidate::invalidate_tags, "write", 0, 0, 0, ""],
+        ["cache.debug", debug::debug, "readonly", 0, 0, 0, ""],
+    ],
+    event_handlers: [
+        [@GENERIC: events::on_keyspace_event],
+    ],
+    configurations: [
+        i64: [
+            ["default-ttl", &*DEFAULT_TTL, 300, 0, MAX_SECONDS, ConfigurationFlags::DEFAULT, None],
+            ["default-stale", &*DEFAULT_STALE, 0, 0, MAX_SECONDS, ConfigurationFlags::DEFAULT, None],
+            ["lease-ms", &*LEASE_MS, 5000, 1, MAX_MS, ConfigurationFlags::DEFAULT, None],
+            ["max-wait-ms", &*MAX_WAIT_MS, 30000, 0, MAX_MS, ConfigurationFlags::DEFAULT, None],
+            ["max-waiters", &*MAX_WAITERS, 10000, 0, 1_000_000, ConfigurationFlags::DEFAULT, None],
+            ["max-tags", &*MAX_TAGS, 64, 0, MAX_TAGS_LIMIT, ConfigurationFlags::DEFAULT, None],
+            ["log-invalidations-over", &*LOG_INVALIDATIONS_OVER, 1000, 0, i64::MAX, ConfigurationFlags::DEFAULT, None],
+        ],
+        string: [
+            ["ttl-rules", &*TTL_RULES, "", ConfigurationFlags::DEFAULT, None],
+            ["tenant-regex", &*TENANT_REGEX, "", ConfigurationFlags::DEFAULT, None],
+            ["namespace-separator", &*NAMESPACE_SEPARATOR, ":", ConfigurationFlags::DEFAULT, None],
+        ],
+        bool: [],
+        enum: [],
+        module_args_as_configuration: true,
+    ]
+}

@@ -1,0 +1,59 @@
+//! The module's one global state. Only Redis's main thread touches it; the mutex is there to make
+//! that safe to express, and is never held across a Redis API call (keyspace callbacks such as
+//! `unlink2` re-enter it while a command runs).
+
+use crate::index::Index;
+use crate::lease::Leases;
+use crate::policy;
+use crate::stats::Stats;
+use lazy_static::lazy_static;
+use std::sync::{Mutex, PoisonError};
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub index: Index,
+    pub stats: Stats,
+    pub leases: Leases,
+}
+
+impl State {
+    /// Indexes a key (replacing what was indexed for it) and keeps namespace key counts exact.
+    pub fn index_insert(&mut self, db: i32, key: &[u8], tenant: &[u8], tags: &[Vec<u8>], sep: &[u8]) {
+        let ix = self.index.db_mut(db);
+        if !ix.contains(key) {
+            self.stats.key_added(policy::namespace(key, sep));
+        }
+        ix.insert(key, tenant, tags);
+    }
+
+    /// Forgets a key; true when it was indexed.
+    pub fn index_remove(&mut self, db: i32, key: &[u8], sep: &[u8]) -> bool {
+        let removed = self.index.remove(db, key);
+        if removed {
+            self.stats.key_removed(policy::namespace(key, sep));
+        }
+        removed
+    }
+}
+
+lazy_static! {
+    static ref STATE: Mutex<State> = Mutex::new(State::default());
+}
+
+/// Runs `f` on the global state. Never call Redis from inside `f`.
+pub fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    let mut guard = STATE.lock().unwrap_or_else(PoisonError::into_inner);
+    f(&mut guard)
+}
+
+impl State {
+    /// Recomputes namespace key counts from the index (after a flush drops whole databases).
+    pub fn recount_namespaces(&mut self, sep: &[u8]) {
+        self.stats.forget_keys();
+        for (_, ix) in self.index.dbs() {
+            for key in ix.keys() {
+                self.stats.key_added(policy::namespace(key, sep));
+            }
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Pure hit/miss and activity counters: global, per tenant, per namespace.
+//!
+//! Tenant and namespace maps are capped at `MAX_TRACKED` names each; events of further names are
+//! counted under `OVERFLOW` so the maps cannot grow without bound.
+
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+pub const MAX_TRACKED: usize = 1024;
+pub const OVERFLOW: &[u8] = b"_other";
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub hits: u64,
+    pub misses: u64,
+    pub stale_hits: u64,
+    pub sets: u64,
+    pub fills: u64,
+    pub fills_rejected: u64,
+    pub leases_granted: u64,
+    pub leases_expired: u64,
+    pub leases_abandoned: u64,
+    pub waits: u64,
+    pub waits_served: u64,
+    pub wait_timeouts: u64,
+    pub invalidations: u64,
+    pub keys_invalidated: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Hit,
+    StaleHit,
+    Miss,
+    Set,
+    Fill,
+    FillRejected,
+    LeaseGranted,
+    LeaseExpired,
+    LeaseAbandoned,
+    Wait,
+    WaitServed,
+    WaitTimeout,
+    KeyInvalidated,
+}
+
+impl Counters {
+    fn apply(&mut self, event: Event) {
+        let field = match event {
+            Event::Hit => &mut self.hits,
+            Event::StaleHit => {
+                self.stale_hits = self.stale_hits.saturating_add(1);
+                &mut self.hits
+            }
+            Event::Miss => &mut self.misses,
+            Event::Set => &mut self.sets,
+            Event::Fill => &mut self.fills,
+            Event::FillRejected => &mut self.fills_rejected,
+            Event::LeaseGranted => &mut self.leases_granted,
+            Event::LeaseExpired => &mut self.leases_expired,
+            Event::LeaseAbandoned => &mut self.leases_abandoned,
+            Event::Wait => &mut self.waits,
+            Event::WaitServed => &mut self.waits_served,
+            Event::WaitTimeout => &mut self.wait_timeouts,
+            Event::KeyInvalidated => &mut self.keys_invalidated,
+        };
+        *field = field.saturating_add(1);
+    }
+
+    pub fn hit_ratio(&self) -> f64 {
+        let total = self.hits.saturating_add(self.misses);
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+
+    /// The counter fields in document order.
+    pub fn fields(&self) -> [(&'static str, u64); 14] {
+        [
+            ("hits", self.hits),
+            ("misses", self.misses),
+            ("stale_hits", self.stale_hits),
+            ("sets", self.sets),
+            ("fills", self.fills),
+            ("fills_rejected", self.fills_rejected),
+            ("leases_granted", self.leases_granted),
+            ("leases_expired", self.leases_expired),
+            ("leases_abandoned", self.leases_abandoned),
+            ("waits", self.waits),
+            ("waits_served", self.waits_served),
+            ("wait_timeouts", self.wait_timeouts),
+            ("invalidations", self.invalidations),
+            ("keys_invalidated", self.keys_invalidated),
+        ]
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceCounters {
+    pub hits: u64,
+    pub misses: u64,
+    /// Live entries in this namespace.
+    pub keys: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub global: Counters,
+    tenants: HashMap<Vec<u8>, Counters>,
+    namespaces: HashMap<Vec<u8>, NamespaceCounters>,
+}
+
+fn slot<'m, V: Default>(map: &'m mut HashMap<Vec<u8>, V>, name: &[u8]) -> &'m mut V {
+    if !map.contains_key(name) {
+        let name = if map.len() < MAX_TRACKED { name } else { OVERFLOW };
+        return map.entry(name.to_vec()).or_default();
+    }
+    map.entry(name.to_vec()).or_default()
+}
+
+impl Stats {
+    /// Counts an event of a key of `tenant` in namespace `ns`.
+    pub fn record(&mut self, event: Event, tenant: &[u8], ns: &[u8]) {
+        self.global.apply(event);
+        slot(&mut self.tenants, tenant).apply(event);
+        if matches!(event, Event::Hit | Event::StaleHit | Event::Miss) {
+            let n = slot(&mut self.namespaces, ns);
+            if event == Event::Miss {
+                n.misses = n.misses.saturating_add(1);
+            } else {
+                n.hits = n.hits.saturating_add(1);
+            }
+        }
+    }
+
+    /// Counts one invalidation call (its keys are counted by `KeyInvalidated` events).
+    pub fn record_invalidation(&mut self, tenant: Option<&[u8]>) {
+        self.global.invalidations = self.global.invalidations.saturating_add(1);
+        if let Some(t) = tenant {
+            let c = slot(&mut self.tenants, t);
+            c.invalidations = c.invalidations.saturating_add(1);
+        }
+    }
+
+    pub fn key_added(&mut self, ns: &[u8]) {
+        let n = slot(&mut self.namespaces, ns);
+        n.keys = n.keys.saturating_add(1);
+    }
+
+    pub fn key_removed(&mut self, ns: &[u8]) {
+        let name = if self.namespaces.contains_key(ns) { ns } else { OVERFLOW };
+        if let Some(n) = self.namespaces.get_mut(name) {
+            n.keys = n.keys.saturating_sub(1);
+        }
+    }
+
+    pub fn forget_keys(&mut self) {
+        for n in self.namespaces.values_mut() {
+            n.keys = 0;
+        }
+    }
+
+    pub fn tenant(&self, tenant: &[u8]) -> Counters {
+        self.tenants.get(tenant).copied().unwrap_or_default()
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = (&[u8], &NamespaceCounters)> {
+        self.namespaces.iter().map(|(k, v)| (k.as_slice(), v))
+    }
+
+    /// Zeroes every counter; key counts stay (they describe data, not traffic).
+    pub fn reset(&mut self) {
+        self.global = Counters::default();
+        self.tenants.clear();
+        for n in self.namespaces.values_mut() {
+            n.hits = 0;
+            n.misses = 0;
+        }
+        self.namespaces.retain(|_, n| n.keys > 0);
+    }
+}
+
+/// The JSON document of CACHE.STATS: counters plus the gauges given in `gauges`.
+pub fn to_json(counters: &Counters, gauges: &[(&str, u64)], namespaces: Option<Value>) -> Value {
+    let mut doc = Map::new();
+    for (name, v) in counters.fields() {
+        doc.insert(name.into(), json!(v));
+    }
+    doc.insert("hit_ratio".into(), json!(counters.hit_ratio()));
+    for (name, v) in gauges {
+        doc.insert((*name).into(), json!(v));
+    }
+    if let Some(ns) = namespaces {
+        doc.insert("namespaces".into(), ns);
+    }
+    Value::Object(doc)
+}
+
+pub fn namespaces_json<'a>(items: impl Iterator<Item = (&'a [u8], &'a NamespaceCounters)>) -> Value {
+    let mut out = Map::new();
+    for (name, n) in items {
+        let total = n.hits.saturating_add(n.misses);
+        let ratio = if total == 0 { 0.0 } else { n.hits as f64 / total as f64 };
+        out.insert(
+            String::from_utf8_lossy(name).into_owned(),
+            json!({"hits": n.hits, "misses": n.misses, "hit_ratio": ratio, "keys": n.keys}),
+        );
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_hits_misses_and_ratio() {
+        let mut s = Stats::default();
+        assert_eq!(s.global.hit_ratio(), 0.0);
+        for _ in 0..3 {
+            s.record(Event::Hit, b"t1", b"ns");
+        }
+        s.record(Event::StaleHit, b"t2", b"ns");
+        s.record(Event::Miss, b"t1", b"other");
+        assert_eq!((s.global.hits, s.global.stale_hits, s.global.misses), (4, 1, 1));
+        assert!((s.global.hit_ratio() - 0.8).abs() < 1e-9);
+        assert_eq!(s.tenant(b"t1").hits, 3);
+        assert_eq!(s.tenant(b"t1").misses, 1);
+        assert_eq!(s.tenant(b"nobody"), Counters::default());
+        let ns: HashMap<_, _> = s.namespaces().map(|(k, v)| (k.to_vec(), *v)).collect();
+        assert_eq!(ns[&b"ns".to_vec()].hits, 4);
+    }
+
+    #[test]
+    fn maps_are_capped_and_reset_keeps_keys() {
+        let mut s = Stats::default();
+        for i in 0..(MAX_TRACKED + 10) {
+            s.record(Event::Miss, format!("t{i}").as_bytes(), format!("n{i}").as_bytes());
+        }
+        assert_eq!(s.tenants.len(), MAX_TRACKED + 1);
+        assert_eq!(s.tenant(OVERFLOW).misses, 10);
+        s.key_added(b"n1");
+        s.reset();
+        assert_eq!(s.global, Counters::default());
+        let kept: Vec<_> = s.namespaces().map(|(k, v)| (k.to_vec(), v.keys)).collect();
+        assert_eq!(kept, vec![(b"n1".to_vec(), 1)]);
+        s.key_removed(b"n1");
+        s.key_removed(b"never");
+    }
+
+    #[test]
+    fn json_has_every_field() {
+        let v = to_json(&Counters::default(), &[("keys", 3)], Some(namespaces_json(std::iter::empty())));
+        for f in ["hits", "misses", "hit_ratio", "keys", "namespaces", "keys_invalidated"] {
+            assert!(v.get(f).is_some(), "{f}");
+        }
+    }
+}
