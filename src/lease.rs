@@ -261,7 +261,8 @@ mod tests {
         let mut l = Leases::default();
         l.invalidate_tags(&tags(&["a"])); // before any lease: forgotten
         let t = l.grant(0, b"k", 0, 1000).unwrap();
-        assert_eq!(l.take_for_fill(0, b"k", &t, &tags(&["a"]), 1), Ok(l.current(0, b"k", 1).cloned().unwrap()));
+        let lease = l.take_for_fill(0, b"k", &t, &tags(&["a"]), 1).unwrap();
+        assert_eq!((lease.token, lease.granted_at_ms), (t, 0));
         let t = l.grant(0, b"k", 2, 1000).unwrap();
         l.invalidate_tags(&tags(&["b"]));
         assert_eq!(l.take_for_fill(0, b"k", &t, &tags(&["a", "b"]), 3), Err(Refusal::TagInvalidated));
