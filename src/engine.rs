@@ -3,7 +3,7 @@
 
 use crate::commands::args::{err, Expiry, WriteOptions};
 use crate::config;
-use crate::entry::{set_command_args, Entry};
+use crate::entry::{canonical_set, Entry, Piece};
 use crate::keyspace::{self, Key, Kind};
 use crate::policy;
 use crate::state::with_state;
@@ -50,9 +50,9 @@ pub fn resolve_deadline(key: &[u8], opts: &WriteOptions, now: i64) -> Deadline {
 }
 
 /// The tenant of a write: TENANT option, else derived from the key name.
-pub fn resolve_tenant(key: &[u8], explicit: Option<&[u8]>) -> (Vec<u8>, bool) {
+pub fn resolve_tenant(key: &[u8], explicit: Option<&RedisString>) -> (Vec<u8>, bool) {
     match explicit {
-        Some(t) => (t.to_vec(), true),
+        Some(t) => (t.as_slice().to_vec(), true),
         None => (derived_tenant(key), false),
     }
 }
@@ -62,14 +62,9 @@ pub fn derived_tenant(key: &[u8]) -> Vec<u8> {
     policy::tenant_from_key(key, re.as_ref().as_ref()).to_vec()
 }
 
-pub fn namespace_of(key: &[u8]) -> Vec<u8> {
-    let sep = config::NAMESPACE_SEPARATOR.get();
-    policy::namespace(key, &sep).to_vec()
-}
-
 pub fn record(event: Event, tenant: &[u8], key: &[u8]) {
-    let ns = namespace_of(key);
-    with_state(|s| s.stats.record(event, tenant, &ns));
+    let sep = config::NAMESPACE_SEPARATOR.get();
+    with_state(|s| s.stats.record(event, tenant, policy::namespace(key, &sep)));
 }
 
 fn is_from_primary_or_loading(ctx: &Context) -> bool {
@@ -80,7 +75,14 @@ fn is_from_primary_or_loading(ctx: &Context) -> bool {
 /// Stores `entry` at `key` with `deadline`, indexes it, voids any lease on the key and
 /// replicates the write with an absolute deadline. A deadline already past deletes the key
 /// instead (as SET with a past EXAT does), except when replaying the primary's stream.
-pub fn store(ctx: &Context, key: &RedisString, entry: Entry, deadline: Deadline) -> Result<(), RedisError> {
+pub fn store(
+    ctx: &Context,
+    key: &RedisString,
+    value: &RedisString,
+    opts: &WriteOptions,
+    entry: Entry,
+    deadline: Deadline,
+) -> Result<(), RedisError> {
     let name = key.as_slice();
     let now = keyspace::now_ms();
     let ttl = deadline.key_ttl_ms(now);
@@ -95,28 +97,75 @@ pub fn store(ctx: &Context, key: &RedisString, entry: Entry, deadline: Deadline)
         with_state(|s| s.leases.void(db, name));
         return Ok(());
     }
-    let args = set_command_args(name, &entry, deadline.fresh_until);
-    let tenant = entry.tenant.clone();
-    let tags = entry.tags.clone();
-    {
-        let handle = Key::write(ctx, key);
-        if !handle.set_entry(entry) {
-            return Err(err("could not store the entry"));
+    let mut handle = Key::write(ctx, key);
+    // Overwriting one of our entries happens in place: no free/alloc, no unlink2, and the index
+    // is only touched when the tenant or tags change.
+    let reindex = match handle.entry() {
+        Some(old) => {
+            let changed = old.tenant != entry.tenant || old.tags != entry.tags;
+            *old = entry;
+            changed
         }
-        // A relative TTL keeps within a ms of the absolute deadline the replica receives.
-        if let Some(t) = ttl {
-            handle.set_ttl_ms(Some(t.max(1)));
+        None => {
+            if !handle.set_entry(entry) {
+                return Err(err("could not store the entry"));
+            }
+            true
         }
-    }
+    };
+    // A relative TTL keeps within a ms of the absolute deadline the replica receives.
+    match ttl {
+        Some(t) => handle.set_ttl_ms(Some(t.max(1))),
+        None if handle.ttl_ms().is_some() => handle.set_ttl_ms(None),
+        None => true,
+    };
+    let Some(stored) = handle.entry() else {
+        return Err(err("could not store the entry"));
+    };
     let sep = config::NAMESPACE_SEPARATOR.get();
     with_state(|s| {
-        s.index_insert(db, name, &tenant, &tags, &sep);
+        if reindex {
+            s.index_insert(db, name, &stored.tenant, &stored.tags, &sep);
+        }
         s.leases.void(db, name);
-        s.stats.record(Event::Set, &tenant, policy::namespace(name, &sep));
+        s.stats.record(Event::Set, &stored.tenant, policy::namespace(name, &sep));
     });
-    let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-    ctx.replicate("CACHE.SET", refs.as_slice());
+    drop(handle);
+    replicate_set(ctx, key, value, opts, deadline);
     Ok(())
+}
+
+/// Replicates a write as its canonical CACHE.SET with an absolute deadline. The key, value,
+/// tags and tenant are the client's own string objects (Redis only bumps their refcount), so
+/// a large value is never copied for replication.
+fn replicate_set(ctx: &Context, key: &RedisString, value: &RedisString, opts: &WriteOptions, deadline: Deadline) {
+    let Some(replicate) = api!(RedisModule_Replicate) else {
+        return;
+    };
+    let mut made: Vec<RedisString> = Vec::new();
+    let args = canonical_set(
+        key.inner,
+        value.inner,
+        deadline.fresh_until,
+        deadline.stale_ms,
+        opts.tags.iter().map(|t| t.inner).collect(),
+        opts.tenant.map(|t| t.inner),
+        |piece| {
+            let s = match piece {
+                Piece::Keyword(k) => ctx.create_string(k),
+                Piece::Number(n) => ctx.create_string(n.to_string()),
+            };
+            let inner = s.inner;
+            made.push(s);
+            inner
+        },
+    );
+    // SAFETY: every pointer is a live string for the duration of the call; "v" takes an array
+    // and its length, and Redis takes its own references.
+    unsafe {
+        replicate(ctx.ctx, c"CACHE.SET".as_ptr(), c"v".as_ptr(), args.as_ptr(), args.len());
+    }
+    drop(made);
 }
 
 /// Deletes entries (never keys of other types); returns how many were removed. Replicated as one
@@ -144,7 +193,7 @@ pub fn soft_expire_entries(ctx: &Context, keys: &[Vec<u8>]) -> usize {
     let now = keyspace::now_ms();
     for name in keys {
         let key = ctx.create_string(name.as_slice());
-        let handle = Key::write(ctx, &key);
+        let mut handle = Key::write(ctx, &key);
         let Some(stale_ms) = handle.entry().map(|e| e.stale_ms) else {
             continue;
         };
@@ -154,13 +203,13 @@ pub fn soft_expire_entries(ctx: &Context, keys: &[Vec<u8>]) -> usize {
         }
         let ttl = handle.ttl_ms().map_or(stale_ms, |t| t.min(stale_ms)).max(1);
         if handle.set_ttl_ms(Some(ttl)) {
-            changed += 1;
+            changed = changed.saturating_add(1);
             drop(handle);
             let at = now.saturating_add(ttl).to_string();
             ctx.replicate("PEXPIREAT", &[name.as_slice(), at.as_bytes()]);
         }
     }
-    changed + delete_entries(ctx, &to_delete)
+    changed.saturating_add(delete_entries(ctx, &to_delete))
 }
 
 /// Checks that the calling user may delete/overwrite every key; `NOPERM` names the first that

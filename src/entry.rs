@@ -5,8 +5,10 @@
 //! the fresh deadline too, and the TTL needs no copy in the entry (Redis persists and replicates it).
 
 use crate::events;
+use crate::mem;
 use redis_module::native_types::RedisType;
 use redis_module::raw;
+use std::borrow::Cow;
 use std::ffi::CString;
 use std::os::raw::{c_int, c_void};
 
@@ -41,11 +43,13 @@ impl Entry {
 
     /// Heap and inline bytes of this entry.
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of::<Entry>()
-            + self.value.capacity()
-            + self.tenant.capacity()
-            + self.tags.capacity() * std::mem::size_of::<Vec<u8>>()
-            + self.tags.iter().map(Vec::capacity).sum::<usize>()
+        mem::sum([
+            std::mem::size_of::<Entry>(),
+            self.value.capacity(),
+            self.tenant.capacity(),
+            mem::times(self.tags.capacity(), std::mem::size_of::<Vec<u8>>()),
+            mem::sum(self.tags.iter().map(Vec::capacity)),
+        ])
     }
 }
 
@@ -194,29 +198,63 @@ unsafe extern "C" fn aof_rewrite(
     }
 }
 
-/// Arguments (after the command name) of the CACHE.SET that recreates `e` under `key`:
-/// with `pxat` the absolute fresh deadline, without it NOEXPIRE.
-pub fn set_command_args(key: &[u8], e: &Entry, pxat: Option<i64>) -> Vec<Vec<u8>> {
-    let mut args = vec![key.to_vec(), e.value.clone()];
-    match pxat {
+/// A piece of a canonical CACHE.SET that is not taken from the entry or the client.
+pub enum Piece {
+    Keyword(&'static [u8]),
+    Number(i64),
+}
+
+/// The canonical arguments (after the command name) of the CACHE.SET that recreates an entry:
+/// `key value (PXAT ms | NOEXPIRE) STALE s [TAGS n tag…] [TENANT t]`. Generic over the argument
+/// representation so AOF rewrite (bytes) and replication (the client's string objects) share it;
+/// `make` turns keywords and numbers into that representation.
+pub fn canonical_set<A>(
+    key: A,
+    value: A,
+    fresh_until: Option<i64>,
+    stale_ms: i64,
+    tags: Vec<A>,
+    tenant: Option<A>,
+    mut make: impl FnMut(Piece) -> A,
+) -> Vec<A> {
+    let mut args = Vec::with_capacity(tags.len().saturating_add(10));
+    args.push(key);
+    args.push(value);
+    match fresh_until {
         Some(at) => {
-            args.push(b"PXAT".to_vec());
-            args.push(at.to_string().into_bytes());
+            args.push(make(Piece::Keyword(b"PXAT")));
+            args.push(make(Piece::Number(at)));
         }
-        None => args.push(b"NOEXPIRE".to_vec()),
+        None => args.push(make(Piece::Keyword(b"NOEXPIRE"))),
     }
-    args.push(b"STALE".to_vec());
-    args.push((e.stale_ms / 1000).to_string().into_bytes());
-    if !e.tags.is_empty() {
-        args.push(b"TAGS".to_vec());
-        args.push(e.tags.len().to_string().into_bytes());
-        args.extend(e.tags.iter().cloned());
+    args.push(make(Piece::Keyword(b"STALE")));
+    args.push(make(Piece::Number(stale_ms / 1000)));
+    if !tags.is_empty() {
+        args.push(make(Piece::Keyword(b"TAGS")));
+        args.push(make(Piece::Number(i64::try_from(tags.len()).unwrap_or(i64::MAX))));
+        args.extend(tags);
     }
-    if e.tenant_explicit {
-        args.push(b"TENANT".to_vec());
-        args.push(e.tenant.clone());
+    if let Some(t) = tenant {
+        args.push(make(Piece::Keyword(b"TENANT")));
+        args.push(t);
     }
     args
+}
+
+/// `canonical_set` as bytes, for an entry under `key` (NOEXPIRE when `fresh_until` is None).
+pub fn set_command_args<'a>(key: &'a [u8], e: &'a Entry, fresh_until: Option<i64>) -> Vec<Cow<'a, [u8]>> {
+    canonical_set(
+        Cow::Borrowed(key),
+        Cow::Borrowed(e.value.as_slice()),
+        fresh_until,
+        e.stale_ms,
+        e.tags.iter().map(|t| Cow::Borrowed(t.as_slice())).collect(),
+        e.tenant_explicit.then_some(Cow::Borrowed(e.tenant.as_slice())),
+        |piece| match piece {
+            Piece::Keyword(k) => Cow::Borrowed(k),
+            Piece::Number(n) => Cow::Owned(n.to_string().into_bytes()),
+        },
+    )
 }
 
 unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
@@ -283,7 +321,7 @@ mod tests {
         let args = set_command_args(b"k", &e, Some(123));
         let text: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         assert_eq!(text, ["k", "v", "PXAT", "123", "STALE", "60", "TAGS", "1", "a", "TENANT", "t"]);
-        assert!(set_command_args(b"k", &Entry::default(), None).contains(&b"NOEXPIRE".to_vec()));
+        assert!(set_command_args(b"k", &Entry::default(), None).contains(&Cow::Borrowed(&b"NOEXPIRE"[..])));
     }
 
     #[test]

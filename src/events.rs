@@ -1,5 +1,7 @@
 //! Keyspace and server event handlers that keep the index exact however a key appears,
 //! disappears or moves. They only touch module memory (7.0 forbids keyspace writes here).
+// The raw pointers taken by these functions are handles Redis passes to callbacks.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use crate::config;
 use crate::engine::derived_tenant;
@@ -11,6 +13,9 @@ use std::os::raw::{c_int, c_void};
 
 /// The type's `unlink2`: the key left the keyspace (DEL, UNLINK, expiry, eviction, overwrite,
 /// RENAME's old name, MOVE's source).
+///
+/// # Safety
+/// Called by Redis with a valid key-option context.
 pub unsafe extern "C" fn on_unlink(ctx: *mut raw::RedisModuleKeyOptCtx, _value: *const c_void) {
     let (Some(get_name), Some(get_db)) = (
         api!(RedisModule_GetKeyNameFromOptCtx),
@@ -41,7 +46,7 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
 
 /// Indexes the entry at `name` in the context's selected db (a derived tenant follows the name).
 pub fn reindex_key(ctx: *mut raw::RedisModuleCtx, name: *mut raw::RedisModuleString) {
-    let key = Key::peek(ctx, name);
+    let mut key = Key::peek(ctx, name);
     let Some(entry) = key.entry() else {
         return;
     };

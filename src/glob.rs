@@ -96,17 +96,17 @@ impl Glob {
             match (tokens.get(t), key.get(k)) {
                 (Some(Token::Star), _) => {
                     backtrack = Some((t, k));
-                    t += 1;
+                    t = t.saturating_add(1);
                 }
                 (Some(token), Some(&b)) if token.matches_byte(b) => {
-                    t += 1;
-                    k += 1;
+                    t = t.saturating_add(1);
+                    k = k.saturating_add(1);
                 }
                 _ => match backtrack {
                     Some((star_t, star_k)) => {
-                        backtrack = Some((star_t, star_k + 1));
-                        t = star_t + 1;
-                        k = star_k + 1;
+                        backtrack = Some((star_t, star_k.saturating_add(1)));
+                        t = star_t.saturating_add(1);
+                        k = star_k.saturating_add(1);
                     }
                     None => return false,
                 },
@@ -122,30 +122,30 @@ fn compile(p: &[u8]) -> Vec<Token> {
     let mut tokens = Vec::new();
     let mut i = 0usize;
     while i < p.len() {
-        let remaining = p.len() - i;
+        let remaining = p.len().saturating_sub(i);
         match at(i) {
             b'*' => {
                 if tokens.last() != Some(&Token::Star) {
                     tokens.push(Token::Star);
                 }
-                i += 1;
+                i = i.saturating_add(1);
             }
             b'?' => {
                 tokens.push(Token::Any);
-                i += 1;
+                i = i.saturating_add(1);
             }
             b'[' => {
-                let (token, next) = compile_class(p, i + 1);
+                let (token, next) = compile_class(p, i.saturating_add(1));
                 tokens.push(token);
                 i = next;
             }
             b'\\' if remaining >= 2 => {
-                tokens.push(Token::Literal(at(i + 1)));
-                i += 2;
+                tokens.push(Token::Literal(at(i.saturating_add(1))));
+                i = i.saturating_add(2);
             }
             b => {
                 tokens.push(Token::Literal(b));
-                i += 1;
+                i = i.saturating_add(1);
             }
         }
     }
@@ -158,28 +158,28 @@ fn compile_class(p: &[u8], mut i: usize) -> (Token, usize) {
     let left = |i: usize| p.len().saturating_sub(i);
     let negated = at(i) == b'^' && i < p.len();
     if negated {
-        i += 1;
+        i = i.saturating_add(1);
     }
     let mut items = Vec::new();
     loop {
         if at(i) == b'\\' && left(i) >= 2 {
-            i += 1;
+            i = i.saturating_add(1);
             items.push(ClassItem::Byte(at(i)));
         } else if at(i) == b']' && left(i) >= 1 {
             break;
         } else if left(i) == 0 {
             // Unterminated: the class ends with the pattern.
             return (Token::Class { negated, items }, p.len());
-        } else if left(i) >= 3 && at(i + 1) == b'-' {
-            let (a, b) = (at(i) as i8, at(i + 2) as i8);
+        } else if left(i) >= 3 && at(i.saturating_add(1)) == b'-' {
+            let (a, b) = (at(i) as i8, at(i.saturating_add(2)) as i8);
             items.push(ClassItem::Range(a.min(b), a.max(b)));
-            i += 2;
+            i = i.saturating_add(2);
         } else {
             items.push(ClassItem::Byte(at(i)));
         }
-        i += 1;
+        i = i.saturating_add(1);
     }
-    (Token::Class { negated, items }, i + 1)
+    (Token::Class { negated, items }, i.saturating_add(1))
 }
 
 #[cfg(test)]

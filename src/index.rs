@@ -193,21 +193,27 @@ impl DbIndex {
 
     /// Bytes held by the index structures (approximate to the allocator's rounding).
     pub fn heap_bytes(&self) -> usize {
+        use crate::mem::{sum, times};
         use std::mem::size_of;
-        let name = |n: &Name| n.len() + 2 * size_of::<usize>();
-        let ptr = size_of::<Name>();
-        let mut total = self.keys.capacity() * (ptr + size_of::<KeyRecord>() + 1);
-        for (k, r) in &self.keys {
-            total += name(k) + r.tags.len() * ptr;
-        }
-        for (t, set) in &self.tenants {
-            // B-tree nodes hold up to 11 names; assume two-thirds full.
-            total += name(t) + ptr + size_of::<BTreeSet<Name>>() + set.len() * ptr * 3 / 2;
-        }
-        for (t, set) in &self.tags {
-            total += name(t) + ptr + size_of::<HashSet<Name>>() + set.capacity() * (ptr + 1);
-        }
-        total + self.tenants.capacity() + self.tags.capacity()
+        const PTR: usize = size_of::<Name>();
+        // An Arc<[u8]> allocation: two reference counts plus the bytes.
+        const ARC_HEADER: usize = 2 * size_of::<usize>();
+        // Hash tables: one slot (key + value) plus one control byte per bucket.
+        const KEY_SLOT: usize = PTR + size_of::<KeyRecord>() + 1;
+        const TENANT_SLOT: usize = PTR + size_of::<BTreeSet<Name>>() + 1;
+        const TAG_SLOT: usize = PTR + size_of::<HashSet<Name>>() + 1;
+        // B-tree nodes hold up to 11 names; count them two-thirds full.
+        const BTREE_PER_NAME: usize = PTR * 3 / 2;
+        let name = |n: &Name| n.len().saturating_add(ARC_HEADER);
+        let keys_table = times(self.keys.capacity(), KEY_SLOT);
+        let keys = sum(self.keys.iter().map(|(k, r)| sum([name(k), times(r.tags.len(), PTR)])));
+        let tenants = sum(self.tenants.iter().map(|(t, set)| sum([name(t), times(set.len(), BTREE_PER_NAME)])));
+        let tags = sum(self.tags.iter().map(|(t, set)| sum([name(t), times(set.capacity(), PTR + 1)])));
+        let tables = sum([
+            times(self.tenants.capacity(), TENANT_SLOT),
+            times(self.tags.capacity(), TAG_SLOT),
+        ]);
+        sum([keys_table, keys, tenants, tags, tables])
     }
 }
 

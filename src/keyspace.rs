@@ -1,6 +1,8 @@
 //! A thin, safe wrapper over raw module keys. The crate's key types cannot read a key's TTL and
 //! refuse to replace a value of another type, and `RedisModule_GetExpire` on a NULL key crashes
 //! 7.0: this wrapper checks every pointer before use.
+// The raw pointers taken by these functions are handles Redis passes to commands and callbacks.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use crate::entry::{raw_type, Entry};
 use redis_module::{raw, Context, RedisString};
@@ -70,7 +72,7 @@ impl Key {
     }
 
     /// The entry stored at this key, when it is one of ours.
-    pub fn entry(&self) -> Option<&mut Entry> {
+    pub fn entry(&mut self) -> Option<&mut Entry> {
         if self.kind() != Kind::Entry {
             return None;
         }

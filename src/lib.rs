@@ -1,6 +1,21 @@
 //! tagcache: a Redis module for cache-aside workloads. This file only registers things: the
 //! data type, the commands, the configs and the event handlers.
 
+// A panic inside the module aborts redis-server and loses every tenant's unsaved data.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
 /// Reads a Redis module API function pointer (a `static mut` filled by Redis at load time).
 macro_rules! api {
     ($name:ident) => {{
@@ -20,6 +35,7 @@ pub mod glob;
 pub mod index;
 pub mod keyspace;
 pub mod lease;
+pub mod mem;
 pub mod policy;
 pub mod state;
 pub mod stats;

@@ -74,7 +74,7 @@ pub fn parse_tenant_regex(text: &str) -> Result<Option<Regex>, String> {
 /// Redis Cluster's hash tag: the bytes between the first `{` and the next `}`, when non-empty.
 pub fn hash_tag(key: &[u8]) -> Option<&[u8]> {
     let open = key.iter().position(|&b| b == b'{')?;
-    let rest = key.get(open + 1..)?;
+    let rest = key.get(open.saturating_add(1)..)?;
     let close = rest.iter().position(|&b| b == b'}')?;
     let tag = rest.get(..close)?;
     (!tag.is_empty()).then_some(tag)

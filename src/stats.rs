@@ -112,26 +112,32 @@ pub struct Stats {
     namespaces: HashMap<Vec<u8>, NamespaceCounters>,
 }
 
-fn slot<'m, V: Default>(map: &'m mut HashMap<Vec<u8>, V>, name: &[u8]) -> &'m mut V {
-    if !map.contains_key(name) {
-        let name = if map.len() < MAX_TRACKED { name } else { OVERFLOW };
-        return map.entry(name.to_vec()).or_default();
+/// Applies `f` to the counters of `name`, or of `OVERFLOW` once the map is full. Looks up
+/// before inserting so the hot path allocates nothing.
+fn update<V: Default>(map: &mut HashMap<Vec<u8>, V>, name: &[u8], f: impl FnOnce(&mut V)) {
+    let name = if map.contains_key(name) || map.len() < MAX_TRACKED { name } else { OVERFLOW };
+    if let Some(v) = map.get_mut(name) {
+        f(v);
+        return;
     }
-    map.entry(name.to_vec()).or_default()
+    let mut v = V::default();
+    f(&mut v);
+    map.insert(name.to_vec(), v);
 }
 
 impl Stats {
     /// Counts an event of a key of `tenant` in namespace `ns`.
     pub fn record(&mut self, event: Event, tenant: &[u8], ns: &[u8]) {
         self.global.apply(event);
-        slot(&mut self.tenants, tenant).apply(event);
+        update(&mut self.tenants, tenant, |c| c.apply(event));
         if matches!(event, Event::Hit | Event::StaleHit | Event::Miss) {
-            let n = slot(&mut self.namespaces, ns);
-            if event == Event::Miss {
-                n.misses = n.misses.saturating_add(1);
-            } else {
-                n.hits = n.hits.saturating_add(1);
-            }
+            update(&mut self.namespaces, ns, |n| {
+                if event == Event::Miss {
+                    n.misses = n.misses.saturating_add(1);
+                } else {
+                    n.hits = n.hits.saturating_add(1);
+                }
+            });
         }
     }
 
@@ -139,14 +145,12 @@ impl Stats {
     pub fn record_invalidation(&mut self, tenant: Option<&[u8]>) {
         self.global.invalidations = self.global.invalidations.saturating_add(1);
         if let Some(t) = tenant {
-            let c = slot(&mut self.tenants, t);
-            c.invalidations = c.invalidations.saturating_add(1);
+            update(&mut self.tenants, t, |c| c.invalidations = c.invalidations.saturating_add(1));
         }
     }
 
     pub fn key_added(&mut self, ns: &[u8]) {
-        let n = slot(&mut self.namespaces, ns);
-        n.keys = n.keys.saturating_add(1);
+        update(&mut self.namespaces, ns, |n| n.keys = n.keys.saturating_add(1));
     }
 
     pub fn key_removed(&mut self, ns: &[u8]) {

@@ -59,100 +59,98 @@ pub enum Expiry {
     At(i64),
 }
 
-/// The options shared by CACHE.SET and CACHE.FILL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteOptions {
+/// The options shared by CACHE.SET and CACHE.FILL; tags and tenant borrow the client's
+/// arguments (replication re-sends those very string objects).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions<'a> {
     pub expiry: Expiry,
     pub stale_s: Option<i64>,
-    pub tags: Vec<Vec<u8>>,
-    pub tenant: Option<Vec<u8>>,
+    pub tags: &'a [RedisString],
+    pub tenant: Option<&'a RedisString>,
+}
+
+impl WriteOptions<'_> {
+    /// The tags as sorted, de-duplicated byte strings.
+    pub fn normalized_tags(&self) -> Vec<Vec<u8>> {
+        normalize_tags(self.tags.iter().map(|t| t.as_slice().to_vec()).collect())
+    }
 }
 
 /// Largest absolute deadline accepted (year ~2286 in ms), so later additions cannot overflow.
 const MAX_UNIX_MS: i64 = 9_999_999_999_999;
 
+const ONE_EXPIRY: &str = "only one of EX, PX, EXAT, PXAT and NOEXPIRE may be given";
+
 /// Parses `[EX s | PX ms | EXAT s | PXAT ms | NOEXPIRE] [STALE s] [TAGS n tag…] [TENANT t]`.
-pub fn parse_write_options(args: &[RedisString]) -> Result<WriteOptions, RedisError> {
+pub fn parse_write_options(args: &[RedisString]) -> Result<WriteOptions<'_>, RedisError> {
     let mut opts = WriteOptions {
         expiry: Expiry::Default,
         stale_s: None,
-        tags: Vec::new(),
+        tags: &[],
         tenant: None,
     };
     let mut seen_tags = false;
     let mut i = 0usize;
-    let value_of = |i: usize, name: &str| -> Result<&[u8], RedisError> {
-        args.get(i + 1)
-            .map(|a| a.as_slice())
+    let value_of = |i: usize, name: &str| -> Result<&RedisString, RedisError> {
+        args.get(i.saturating_add(1))
             .ok_or_else(|| err(format!("{name} needs a value")))
     };
     while let Some(arg) = args.get(i) {
         let name = arg.as_slice();
-        let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
-        match upper.as_str() {
-            "EX" | "PX" | "EXAT" | "PXAT" => {
-                if opts.expiry != Expiry::Default {
-                    return Err(err("only one of EX, PX, EXAT, PXAT and NOEXPIRE may be given"));
-                }
-                let raw = value_of(i, &upper)?;
-                let bad = || err(format!("invalid expire time for {upper}: must be a positive integer in range"));
-                let v = parse_i64(raw).filter(|v| *v > 0).ok_or_else(bad)?;
-                opts.expiry = match upper.as_str() {
-                    "EX" if v <= MAX_SECONDS => Expiry::In(v * 1000),
-                    "PX" if v <= MAX_SECONDS * 1000 => Expiry::In(v),
-                    "EXAT" if v <= MAX_UNIX_MS / 1000 => Expiry::At(v * 1000),
-                    "PXAT" if v <= MAX_UNIX_MS => Expiry::At(v),
-                    _ => return Err(bad()),
-                };
-                i += 2;
+        let ttl_unit = ["EX", "PX", "EXAT", "PXAT"].into_iter().find(|n| is(name, n));
+        if let Some(unit) = ttl_unit {
+            if opts.expiry != Expiry::Default {
+                return Err(err(ONE_EXPIRY));
             }
-            "NOEXPIRE" => {
-                if opts.expiry != Expiry::Default {
-                    return Err(err("only one of EX, PX, EXAT, PXAT and NOEXPIRE may be given"));
-                }
-                opts.expiry = Expiry::Never;
-                i += 1;
+            let bad = || err(format!("invalid expire time for {unit}: must be a positive integer in range"));
+            let v = parse_i64(value_of(i, unit)?.as_slice()).filter(|v| *v > 0).ok_or_else(bad)?;
+            opts.expiry = match unit {
+                "EX" if v <= MAX_SECONDS => Expiry::In(v.saturating_mul(1000)),
+                "PX" if v <= MAX_SECONDS.saturating_mul(1000) => Expiry::In(v),
+                "EXAT" if v <= MAX_UNIX_MS / 1000 => Expiry::At(v.saturating_mul(1000)),
+                "PXAT" if v <= MAX_UNIX_MS => Expiry::At(v),
+                _ => return Err(bad()),
+            };
+            i = i.saturating_add(2);
+        } else if is(name, "NOEXPIRE") {
+            if opts.expiry != Expiry::Default {
+                return Err(err(ONE_EXPIRY));
             }
-            "STALE" => {
-                if opts.stale_s.is_some() {
-                    return Err(err("option STALE given twice"));
-                }
-                opts.stale_s = Some(int_in(value_of(i, "STALE")?, "STALE", 0, MAX_SECONDS)?);
-                i += 2;
+            opts.expiry = Expiry::Never;
+            i = i.saturating_add(1);
+        } else if is(name, "STALE") {
+            if opts.stale_s.is_some() {
+                return Err(err("option STALE given twice"));
             }
-            "TAGS" => {
-                if seen_tags {
-                    return Err(err("option TAGS given twice"));
-                }
-                seen_tags = true;
-                let max = config::get(&config::MAX_TAGS);
-                let n = parse_i64(value_of(i, "TAGS")?)
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| err("TAGS count must be a non-negative integer"))?;
-                if n > max {
-                    return Err(err(format!("too many tags: {n} > tagcache.max-tags ({max})")));
-                }
-                let n = usize::try_from(n).map_err(|_| err("TAGS count out of range"))?;
-                let start = i + 2;
-                let tags = args
-                    .get(start..start.saturating_add(n))
-                    .ok_or_else(|| err("TAGS count is larger than the number of tags given"))?;
-                opts.tags = normalize_tags(tags.iter().map(|t| t.as_slice().to_vec()).collect());
-                i = start + n;
+            opts.stale_s = Some(int_in(value_of(i, "STALE")?.as_slice(), "STALE", 0, MAX_SECONDS)?);
+            i = i.saturating_add(2);
+        } else if is(name, "TAGS") {
+            if seen_tags {
+                return Err(err("option TAGS given twice"));
             }
-            "TENANT" => {
-                if opts.tenant.is_some() {
-                    return Err(err("option TENANT given twice"));
-                }
-                opts.tenant = Some(value_of(i, "TENANT")?.to_vec());
-                i += 2;
+            seen_tags = true;
+            let max = config::get(&config::MAX_TAGS);
+            let n = parse_i64(value_of(i, "TAGS")?.as_slice())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| err("TAGS count must be a non-negative integer"))?;
+            if n > max {
+                return Err(err(format!("too many tags: {n} > tagcache.max-tags ({max})")));
             }
-            _ => {
-                return Err(err(format!(
-                    "unknown option '{}'",
-                    String::from_utf8_lossy(name)
-                )))
+            let n = usize::try_from(n).map_err(|_| err("TAGS count out of range"))?;
+            let start = i.saturating_add(2);
+            let end = start.saturating_add(n);
+            opts.tags = args
+                .get(start..end)
+                .ok_or_else(|| err("TAGS count is larger than the number of tags given"))?;
+            i = end;
+        } else if is(name, "TENANT") {
+            if opts.tenant.is_some() {
+                return Err(err("option TENANT given twice"));
             }
+            opts.tenant = Some(value_of(i, "TENANT")?);
+            i = i.saturating_add(2);
+        } else {
+            return Err(err(format!("unknown option '{}'", String::from_utf8_lossy(name))));
         }
     }
     Ok(opts)

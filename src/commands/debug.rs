@@ -23,7 +23,7 @@ pub fn debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 fn index_check(ctx: &Context) -> RedisResult {
     let mut live: HashMap<(i32, Vec<u8>), Indexed> = HashMap::new();
     for_each_key(ctx.ctx, |c, name| {
-        let key = Key::peek(c, name);
+        let mut key = Key::peek(c, name);
         if let Some(e) = key.entry() {
             let indexed = Indexed {
                 tenant: e.tenant.clone(),
@@ -39,7 +39,7 @@ fn index_check(ctx: &Context) -> RedisResult {
                 return Some(format!("db {db}: {e}"));
             }
             for (key, held) in ix.entries() {
-                indexed += 1;
+                indexed = indexed.saturating_add(1);
                 match live.get(&(db, key.to_vec())) {
                     None => return Some(format!("db {db}: index holds {} which is not a live entry", show(key))),
                     Some(e) if *e != held => {

@@ -81,13 +81,14 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     };
     let n = int_in(count_arg.as_slice(), "numtags", 1, config::MAX_TAGS_LIMIT * 1024)?;
     let n = usize::try_from(n).map_err(|_| err("numtags out of range"))?;
+    let end = n.saturating_add(2);
     let tags: Vec<Vec<u8>> = args
-        .get(2..2 + n)
+        .get(2..end)
         .ok_or_else(|| err("numtags is larger than the number of tags given"))?
         .iter()
         .map(|t| t.as_slice().to_vec())
         .collect();
-    let soft = parse_soft(args.get(2 + n..).unwrap_or_default())?;
+    let soft = parse_soft(args.get(end..).unwrap_or_default())?;
     let started = Instant::now();
     let db = keyspace::selected_db(ctx.ctx);
     let keys: Vec<Vec<u8>> = with_state(|s| {

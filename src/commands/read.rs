@@ -17,7 +17,7 @@ pub fn get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(wrong_arity("cache.get"));
     };
     let name = key.as_slice();
-    let handle = Key::read(ctx, key);
+    let mut handle = Key::read(ctx, key);
     match handle.kind() {
         Kind::Other => Err(wrongtype()),
         Kind::Missing => {
@@ -55,7 +55,7 @@ pub fn inspect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             s.index.db(db).is_some_and(|d| d.contains(name)),
         )
     });
-    let handle = Key::read(ctx, key);
+    let mut handle = Key::read(ctx, key);
     let mut doc = json!({
         "exists": false,
         "indexed": indexed,

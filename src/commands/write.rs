@@ -14,17 +14,17 @@ pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     };
     let opts = parse_write_options(args.get(3..).unwrap_or_default())?;
     let name = key.as_slice();
-    let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant.as_deref());
+    let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant);
     let deadline = engine::resolve_deadline(name, &opts, keyspace::now_ms());
     let entry = Entry {
         value: value.as_slice().to_vec(),
         tenant,
         tenant_explicit,
-        tags: opts.tags,
+        tags: opts.normalized_tags(),
         stale_ms: deadline.stale_ms,
         fill_ms: 0,
     };
-    engine::store(ctx, key, entry, deadline)?;
+    engine::store(ctx, key, value, &opts, entry, deadline)?;
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 

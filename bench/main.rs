@@ -1,0 +1,205 @@
+//! `make bench`: tagcache against native commands and userland equivalents, measured side by
+//! side in one run on one server, printed as ratios (absolute times drift on a shared machine;
+//! ratios hold). Server-side costs come from INFO commandstats (µs per call).
+//!
+//! Options: `--quick` (smaller sizes, for a smoke run), `--only NAME` (one row: get, set,
+//! invalidate).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Server;
+use redis::Connection;
+use std::time::{Duration, Instant};
+
+struct Opts {
+    quick: bool,
+    only: Option<String>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = Opts {
+        quick: args.iter().any(|a| a == "--quick"),
+        only: args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1).cloned()),
+    };
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if std::env::var("TAGCACHE_MODULE").is_err() {
+        std::env::set_var("TAGCACHE_MODULE", root.join("target/release/libtagcache.so"));
+    }
+    let version = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("tagcache bench — {version}");
+    println!("module: {}", std::env::var("TAGCACHE_MODULE").unwrap_or_default());
+    println!();
+    let want = |name: &str| opts.only.as_deref().is_none_or(|o| o == name);
+    if want("get") || want("set") {
+        per_call_rows(&opts, want("get"), want("set"));
+    }
+    if want("invalidate") {
+        invalidate_row(&opts);
+    }
+}
+
+/// `usec_per_call` of each command in INFO commandstats.
+fn commandstats(c: &mut Connection) -> Vec<(String, f64, u64)> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(c).expect("INFO");
+    info.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("cmdstat_")?;
+            let (name, fields) = rest.split_once(':')?;
+            let field = |k: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            Some((name.to_string(), field("usec_per_call")?, field("calls")? as u64))
+        })
+        .collect()
+}
+
+fn per_call(stats: &[(String, f64, u64)], name: &str) -> f64 {
+    stats.iter().find(|(n, _, _)| n == name).map_or(f64::NAN, |s| s.1)
+}
+
+/// Runs `rounds` alternating pipelined batches of the native and the module command, so that
+/// machine noise hits both alike.
+fn alternate(c: &mut Connection, rounds: usize, batch: usize, native: &dyn Fn(&mut redis::Pipeline, usize), module: &dyn Fn(&mut redis::Pipeline, usize)) {
+    for r in 0..rounds {
+        for build in [native, module] {
+            let mut p = redis::pipe();
+            for i in 0..batch {
+                build(&mut p, r * batch + i);
+            }
+            let _: redis::Value = p.query(c).expect("pipeline");
+        }
+    }
+}
+
+fn per_call_rows(opts: &Opts, get: bool, set: bool) {
+    let server = Server::start();
+    let mut c = server.conn();
+    let (rounds, batch) = if opts.quick { (200, 100) } else { (2000, 100) };
+    let keys = 10_000;
+    println!("Per-call server cost (INFO commandstats, {} calls each, pipelined {batch})", rounds * batch);
+    println!("{:<46} {:>10} {:>12} {:>8}", "row", "native µs", "tagcache µs", "ratio");
+    if get {
+        let mut p = redis::pipe();
+        for i in 0..keys {
+            p.cmd("SET").arg(format!("native:{i}")).arg("x".repeat(100)).ignore();
+            p.cmd("CACHE.SET").arg(format!("cache:{i}")).arg("x".repeat(100)).arg("EX").arg(3600).arg("TAGS").arg(3).arg("a").arg("b").arg("c").ignore();
+        }
+        let _: () = p.query(&mut c).expect("populate");
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).expect("resetstat");
+        alternate(
+            &mut c,
+            rounds,
+            batch,
+            &|p, i| {
+                p.cmd("GET").arg(format!("native:{}", i % keys));
+            },
+            &|p, i| {
+                p.cmd("CACHE.GET").arg(format!("cache:{}", i % keys));
+            },
+        );
+        let s = commandstats(&mut c);
+        row("CACHE.GET hit vs GET (100 B values)", per_call(&s, "get"), per_call(&s, "cache.get"));
+    }
+    if set {
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).expect("resetstat");
+        alternate(
+            &mut c,
+            rounds,
+            batch,
+            &|p, i| {
+                p.cmd("SET").arg(format!("native:{}", i % keys)).arg("y".repeat(100)).arg("PX").arg(60_000);
+            },
+            &|p, i| {
+                p.cmd("CACHE.SET").arg(format!("cache:{}", i % keys)).arg("y".repeat(100)).arg("PX").arg(60_000).arg("TAGS").arg(3).arg(format!("tag{}", i % 7)).arg("b").arg("c");
+            },
+        );
+        let s = commandstats(&mut c);
+        row("CACHE.SET … PX … TAGS 3 vs SET … PX (overwrite)", per_call(&s, "set"), per_call(&s, "cache.set"));
+    }
+    println!();
+}
+
+fn row(name: &str, native: f64, module: f64) {
+    println!("{name:<46} {native:>10.2} {module:>12.2} {:>7.2}x", module / native);
+}
+
+/// CACHE.INVALIDATE of one tenant's keys among many entries vs SCAN MATCH + UNLINK from a client.
+fn invalidate_row(opts: &Opts) {
+    let total: usize = if opts.quick { 100_000 } else { 1_000_000 };
+    let tenant_keys = 1000;
+    let server = Server::start();
+    let mut c = server.conn();
+    println!("Invalidate one tenant's {tenant_keys} keys among {total} entries (wall time, client on loopback)");
+    let started = Instant::now();
+    let chunk = 10_000;
+    for start in (0..total).step_by(chunk) {
+        let mut p = redis::pipe();
+        for i in start..(start + chunk).min(total) {
+            // Tenant t0 owns the first `tenant_keys` keys; the rest spread over 10 000 tenants.
+            let tenant = if i < tenant_keys { 0 } else { 1 + i % 10_000 };
+            p.cmd("CACHE.SET").arg(format!("fmpa:list:{{t{tenant}}}:{i}")).arg("v").arg("EX").arg(3600).ignore();
+        }
+        let _: () = p.query(&mut c).expect("populate");
+    }
+    println!("  (populated in {:.1} s)", started.elapsed().as_secs_f64());
+    let refill = |c: &mut Connection| {
+        let mut p = redis::pipe();
+        for i in 0..tenant_keys {
+            p.cmd("CACHE.SET").arg(format!("fmpa:list:{{t0}}:{i}")).arg("v").arg("EX").arg(3600).ignore();
+        }
+        let _: () = p.query(c).expect("refill");
+    };
+    let reps = 3;
+    let mut scan_times = Vec::new();
+    let mut inval_times = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let deleted = scan_unlink(&mut c, "fmpa:list:{t0}:*");
+        scan_times.push(t.elapsed());
+        assert_eq!(deleted, tenant_keys, "SCAN+UNLINK removed the wrong number of keys");
+        refill(&mut c);
+        let t = Instant::now();
+        let n: usize = redis::cmd("CACHE.INVALIDATE").arg("t0").arg("fmpa:list:*").query(&mut c).expect("invalidate");
+        inval_times.push(t.elapsed());
+        assert_eq!(n, tenant_keys, "CACHE.INVALIDATE removed the wrong number of keys");
+        refill(&mut c);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1000.0
+    };
+    let (scan_ms, inval_ms) = (median(&mut scan_times), median(&mut inval_times));
+    println!("{:<46} {:>10} {:>12} {:>8}", "row", "SCAN ms", "tagcache ms", "speedup");
+    println!(
+        "{:<46} {scan_ms:>10.1} {inval_ms:>12.2} {:>7.0}x",
+        "INVALIDATE t0 fmpa:list:* vs SCAN MATCH+UNLINK",
+        scan_ms / inval_ms
+    );
+    println!();
+}
+
+fn scan_unlink(c: &mut Connection, pattern: &str) -> usize {
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query(c).expect("scan");
+        if !keys.is_empty() {
+            let n: usize = redis::cmd("UNLINK").arg(&keys).query(c).expect("unlink");
+            deleted += n;
+        }
+        cursor = next;
+        if cursor == 0 {
+            return deleted;
+        }
+    }
+}

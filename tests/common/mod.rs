@@ -1,0 +1,228 @@
+//! Test harness: a real `redis-server --loadmodule <built .so>` on a free loopback port in its own
+//! temp dir. The server log is printed when a test fails; the server is killed on drop.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// The module built by `cargo build` (or `TAGCACHE_MODULE`).
+pub fn module_path() -> PathBuf {
+    if let Ok(p) = std::env::var("TAGCACHE_MODULE") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    let so = target.join("debug/libtagcache.so");
+    assert!(so.exists(), "{} not built: run `cargo build` (make test does)", so.display());
+    so
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+fn fresh_dir() -> PathBuf {
+    let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("tagcache-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+pub struct Server {
+    pub port: u16,
+    pub dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+    keep_dir: bool,
+}
+
+impl Server {
+    /// A server with the module loaded and no persistence.
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server with extra `redis-server` arguments (e.g. `["--appendonly", "yes"]`).
+    pub fn start_with(extra: &[&str]) -> Server {
+        Server::launch(fresh_dir(), extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn launch(dir: PathBuf, extra: Vec<String>) -> Server {
+        let port = free_port();
+        let module = module_path();
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--logfile".into(),
+            dir.join("redis.log").display().to_string(),
+            "--enable-debug-command".into(),
+            "yes".into(),
+            "--save".into(),
+            "".into(),
+            "--loadmodule".into(),
+            module.display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: install it (apt-get install redis-server)");
+        let server = Server {
+            port,
+            dir,
+            extra,
+            child: Some(child),
+            keep_dir: false,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(mut c) = self.try_conn() {
+                let loading: Result<String, _> = redis::cmd("INFO").arg("persistence").query(&mut c);
+                if let Ok(info) = loading {
+                    if info.contains("loading:0") {
+                        return;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("redis-server did not become ready:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
+        client.get_connection_with_timeout(Duration::from_secs(5))
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.try_conn().expect("connect")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+    }
+
+    /// Stops the server (SHUTDOWN with `save` or `nosave`) and starts it again on the same dir.
+    pub fn restart(mut self, save: bool) -> Server {
+        let mut c = self.conn();
+        let _: redis::RedisResult<()> =
+            redis::cmd("SHUTDOWN").arg(if save { "SAVE" } else { "NOSAVE" }).query(&mut c);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        self.keep_dir = true;
+        let dir = self.dir.clone();
+        let extra = self.extra.clone();
+        drop(self);
+        Server::launch(dir, extra)
+    }
+
+    /// A replica of this server, synced before it is returned.
+    pub fn replica(&self) -> Server {
+        let replica = Server::start_with(&["--replicaof", "127.0.0.1", &self.port.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut c = replica.conn();
+        loop {
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut c).unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                let persist: String = redis::cmd("INFO").arg("persistence").query(&mut c).unwrap_or_default();
+                if persist.contains("loading:0") {
+                    return replica;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("replica did not sync:\n{}", replica.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `replica` has processed everything written to this primary so far.
+    pub fn wait_replicated(&self, replica: &Server) {
+        let mut c = self.conn();
+        let acked: i64 = redis::cmd("WAIT").arg(1).arg(5000).query(&mut c).expect("WAIT");
+        assert_eq!(acked, 1, "replica did not acknowledge");
+        let _ = replica;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- redis-server log (port {}) ----\n{}", self.port, self.log());
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Runs a command and returns its result, for terse tests.
+pub fn q<T: redis::FromRedisValue>(c: &mut redis::Connection, args: &[&[u8]]) -> redis::RedisResult<T> {
+    let mut cmd = redis::cmd(std::str::from_utf8(args[0]).expect("command name"));
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(c)
+}
+
+/// Like `q` but expects an error and returns its full text (code + message).
+pub fn q_err(c: &mut redis::Connection, args: &[&[u8]]) -> String {
+    match q::<redis::Value>(c, args) {
+        Ok(v) => panic!("expected an error from {:?}, got {v:?}", show_args(args)),
+        Err(e) => error_text(&e),
+    }
+}
+
+pub fn error_text(e: &redis::RedisError) -> String {
+    let code = e.code().unwrap_or("");
+    let detail = e.detail().unwrap_or("");
+    format!("{code} {detail}").trim().to_string()
+}
+
+pub fn show_args(args: &[&[u8]]) -> String {
+    args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>().join(" ")
+}
+
+pub fn inspect(c: &mut redis::Connection, key: &[u8]) -> serde_json::Value {
+    let text: String = q(c, &[b"CACHE.INSPECT", key]).expect("inspect");
+    serde_json::from_str(&text).expect("inspect json")
+}
+
+pub fn index_check(c: &mut redis::Connection) -> String {
+    q::<String>(c, &[b"CACHE.DEBUG", b"INDEXCHECK"]).expect("indexcheck")
+}
+
+pub fn dir_of(s: &Server) -> &Path {
+    &s.dir
+}
