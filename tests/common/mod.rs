@@ -2,6 +2,8 @@
 //! temp dir. The server log is printed when a test fails; the server is killed on drop.
 #![allow(dead_code)]
 
+pub mod resp3;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -57,6 +59,17 @@ impl Server {
     }
 
     fn launch(dir: PathBuf, extra: Vec<String>) -> Server {
+        // Two tests can draw the same free port; the loser's server cannot bind it. Each attempt
+        // checks that the server answering is the process it started, else tries another port.
+        for _ in 0..10 {
+            if let Some(server) = Server::try_launch(&dir, &extra) {
+                return server;
+            }
+        }
+        panic!("could not start redis-server; log:\n{}", std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default());
+    }
+
+    fn try_launch(dir: &Path, extra: &[String]) -> Option<Server> {
         let port = free_port();
         let module = module_path();
         let mut args: Vec<String> = vec![
@@ -82,26 +95,41 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server not found: install it (apt-get install redis-server)");
-        let server = Server {
+        let mut server = Server {
             port,
-            dir,
-            extra,
+            dir: dir.to_path_buf(),
+            extra: extra.to_vec(),
             child: Some(child),
             keep_dir: false,
         };
-        server.wait_ready();
-        server
+        if server.wait_ready() {
+            Some(server)
+        } else {
+            server.keep_dir = true;
+            None
+        }
     }
 
-    fn wait_ready(&self) {
+    /// Waits until our own process answers and has finished loading; false if it died.
+    fn wait_ready(&mut self) -> bool {
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
             if let Ok(mut c) = self.try_conn() {
-                let loading: Result<String, _> = redis::cmd("INFO").arg("persistence").query(&mut c);
-                if let Ok(info) = loading {
-                    if info.contains("loading:0") {
-                        return;
+                let info: String = redis::cmd("INFO").arg("all").query(&mut c).unwrap_or_default();
+                if !info.contains(&format!("process_id:{pid}\r")) && info.contains("process_id:") {
+                    // Somebody else's server on this port: ours will fail to bind.
+                    if let Some(mut child) = self.child.take() {
+                        let _ = child.kill();
+                        let _ = child.wait();
                     }
+                    return false;
+                }
+                if info.contains("loading:0") {
+                    return true;
                 }
             }
             if Instant::now() > deadline {
