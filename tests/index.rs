@@ -380,11 +380,19 @@ fn restarts_rebuild_the_index() {
     }
     let _: i64 = q(&mut c, &[b"DEL", b"r:0:{t0}"]).unwrap();
     let _: () = q(&mut c, &[b"RENAME", b"r:1:{t1}", b"r:1:{t9}"]).unwrap();
+    // Invalidations reach the AOF as their effects (DEL, PEXPIREAT).
+    set(&mut c, b"hard:{x}", &[b"EX", b"100", b"STALE", b"50"]);
+    set(&mut c, b"soft:{x}", &[b"EX", b"100", b"STALE", b"50"]);
+    assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATE", b"x", b"hard:*"]).unwrap(), 1);
+    assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATE", b"x", b"soft:*", b"SOFT"]).unwrap(), 1);
     drop(c);
     // AOF replay (the commands themselves, no rewrite).
     let s = s.restart(false);
     let mut c = s.conn();
     assert_indexed_ok(&mut c, "AOF replay");
+    assert!(!exists(&mut c, b"hard:{x}"));
+    assert_eq!(inspect(&mut c, b"soft:{x}")["fresh"], false, "SOFT survives replay as stale");
+    let _: i64 = q(&mut c, &[b"DEL", b"soft:{x}"]).unwrap();
     assert_eq!(keys(&mut c, b"t9", b"*").len(), 1);
     assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATETAGS", b"1", b"tag"]).unwrap(), 99);
     set(&mut c, b"after", &[b"TAGS", b"1", b"tag"]);
