@@ -5,6 +5,7 @@ use crate::commands::args::{err, Expiry, WriteOptions};
 use crate::config;
 use crate::entry::{canonical_set, Entry, Piece};
 use crate::keyspace::{self, Key, Kind};
+use crate::parking;
 use crate::policy;
 use crate::state::with_state;
 use crate::stats::Event;
@@ -95,6 +96,7 @@ pub fn store(
             ctx.replicate("DEL", &[name]);
         }
         with_state(|s| s.leases.void(db, name));
+        parking::hand_over(ctx, db, name);
         return Ok(());
     }
     let mut handle = Key::write(ctx, key);
@@ -132,6 +134,7 @@ pub fn store(
     });
     drop(handle);
     replicate_set(ctx, key, value, opts, deadline);
+    parking::signal_ready(ctx, db, key);
     Ok(())
 }
 

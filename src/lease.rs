@@ -2,7 +2,7 @@
 //! bound to a connection, deadlines, parked-waiter counts, and the invalidation sequence that lets
 //! a FILL be refused when an invalidation covering its key or tags came after the lease's grant.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 type LeaseKey = (i32, Vec<u8>);
 
@@ -26,7 +26,11 @@ pub enum Refusal {
 #[derive(Debug, Default)]
 pub struct Leases {
     leases: HashMap<LeaseKey, Lease>,
-    waiters: HashMap<LeaseKey, usize>,
+    /// Parked callers per key, in arrival order (ids chosen by the caller).
+    waiters: HashMap<LeaseKey, VecDeque<u64>>,
+    /// Leases granted to a parked caller that has not been answered yet: waiter id → token.
+    handoffs: HashMap<u64, Vec<u8>>,
+    random: u64,
     seq: u64,
     tag_invalidated_at: HashMap<Vec<u8>, u64>,
     next_token: u64,
@@ -37,8 +41,24 @@ impl Leases {
     pub fn with_salt(salt: u64) -> Leases {
         Leases {
             salt,
+            random: salt | 1,
             ..Leases::default()
         }
+    }
+
+    /// Leases not past their deadline.
+    pub fn active(&self, now_ms: i64) -> usize {
+        self.leases.values().filter(|l| l.deadline_ms > now_ms).count()
+    }
+
+    /// A uniform number in [0, 1) (xorshift; for probabilistic early refresh).
+    pub fn next_unit(&mut self) -> f64 {
+        let mut x = self.random.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub fn len(&self) -> usize {
@@ -174,28 +194,55 @@ impl Leases {
         self.tag_invalidated_at.len()
     }
 
-    pub fn add_waiter(&mut self, db: i32, key: &[u8]) -> usize {
-        let n = self.waiters.entry((db, key.to_vec())).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
+    /// Parks waiter `id` on a key; returns how many wait on it now.
+    pub fn add_waiter(&mut self, db: i32, key: &[u8], id: u64) -> usize {
+        let queue = self.waiters.entry((db, key.to_vec())).or_default();
+        queue.push_back(id);
+        queue.len()
     }
 
-    pub fn remove_waiter(&mut self, db: i32, key: &[u8]) {
+    /// Removes a waiter (answered, timed out or gone); false when it was not queued.
+    pub fn remove_waiter(&mut self, db: i32, key: &[u8], id: u64) -> bool {
         let k = (db, key.to_vec());
-        if let Some(n) = self.waiters.get_mut(&k) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.waiters.remove(&k);
-            }
+        let Some(queue) = self.waiters.get_mut(&k) else {
+            return false;
+        };
+        let before = queue.len();
+        queue.retain(|w| *w != id);
+        let removed = queue.len() != before;
+        if queue.is_empty() {
+            self.waiters.remove(&k);
         }
+        removed
     }
 
     pub fn waiters_on(&self, db: i32, key: &[u8]) -> usize {
-        self.waiters.get(&(db, key.to_vec())).copied().unwrap_or(0)
+        self.waiters.get(&(db, key.to_vec())).map_or(0, VecDeque::len)
     }
 
     pub fn total_waiters(&self) -> usize {
-        self.waiters.values().sum()
+        self.waiters.values().map(VecDeque::len).sum()
+    }
+
+    /// When the key has waiters and no live lease: grants a lease to the longest-waiting one,
+    /// takes it out of the queue and returns its id (its token is kept for `take_handoff`).
+    pub fn hand_over(&mut self, db: i32, key: &[u8], now_ms: i64, length_of: impl Fn(u64) -> i64) -> Option<u64> {
+        if self.current(db, key, now_ms).is_some() {
+            return None;
+        }
+        let k = (db, key.to_vec());
+        let id = self.waiters.get_mut(&k)?.pop_front()?;
+        if self.waiters.get(&k).is_some_and(VecDeque::is_empty) {
+            self.waiters.remove(&k);
+        }
+        let token = self.grant(db, key, now_ms, length_of(id))?;
+        self.handoffs.insert(id, token);
+        Some(id)
+    }
+
+    /// The token handed to waiter `id`, once.
+    pub fn take_handoff(&mut self, id: u64) -> Option<Vec<u8>> {
+        self.handoffs.remove(&id)
     }
 
     pub fn clear_db(&mut self, db: i32) {
@@ -208,9 +255,11 @@ impl Leases {
         self.tag_invalidated_at.clear();
     }
 
+    /// Leases and parked callers follow their database through SWAPDB.
     pub fn swap(&mut self, a: i32, b: i32) {
         let swap = |d: i32| if d == a { b } else if d == b { a } else { d };
         self.leases = self.leases.drain().map(|((d, k), l)| ((swap(d), k), l)).collect();
+        self.waiters = self.waiters.drain().map(|((d, k), w)| ((swap(d), k), w)).collect();
     }
 }
 
@@ -281,11 +330,11 @@ mod tests {
     #[test]
     fn waiters_and_db_moves() {
         let mut l = Leases::default();
-        assert_eq!(l.add_waiter(0, b"k"), 1);
-        assert_eq!(l.add_waiter(0, b"k"), 2);
-        l.remove_waiter(0, b"k");
-        l.remove_waiter(0, b"k");
-        l.remove_waiter(0, b"k");
+        assert_eq!(l.add_waiter(0, b"k", 1), 1);
+        assert_eq!(l.add_waiter(0, b"k", 2), 2);
+        assert!(l.remove_waiter(0, b"k", 1));
+        assert!(!l.remove_waiter(0, b"k", 1));
+        assert!(l.remove_waiter(0, b"k", 2));
         assert_eq!(l.total_waiters(), 0);
         l.grant(0, b"k", 0, 100).unwrap();
         l.swap(0, 5);
@@ -293,5 +342,33 @@ mod tests {
         assert_eq!(l.keys_in_db(5), vec![b"k".to_vec()]);
         l.clear_db(5);
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn hand_over_goes_to_exactly_one_waiter_in_arrival_order() {
+        let mut l = Leases::default();
+        let t = l.grant(0, b"k", 0, 100).unwrap();
+        for id in [7, 8, 9] {
+            l.add_waiter(0, b"k", id);
+        }
+        assert_eq!(l.hand_over(0, b"k", 50, |_| 100), None, "lease still live");
+        assert!(l.abandon(0, b"k", &t, 60));
+        assert_eq!(l.hand_over(0, b"k", 60, |id| id as i64 * 10 + 30), Some(7));
+        assert_eq!(l.current(0, b"k", 60).unwrap().deadline_ms, 160, "the waiter's own length");
+        assert_eq!(l.hand_over(0, b"k", 61, |_| 100), None, "the new lease is live");
+        let token = l.take_handoff(7).unwrap();
+        assert_eq!(l.current(0, b"k", 61).unwrap().token, token);
+        assert_eq!(l.take_handoff(7), None);
+        assert_eq!(l.waiters_on(0, b"k"), 2);
+        // At the new lease's deadline the next waiter takes over.
+        assert_eq!(l.hand_over(0, b"k", 160, |_| 100), Some(8));
+    }
+
+    #[test]
+    fn random_units_are_in_range() {
+        let mut l = Leases::with_salt(12345);
+        let xs: Vec<f64> = (0..1000).map(|_| l.next_unit()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        assert!(xs.iter().any(|x| *x < 0.1) && xs.iter().any(|x| *x > 0.9));
     }
 }

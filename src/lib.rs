@@ -36,11 +36,12 @@ pub mod index;
 pub mod keyspace;
 pub mod lease;
 pub mod mem;
+pub mod parking;
 pub mod policy;
 pub mod state;
 pub mod stats;
 
-use commands::{debug, invalidate, read, write};
+use commands::{debug, invalidate, lease as leasing, read, write};
 use config::{
     DEFAULT_STALE, DEFAULT_TTL, LEASE_MS, LOG_INVALIDATIONS_OVER, MAX_MS, MAX_TAGS, MAX_TAGS_LIMIT,
     MAX_WAITERS, MAX_WAIT_MS, NAMESPACE_SEPARATOR, TENANT_REGEX, TTL_RULES,
@@ -81,6 +82,9 @@ redis_module! {
         ["cache.get", read::get, "readonly fast", 1, 1, 1, ""],
         ["cache.inspect", read::inspect, "readonly", 1, 1, 1, ""],
         ["cache.keys", read::keys, "readonly", 1, 1, 1, ""],
+        ["cache.getormark", leasing::getormark, "write", 1, 1, 1, ""],
+        ["cache.fill", leasing::fill, "write deny-oom", 1, 1, 1, ""],
+        ["cache.abandon", leasing::abandon, "write", 1, 1, 1, ""],
         ["cache.invalidate", invalidate::invalidate, "write", 1, 1, 1, ""],
         ["cache.invalidatetags", invalidate::invalidate_tags, "write", 0, 0, 0, ""],
         ["cache.debug", debug::debug, "readonly", 0, 0, 0, ""],

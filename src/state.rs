@@ -7,13 +7,27 @@ use crate::lease::Leases;
 use crate::policy;
 use crate::stats::Stats;
 use lazy_static::lazy_static;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
+
+/// A client parked by GETORMARK … WAIT.
+#[derive(Debug, Clone, Copy)]
+pub struct ParkedClient {
+    /// The RedisModuleBlockedClient handle, valid until its free_privdata callback runs.
+    pub handle: usize,
+    /// The LEASE length the caller asked for, used if a lease is handed to it.
+    pub lease_ms: i64,
+}
 
 #[derive(Debug, Default)]
 pub struct State {
     pub index: Index,
     pub stats: Stats,
     pub leases: Leases,
+    pub parked: HashMap<u64, ParkedClient>,
+    pub next_waiter_id: u64,
+    /// Keys (db, name) with a lease-deadline timer armed.
+    pub timers: HashSet<(i32, Vec<u8>)>,
 }
 
 impl State {

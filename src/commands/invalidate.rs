@@ -7,6 +7,7 @@ use crate::engine;
 use crate::glob::Glob;
 use crate::index::show;
 use crate::keyspace;
+use crate::parking;
 use crate::policy;
 use crate::state::with_state;
 use crate::stats::Event;
@@ -63,6 +64,9 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         s.stats.record_invalidation(scope.as_deref());
     });
+    for k in &void {
+        parking::hand_over(ctx, db, k);
+    }
     log_if_large(ctx, count, started, || {
         format!(
             "tenant {} pattern {}{}",

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod debug;
 pub mod invalidate;
+pub mod lease;
 pub mod read;
 pub mod write;
 

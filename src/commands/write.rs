@@ -4,6 +4,7 @@ use super::args::{parse_write_options, wrong_arity};
 use crate::engine;
 use crate::entry::Entry;
 use crate::keyspace;
+use crate::parking;
 use crate::state::with_state;
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 
@@ -41,5 +42,8 @@ pub fn del(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             s.leases.void(db, k);
         }
     });
+    for k in &keys {
+        parking::hand_over(ctx, db, k);
+    }
     Ok(RedisValue::Integer(removed as i64))
 }

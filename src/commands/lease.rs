@@ -1,0 +1,248 @@
+//! CACHE.GETORMARK, CACHE.FILL and CACHE.ABANDON: stampede protection.
+
+use super::args::{err, int_in, is, parse_write_options, wrong_arity, wrongtype};
+use crate::config::{self, MAX_MS};
+use crate::engine;
+use crate::entry::Entry;
+use crate::keyspace::{self, now_ms, Key, Kind};
+use crate::lease::Leases;
+use crate::parking;
+use crate::state::with_state;
+use crate::stats::Event;
+use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValue};
+
+/// Longest BUSY retry suggestion, whatever is left on the lease.
+const MAX_RETRY_MS: i64 = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GetOptions {
+    pub lease_ms: i64,
+    /// XFetch beta, when EARLY was given.
+    pub early_beta: Option<f64>,
+}
+
+/// What evaluating GETORMARK did.
+pub enum Verdict {
+    /// The answer (HIT, MISS, STALE) has been sent.
+    Replied,
+    /// No value and somebody else holds the lease: retry in this many ms.
+    Busy(i64),
+    WrongType,
+}
+
+fn reply_tagged(ctx: &Context, tag: &std::ffi::CStr, items: &[&[u8]]) {
+    let len = i64::try_from(items.len()).unwrap_or(0).saturating_add(1);
+    raw::reply_with_array(ctx.ctx, len);
+    raw::reply_with_simple_string(ctx.ctx, tag.as_ptr());
+    for item in items {
+        raw::reply_with_string_buffer(ctx.ctx, item.as_ptr().cast(), item.len());
+    }
+}
+
+pub fn reply_miss(ctx: &Context, token: &[u8]) {
+    reply_tagged(ctx, c"MISS", &[token]);
+}
+
+pub fn reply_busy(ctx: &Context, retry_ms: i64) {
+    raw::reply_with_array(ctx.ctx, 2);
+    raw::reply_with_simple_string(ctx.ctx, c"BUSY".as_ptr());
+    raw::reply_with_long_long(ctx.ctx, retry_ms);
+}
+
+/// Suggested retry delay: time left on the current lease, capped.
+pub fn retry_ms(leases: &Leases, db: i32, key: &[u8], now: i64) -> i64 {
+    leases
+        .current(db, key, now)
+        .map_or(1, |l| l.deadline_ms.saturating_sub(now))
+        .clamp(1, MAX_RETRY_MS)
+}
+
+/// Evaluates GETORMARK for `key` now and answers unless the verdict is BUSY. Shared by the
+/// command and by parked callers when their key is signalled.
+pub fn evaluate(ctx: &Context, key: &RedisString, db: i32, opts: &GetOptions) -> Verdict {
+    let name = key.as_slice();
+    let now = now_ms();
+    let mut handle = Key::read(ctx, key);
+    if handle.kind() == Kind::Other {
+        return Verdict::WrongType;
+    }
+    let ttl = handle.ttl_ms();
+    if let Some(entry) = handle.entry() {
+        let tenant = entry.tenant.clone();
+        let (event, token) = if entry.is_fresh(ttl) {
+            (Event::Hit, early_refresh(entry, ttl, db, name, now, opts))
+        } else {
+            (Event::StaleHit, grant(db, name, now, opts.lease_ms))
+        };
+        match (event, &token) {
+            (Event::Hit, None) => reply_tagged(ctx, c"HIT", &[&entry.value]),
+            (_, Some(t)) => reply_tagged(ctx, c"STALE", &[&entry.value, t]),
+            (_, None) => reply_tagged(ctx, c"STALE", &[&entry.value]),
+        }
+        engine::record(event, &tenant, name);
+        if token.is_some() {
+            engine::record(Event::LeaseGranted, &tenant, name);
+        }
+        return Verdict::Replied;
+    }
+    let tenant = engine::derived_tenant(name);
+    match grant(db, name, now, opts.lease_ms) {
+        Some(token) => {
+            reply_miss(ctx, &token);
+            engine::record(Event::Miss, &tenant, name);
+            engine::record(Event::LeaseGranted, &tenant, name);
+            Verdict::Replied
+        }
+        None => Verdict::Busy(with_state(|s| retry_ms(&s.leases, db, name, now))),
+    }
+}
+
+/// Grants a lease unless a live one exists, counting a lease found past its deadline.
+fn grant(db: i32, key: &[u8], now: i64, lease_ms: i64) -> Option<Vec<u8>> {
+    let (expired, token) = with_state(|s| {
+        let expired = s.leases.expire(db, key, now);
+        (expired, s.leases.grant(db, key, now, lease_ms))
+    });
+    if expired {
+        engine::record(Event::LeaseExpired, &engine::derived_tenant(key), key);
+    }
+    token
+}
+
+/// XFetch: a fresh entry is handed out for refresh early with probability exp(−t / (β·Δ)),
+/// t = fresh time left, Δ = how long its last fill took; never while a lease is live.
+fn early_refresh(entry: &Entry, ttl: Option<i64>, db: i32, key: &[u8], now: i64, opts: &GetOptions) -> Option<Vec<u8>> {
+    let beta = opts.early_beta?;
+    let left = entry.fresh_ms(ttl)?;
+    if entry.fill_ms <= 0 {
+        return None;
+    }
+    let p = (-(left as f64) / (beta * entry.fill_ms as f64)).exp();
+    let chosen = with_state(|s| s.leases.current(db, key, now).is_none() && s.leases.next_unit() < p);
+    if chosen {
+        grant(db, key, now, opts.lease_ms)
+    } else {
+        None
+    }
+}
+
+fn parse_get_options(args: &[RedisString]) -> Result<(GetOptions, i64), RedisError> {
+    let mut opts = GetOptions {
+        lease_ms: config::get(&config::LEASE_MS),
+        early_beta: None,
+    };
+    let (mut wait, mut seen) = (0i64, [false; 3]);
+    let mut i = 0usize;
+    while let Some(arg) = args.get(i) {
+        let name = arg.as_slice();
+        let value = args.get(i.saturating_add(1)).map(|v| v.as_slice());
+        let slot = ["LEASE", "WAIT", "EARLY"].iter().position(|n| is(name, n));
+        let Some(slot) = slot else {
+            return Err(err(format!("unknown option '{}'", String::from_utf8_lossy(name))));
+        };
+        let seen_before = seen.get_mut(slot).map(|s| std::mem::replace(s, true));
+        if seen_before != Some(false) {
+            return Err(err(format!("option {} given twice", String::from_utf8_lossy(name).to_uppercase())));
+        }
+        let value = value.ok_or_else(|| err(format!("{} needs a value", String::from_utf8_lossy(name).to_uppercase())))?;
+        match slot {
+            0 => opts.lease_ms = int_in(value, "LEASE", 1, MAX_MS)?,
+            1 => wait = int_in(value, "WAIT", 0, MAX_MS)?,
+            _ => {
+                let beta = std::str::from_utf8(value).ok().and_then(|v| v.parse::<f64>().ok());
+                match beta {
+                    Some(b) if b.is_finite() && b > 0.0 => opts.early_beta = Some(b),
+                    _ => return Err(err("EARLY must be a positive number")),
+                }
+            }
+        }
+        i = i.saturating_add(2);
+    }
+    Ok((opts, wait.min(config::get(&config::MAX_WAIT_MS))))
+}
+
+fn can_block(ctx: &Context) -> bool {
+    let flags = keyspace::context_flags(ctx.ctx);
+    let deny = raw::REDISMODULE_CTX_FLAGS_MULTI
+        | raw::REDISMODULE_CTX_FLAGS_LUA
+        | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
+    flags & deny == 0
+}
+
+/// `CACHE.GETORMARK key [LEASE ms] [WAIT ms] [EARLY beta]`
+pub fn getormark(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let Some(key) = args.get(1) else {
+        return Err(wrong_arity("cache.getormark"));
+    };
+    let (opts, wait_ms) = parse_get_options(args.get(2..).unwrap_or_default())?;
+    let db = keyspace::selected_db(ctx.ctx);
+    match evaluate(ctx, key, db, &opts) {
+        Verdict::Replied => Ok(RedisValue::NoReply),
+        Verdict::WrongType => Err(wrongtype()),
+        Verdict::Busy(retry) => {
+            let name = key.as_slice();
+            let room = with_state(|s| s.leases.waiters_on(db, name))
+                < usize::try_from(config::get(&config::MAX_WAITERS)).unwrap_or(0);
+            if wait_ms > 0 && can_block(ctx) && room && parking::park(ctx, key, opts, wait_ms) {
+                return Ok(RedisValue::NoReply);
+            }
+            engine::record(Event::Miss, &engine::derived_tenant(name), name);
+            reply_busy(ctx, retry);
+            Ok(RedisValue::NoReply)
+        }
+    }
+}
+
+fn lease_error() -> RedisError {
+    RedisError::String("LEASE lease is no longer valid".to_string())
+}
+
+/// `CACHE.FILL key token value [SET options]`
+pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let (Some(key), Some(token), Some(value)) = (args.get(1), args.get(2), args.get(3)) else {
+        return Err(wrong_arity("cache.fill"));
+    };
+    let opts = parse_write_options(args.get(4..).unwrap_or_default())?;
+    let name = key.as_slice();
+    let db = keyspace::selected_db(ctx.ctx);
+    let now = now_ms();
+    let tags = opts.normalized_tags();
+    let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant);
+    let taken = with_state(|s| s.leases.take_for_fill(db, name, token.as_slice(), &tags, now));
+    let lease = match taken {
+        Ok(lease) => lease,
+        Err(_) => {
+            engine::record(Event::FillRejected, &tenant, name);
+            // A lease consumed by a refused fill leaves parked callers to the next taker.
+            parking::hand_over(ctx, db, name);
+            return Err(lease_error());
+        }
+    };
+    let deadline = engine::resolve_deadline(name, &opts, now);
+    let entry = Entry {
+        value: value.as_slice().to_vec(),
+        tenant: tenant.clone(),
+        tenant_explicit,
+        tags,
+        stale_ms: deadline.stale_ms,
+        fill_ms: now.saturating_sub(lease.granted_at_ms).max(0),
+    };
+    engine::store(ctx, key, value, &opts, entry, deadline)?;
+    engine::record(Event::Fill, &tenant, name);
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
+/// `CACHE.ABANDON key token` → 1 when the lease was released, else 0.
+pub fn abandon(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let [_, key, token] = args.as_slice() else {
+        return Err(wrong_arity("cache.abandon"));
+    };
+    let name = key.as_slice();
+    let db = keyspace::selected_db(ctx.ctx);
+    let released = with_state(|s| s.leases.abandon(db, name, token.as_slice(), now_ms()));
+    if released {
+        engine::record(Event::LeaseAbandoned, &engine::derived_tenant(name), name);
+        parking::hand_over(ctx, db, name);
+    }
+    Ok(RedisValue::Integer(i64::from(released)))
+}
