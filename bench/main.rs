@@ -3,7 +3,7 @@
 //! ratios hold). Server-side costs come from INFO commandstats (µs per call).
 //!
 //! Options: `--quick` (smaller sizes, for a smoke run), `--only NAME` (one row: get, set,
-//! invalidate).
+//! invalidate, stampede).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -41,6 +41,9 @@ fn main() {
     }
     if want("invalidate") {
         invalidate_row(&opts);
+    }
+    if want("stampede") {
+        stampede_rows(&opts);
     }
 }
 
@@ -202,4 +205,122 @@ fn scan_unlink(c: &mut Connection, pattern: &str) -> usize {
             return deleted;
         }
     }
+}
+
+/// How one caller of the stampede scenario gets the value.
+#[derive(Clone, Copy)]
+enum Strategy {
+    /// GET; on a miss load and SET (no protection).
+    CacheAside,
+    /// GET; on a miss take `SET lock NX PX`, load, SET, DEL lock; losers poll GET every 50 ms.
+    LockAndPoll,
+    /// CACHE.GETORMARK WAIT; MISS loads and FILLs, everyone else is parked in the server.
+    GetOrMark,
+}
+
+const LOADER_MS: u64 = 50;
+
+fn load(loads: &std::sync::atomic::AtomicUsize) -> String {
+    loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(LOADER_MS));
+    "value".to_string()
+}
+
+/// One caller; returns how many commands it sent.
+fn caller(c: &mut Connection, key: &str, strategy: Strategy, loads: &std::sync::atomic::AtomicUsize) -> usize {
+    let mut sent = 0usize;
+    let mut cmd = |c: &mut Connection, command: &mut redis::Cmd| -> redis::Value {
+        sent += 1;
+        command.query(c).expect("command")
+    };
+    match strategy {
+        Strategy::CacheAside => {
+            if cmd(c, redis::cmd("GET").arg(key)) == redis::Value::Nil {
+                let v = load(loads);
+                cmd(c, redis::cmd("SET").arg(key).arg(v).arg("PX").arg(60_000));
+            }
+        }
+        Strategy::LockAndPoll => loop {
+            if cmd(c, redis::cmd("GET").arg(key)) != redis::Value::Nil {
+                break;
+            }
+            let lock = format!("{key}:lock");
+            let got = cmd(c, redis::cmd("SET").arg(&lock).arg(1).arg("NX").arg("PX").arg(5000));
+            if got != redis::Value::Nil {
+                let v = load(loads);
+                cmd(c, redis::cmd("SET").arg(key).arg(v).arg("PX").arg(60_000));
+                cmd(c, redis::cmd("DEL").arg(&lock));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        },
+        Strategy::GetOrMark => loop {
+            let reply = cmd(c, redis::cmd("CACHE.GETORMARK").arg(key).arg("WAIT").arg(5000));
+            let redis::Value::Array(items) = reply else { panic!("GETORMARK reply") };
+            let tag = match &items[0] {
+                redis::Value::SimpleString(s) => s.clone(),
+                other => panic!("tag {other:?}"),
+            };
+            match tag.as_str() {
+                "HIT" | "STALE" => break,
+                "MISS" => {
+                    let redis::Value::BulkString(token) = items[1].clone() else { panic!("token") };
+                    let v = load(loads);
+                    cmd(c, redis::cmd("CACHE.FILL").arg(key).arg(token).arg(v).arg("PX").arg(60_000));
+                    break;
+                }
+                _ => continue, // BUSY: the wait ended without a value; ask again
+            }
+        },
+    }
+    sent
+}
+
+fn stampede_rows(opts: &Opts) {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{Arc, Barrier};
+    let callers = if opts.quick { 20 } else { 100 };
+    let rounds = if opts.quick { 2 } else { 5 };
+    let server = Server::start();
+    println!("Stampede: {callers} concurrent callers on a cold key, loader takes {LOADER_MS} ms ({rounds} rounds, per round)");
+    println!("{:<34} {:>12} {:>10} {:>10} {:>12}", "strategy", "loader calls", "mean ms", "max ms", "commands");
+    for (name, strategy) in [
+        ("(a) GET/SET cache-aside", Strategy::CacheAside),
+        ("(b) SET NX lock + 50 ms polling", Strategy::LockAndPoll),
+        ("(c) CACHE.GETORMARK WAIT", Strategy::GetOrMark),
+    ] {
+        let (mut loads_total, mut lat_sum, mut lat_n, mut lat_max, mut sent_total) = (0usize, 0.0f64, 0usize, 0.0f64, 0usize);
+        for round in 0..rounds {
+            let key = format!("stampede:{name}:{round}");
+            let loads = Arc::new(AtomicUsize::new(0));
+            let barrier = Arc::new(Barrier::new(callers));
+            let handles: Vec<_> = (0..callers)
+                .map(|_| {
+                    let mut c = server.conn();
+                    let (key, loads, barrier) = (key.clone(), loads.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let t = Instant::now();
+                        let sent = caller(&mut c, &key, strategy, &loads);
+                        (t.elapsed().as_secs_f64() * 1000.0, sent)
+                    })
+                })
+                .collect();
+            for h in handles {
+                let (ms, sent) = h.join().expect("caller thread");
+                lat_sum += ms;
+                lat_n += 1;
+                lat_max = lat_max.max(ms);
+                sent_total += sent;
+            }
+            loads_total += loads.load(std::sync::atomic::Ordering::SeqCst);
+        }
+        println!(
+            "{name:<34} {:>12.1} {:>10.1} {lat_max:>10.1} {:>12.1}",
+            loads_total as f64 / rounds as f64,
+            lat_sum / lat_n as f64,
+            sent_total as f64 / rounds as f64
+        );
+    }
+    println!();
 }
