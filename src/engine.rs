@@ -63,6 +63,38 @@ pub fn derived_tenant(key: &[u8]) -> Vec<u8> {
     policy::tenant_from_key(key, re.as_ref().as_ref()).to_vec()
 }
 
+/// A keyspace notification the module emits for a key it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// `cache.set` (module class, `d`).
+    Set,
+    /// `cache.fill` (module class).
+    Fill,
+    /// `cache.invalidate` (module class).
+    Invalidate,
+    /// `del` (generic class, as native DEL).
+    Del,
+}
+
+/// Emits a keyspace notification, skipping all work when its class is not enabled.
+pub fn notify(ctx: &Context, notice: Notice, key: &RedisString) {
+    let (class, event) = match notice {
+        Notice::Set => (raw::REDISMODULE_NOTIFY_MODULE, c"cache.set"),
+        Notice::Fill => (raw::REDISMODULE_NOTIFY_MODULE, c"cache.fill"),
+        Notice::Invalidate => (raw::REDISMODULE_NOTIFY_MODULE, c"cache.invalidate"),
+        Notice::Del => (raw::REDISMODULE_NOTIFY_GENERIC, c"del"),
+    };
+    let (Some(enabled), Some(emit)) = (api!(RedisModule_GetNotifyKeyspaceEvents), api!(RedisModule_NotifyKeyspaceEvent)) else {
+        return;
+    };
+    // SAFETY: plain calls with live arguments.
+    unsafe {
+        if enabled() & class != 0 {
+            emit(ctx.ctx, class, event.as_ptr(), key.inner);
+        }
+    }
+}
+
 pub fn record(event: Event, tenant: &[u8], key: &[u8]) {
     let sep = config::NAMESPACE_SEPARATOR.get();
     with_state(|s| s.stats.record(event, tenant, policy::namespace(key, &sep)));
@@ -83,6 +115,7 @@ pub fn store(
     opts: &WriteOptions,
     entry: Entry,
     deadline: Deadline,
+    notice: Notice,
 ) -> Result<(), RedisError> {
     let name = key.as_slice();
     let now = keyspace::now_ms();
@@ -125,14 +158,21 @@ pub fn store(
         return Err(err("could not store the entry"));
     };
     let sep = config::NAMESPACE_SEPARATOR.get();
+    // Writes replayed from the primary or the AOF are not this server's traffic.
+    let count = !is_from_primary_or_loading(ctx);
     with_state(|s| {
         if reindex {
-            s.index_insert(db, name, &stored.tenant, &stored.tags, &sep);
+            s.index_insert(db, name, stored, &sep);
+        } else {
+            s.index.db_mut(db).set_entry_bytes(name, stored.footprint(name));
         }
         s.leases.void(db, name);
-        s.stats.record(Event::Set, &stored.tenant, policy::namespace(name, &sep));
+        if count {
+            s.stats.record(Event::Set, &stored.tenant, policy::namespace(name, &sep));
+        }
     });
     drop(handle);
+    notify(ctx, notice, key);
     replicate_set(ctx, key, value, opts, deadline);
     parking::signal_ready(ctx, db, key);
     Ok(())
@@ -173,13 +213,14 @@ fn replicate_set(ctx: &Context, key: &RedisString, value: &RedisString, opts: &W
 
 /// Deletes entries (never keys of other types); returns how many were removed. Replicated as one
 /// DEL of the removed keys.
-pub fn delete_entries(ctx: &Context, keys: &[Vec<u8>]) -> usize {
+pub fn delete_entries(ctx: &Context, keys: &[Vec<u8>], notice: Notice) -> usize {
     let mut removed: Vec<&[u8]> = Vec::new();
     for name in keys {
         let key = ctx.create_string(name.as_slice());
         let is_entry = Key::read(ctx, &key).kind() == Kind::Entry;
         if is_entry && Key::write(ctx, &key).delete() {
             removed.push(name);
+            notify(ctx, notice, &key);
         }
     }
     for chunk in removed.chunks(1024) {
@@ -208,11 +249,12 @@ pub fn soft_expire_entries(ctx: &Context, keys: &[Vec<u8>]) -> usize {
         if handle.set_ttl_ms(Some(ttl)) {
             changed = changed.saturating_add(1);
             drop(handle);
+            notify(ctx, Notice::Invalidate, &key);
             let at = now.saturating_add(ttl).to_string();
             ctx.replicate("PEXPIREAT", &[name.as_slice(), at.as_bytes()]);
         }
     }
-    changed.saturating_add(delete_entries(ctx, &to_delete))
+    changed.saturating_add(delete_entries(ctx, &to_delete, Notice::Invalidate))
 }
 
 /// Checks that the calling user may delete/overwrite every key; `NOPERM` names the first that

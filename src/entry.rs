@@ -41,15 +41,20 @@ impl Entry {
         self.fresh_ms(ttl_ms).is_none_or(|f| f > 0)
     }
 
-    /// Heap and inline bytes of this entry.
+    /// Bytes the allocator holds for this entry (the boxed struct and its buffers).
     pub fn memory_bytes(&self) -> usize {
         mem::sum([
-            std::mem::size_of::<Entry>(),
-            self.value.capacity(),
-            self.tenant.capacity(),
-            mem::times(self.tags.capacity(), std::mem::size_of::<Vec<u8>>()),
-            mem::sum(self.tags.iter().map(Vec::capacity)),
+            mem::allocation(std::mem::size_of::<Entry>()),
+            mem::allocation(self.value.capacity()),
+            mem::allocation(self.tenant.capacity()),
+            mem::allocation(mem::times(self.tags.capacity(), std::mem::size_of::<Vec<u8>>())),
+            mem::sum(self.tags.iter().map(|t| mem::allocation(t.capacity()))),
         ])
+    }
+
+    /// What this entry costs under `key`, Redis's own per-key structures included.
+    pub fn footprint(&self, key: &[u8]) -> usize {
+        self.memory_bytes().saturating_add(mem::keyspace_overhead(key.len()))
     }
 }
 

@@ -56,7 +56,7 @@ pub fn reindex_key(ctx: *mut raw::RedisModuleCtx, name: *mut raw::RedisModuleStr
     }
     let db = keyspace::selected_db(ctx);
     let sep = config::NAMESPACE_SEPARATOR.get();
-    with_state(|s| s.index_insert(db, bytes, &entry.tenant, &entry.tags, &sep));
+    with_state(|s| s.index_insert(db, bytes, entry, &sep));
 }
 
 /// Calls `f(ctx, key name)` for every key of every database (the selected db is restored).

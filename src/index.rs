@@ -13,6 +13,8 @@ pub type Name = Arc<[u8]>;
 struct KeyRecord {
     tenant: Name,
     tags: Box<[Name]>,
+    /// Memory of the entry itself (value, tags, Redis's per-key structures), for statistics.
+    entry_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -20,6 +22,7 @@ pub struct DbIndex {
     keys: HashMap<Name, KeyRecord>,
     tenants: HashMap<Name, BTreeSet<Name>>,
     tags: HashMap<Name, HashSet<Name>>,
+    entry_bytes: usize,
 }
 
 /// What an index holds for one key, owned (for checks and reports).
@@ -57,9 +60,36 @@ impl DbIndex {
         })
     }
 
+    /// How many entries a tenant has here and their memory.
+    pub fn tenant_footprint(&self, tenant: &[u8]) -> (usize, usize) {
+        let Some(keys) = self.tenants.get(tenant) else {
+            return (0, 0);
+        };
+        let bytes = keys
+            .iter()
+            .filter_map(|k| self.keys.get(k))
+            .map(|r| r.entry_bytes)
+            .fold(0usize, usize::saturating_add);
+        (keys.len(), bytes)
+    }
+
+    /// Total memory of the indexed entries (as given to `insert` / `set_entry_bytes`).
+    pub fn entry_bytes(&self) -> usize {
+        self.entry_bytes
+    }
+
+    /// Updates the recorded size of an indexed entry (overwritten in place).
+    pub fn set_entry_bytes(&mut self, key: &[u8], bytes: usize) {
+        if let Some(r) = self.keys.get_mut(key) {
+            self.entry_bytes = self.entry_bytes.saturating_sub(r.entry_bytes).saturating_add(bytes);
+            r.entry_bytes = bytes;
+        }
+    }
+
     /// Registers a key, replacing whatever was indexed for it.
-    pub fn insert(&mut self, key: &[u8], tenant: &[u8], tags: &[Vec<u8>]) {
+    pub fn insert(&mut self, key: &[u8], tenant: &[u8], tags: &[Vec<u8>], entry_bytes: usize) {
         self.remove(key);
+        self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
         let key: Name = Arc::from(key);
         let tenant = intern(&self.tenants, tenant);
         self.tenants
@@ -77,6 +107,7 @@ impl DbIndex {
             KeyRecord {
                 tenant,
                 tags: interned.into_boxed_slice(),
+                entry_bytes,
             },
         );
     }
@@ -86,6 +117,7 @@ impl DbIndex {
         let Some((key, record)) = self.keys.remove_entry(key) else {
             return false;
         };
+        self.entry_bytes = self.entry_bytes.saturating_sub(record.entry_bytes);
         if let Some(set) = self.tenants.get_mut(&record.tenant) {
             set.remove(&key);
             if set.is_empty() {
@@ -191,29 +223,38 @@ impl DbIndex {
         Ok(())
     }
 
-    /// Bytes held by the index structures (approximate to the allocator's rounding).
+    /// Bytes the allocator holds for the index structures of this database.
     pub fn heap_bytes(&self) -> usize {
-        use crate::mem::{sum, times};
+        use crate::mem::{allocation, sum, times};
         use std::mem::size_of;
         const PTR: usize = size_of::<Name>();
         // An Arc<[u8]> allocation: two reference counts plus the bytes.
         const ARC_HEADER: usize = 2 * size_of::<usize>();
-        // Hash tables: one slot (key + value) plus one control byte per bucket.
-        const KEY_SLOT: usize = PTR + size_of::<KeyRecord>() + 1;
-        const TENANT_SLOT: usize = PTR + size_of::<BTreeSet<Name>>() + 1;
-        const TAG_SLOT: usize = PTR + size_of::<HashSet<Name>>() + 1;
-        // B-tree nodes hold up to 11 names; count them two-thirds full.
-        const BTREE_PER_NAME: usize = PTR * 3 / 2;
-        let name = |n: &Name| n.len().saturating_add(ARC_HEADER);
-        let keys_table = times(self.keys.capacity(), KEY_SLOT);
-        let keys = sum(self.keys.iter().map(|(k, r)| sum([name(k), times(r.tags.len(), PTR)])));
-        let tenants = sum(self.tenants.iter().map(|(t, set)| sum([name(t), times(set.len(), BTREE_PER_NAME)])));
-        let tags = sum(self.tags.iter().map(|(t, set)| sum([name(t), times(set.capacity(), PTR + 1)])));
-        let tables = sum([
-            times(self.tenants.capacity(), TENANT_SLOT),
-            times(self.tags.capacity(), TAG_SLOT),
+        // B-tree leaves hold up to 11 names plus links; count them two-thirds full.
+        const BTREE_NODE: usize = 11 * PTR + 16;
+        const KEY_SLOT: usize = PTR + size_of::<KeyRecord>();
+        const TENANT_SLOT: usize = PTR + size_of::<BTreeSet<Name>>();
+        const TAG_SLOT: usize = PTR + size_of::<HashSet<Name>>();
+        let name = |n: &Name| allocation(n.len().saturating_add(ARC_HEADER));
+        // hashbrown: one allocation of buckets × (slot + 1 control byte); capacity is 7/8 of
+        // the buckets.
+        let table = |capacity: usize, slot: usize| allocation(times(capacity.saturating_mul(8) / 7, slot.saturating_add(1)));
+        let keys = sum([
+            table(self.keys.capacity(), KEY_SLOT),
+            sum(self.keys.iter().map(|(k, r)| sum([name(k), allocation(times(r.tags.len(), PTR))]))),
         ]);
-        sum([keys_table, keys, tenants, tags, tables])
+        let tenants = sum([
+            table(self.tenants.capacity(), TENANT_SLOT),
+            sum(self.tenants.iter().map(|(t, set)| {
+                let nodes = set.len().saturating_mul(3).div_ceil(2 * 11).max(1);
+                sum([name(t), times(nodes, allocation(BTREE_NODE))])
+            })),
+        ]);
+        let tags = sum([
+            table(self.tags.capacity(), TAG_SLOT),
+            sum(self.tags.iter().map(|(t, set)| sum([name(t), table(set.capacity(), PTR)]))),
+        ]);
+        sum([keys, tenants, tags])
     }
 }
 
@@ -294,11 +335,14 @@ mod tests {
     #[test]
     fn insert_replace_remove_keep_maps_exact() {
         let mut ix = DbIndex::default();
-        ix.insert(b"a:1", b"t1", &tags(&["x", "y"]));
-        ix.insert(b"a:2", b"t1", &tags(&["y"]));
-        ix.insert(b"b:1", b"t2", &tags(&["x"]));
+        ix.insert(b"a:1", b"t1", &tags(&["x", "y"]), 10);
+        ix.insert(b"a:2", b"t1", &tags(&["y"]), 10);
+        ix.insert(b"b:1", b"t2", &tags(&["x"]), 10);
         assert_eq!((ix.len(), ix.tenant_count(), ix.tag_count()), (3, 2, 2));
-        ix.insert(b"a:1", b"t3", &tags(&["z"]));
+        ix.insert(b"a:1", b"t3", &tags(&["z"]), 10);
+        assert_eq!(ix.entry_bytes(), 30, "a replaced key is counted once");
+        ix.set_entry_bytes(b"a:1", 15);
+        assert_eq!(ix.entry_bytes(), 35);
         assert_eq!(ix.get(b"a:1").unwrap().tenant, b"t3");
         assert_eq!(names(ix.tagged(&tags(&["x"]))), ["b:1"]);
         assert_eq!((ix.tenant_count(), ix.tag_count()), (3, 3));
@@ -309,6 +353,7 @@ mod tests {
         ix.remove(b"a:2");
         ix.remove(b"b:1");
         assert!(ix.is_empty());
+        assert_eq!(ix.entry_bytes(), 0);
         assert_eq!((ix.tenant_count(), ix.tag_count()), (0, 0));
         ix.self_check().unwrap();
     }
@@ -317,9 +362,9 @@ mod tests {
     fn matching_walks_tenant_prefix_range() {
         let mut ix = DbIndex::default();
         for k in ["fmpa:list:1", "fmpa:list:2", "fmpa:item:1", "fmp", "zz"] {
-            ix.insert(k.as_bytes(), b"t", &[]);
+            ix.insert(k.as_bytes(), b"t", &[], 10);
         }
-        ix.insert(b"fmpa:list:9", b"other", &[]);
+        ix.insert(b"fmpa:list:9", b"other", &[], 10);
         let g = Glob::new(b"fmpa:list:*");
         assert_eq!(names(ix.matching(Some(b"t"), &g, usize::MAX)), ["fmpa:list:1", "fmpa:list:2"]);
         assert_eq!(ix.matching(None, &g, usize::MAX).len(), 3);
@@ -331,21 +376,21 @@ mod tests {
     #[test]
     fn tagged_counts_each_key_once() {
         let mut ix = DbIndex::default();
-        ix.insert(b"k1", b"", &tags(&["a", "b"]));
-        ix.insert(b"k2", b"", &tags(&["b"]));
-        ix.insert(b"k3", b"", &tags(&["c"]));
+        ix.insert(b"k1", b"", &tags(&["a", "b"]), 10);
+        ix.insert(b"k2", b"", &tags(&["b"]), 10);
+        ix.insert(b"k3", b"", &tags(&["c"]), 10);
         assert_eq!(names(ix.tagged(&tags(&["a", "b", "zz"]))), ["k1", "k2"]);
     }
 
     #[test]
     fn swap_and_clear_dbs() {
         let mut ix = Index::default();
-        ix.db_mut(0).insert(b"k", b"", &[]);
+        ix.db_mut(0).insert(b"k", b"", &[], 10);
         ix.swap(0, 3);
         assert!(ix.db(0).is_none());
         assert!(ix.db(3).unwrap().contains(b"k"));
         assert!(ix.remove(3, b"k"));
-        ix.db_mut(1).insert(b"j", b"", &[]);
+        ix.db_mut(1).insert(b"j", b"", &[], 10);
         ix.clear_db(1);
         assert_eq!(ix.total_keys(), 0);
     }

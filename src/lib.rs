@@ -41,7 +41,7 @@ pub mod policy;
 pub mod state;
 pub mod stats;
 
-use commands::{debug, invalidate, lease as leasing, read, write};
+use commands::{debug, invalidate, lease as leasing, read, stats as statistics, write};
 use config::{
     DEFAULT_STALE, DEFAULT_TTL, LEASE_MS, LOG_INVALIDATIONS_OVER, MAX_MS, MAX_TAGS, MAX_TAGS_LIMIT,
     MAX_WAITERS, MAX_WAIT_MS, NAMESPACE_SEPARATOR, TENANT_REGEX, TTL_RULES,
@@ -49,7 +49,7 @@ use config::{
 use entry::TAGCACHE_TYPE;
 use policy::MAX_SECONDS;
 use redis_module::configuration::ConfigurationFlags;
-use redis_module::{redis_module, Context, RedisString, Status};
+use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
 
 // The Redis allocator only exists inside redis-server; unit tests use the system one.
 #[cfg(not(test))]
@@ -60,6 +60,10 @@ const ALLOCATOR: Allocator = redis_module::alloc::RedisAlloc;
 type Allocator = std::alloc::System;
 #[cfg(test)]
 const ALLOCATOR: Allocator = std::alloc::System;
+
+fn info_section(ctx: &InfoContext, for_crash_report: bool) {
+    statistics::info(ctx, for_crash_report);
+}
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     if !events::subscribe_server_events(ctx) {
@@ -76,6 +80,7 @@ redis_module! {
     allocator: (Allocator, ALLOCATOR),
     data_types: [TAGCACHE_TYPE],
     init: init,
+    info: info_section,
     commands: [
         ["cache.set", write::set, "write deny-oom", 1, 1, 1, ""],
         ["cache.del", write::del, "write", 1, -1, 1, ""],
@@ -87,6 +92,7 @@ redis_module! {
         ["cache.abandon", leasing::abandon, "write", 1, 1, 1, ""],
         ["cache.invalidate", invalidate::invalidate, "write", 1, 1, 1, ""],
         ["cache.invalidatetags", invalidate::invalidate_tags, "write", 0, 0, 0, ""],
+        ["cache.stats", statistics::stats, "readonly", 0, 0, 0, ""],
         ["cache.debug", debug::debug, "readonly", 0, 0, 0, ""],
     ],
     event_handlers: [

@@ -2,6 +2,7 @@
 //! that safe to express, and is never held across a Redis API call (keyspace callbacks such as
 //! `unlink2` re-enter it while a command runs).
 
+use crate::entry::Entry;
 use crate::index::Index;
 use crate::lease::Leases;
 use crate::policy;
@@ -32,12 +33,12 @@ pub struct State {
 
 impl State {
     /// Indexes a key (replacing what was indexed for it) and keeps namespace key counts exact.
-    pub fn index_insert(&mut self, db: i32, key: &[u8], tenant: &[u8], tags: &[Vec<u8>], sep: &[u8]) {
+    pub fn index_insert(&mut self, db: i32, key: &[u8], entry: &Entry, sep: &[u8]) {
         let ix = self.index.db_mut(db);
         if !ix.contains(key) {
             self.stats.key_added(policy::namespace(key, sep));
         }
-        ix.insert(key, tenant, tags);
+        ix.insert(key, &entry.tenant, &entry.tags, entry.footprint(key));
     }
 
     /// Forgets a key; true when it was indexed.

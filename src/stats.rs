@@ -174,6 +174,11 @@ impl Stats {
         self.namespaces.iter().map(|(k, v)| (k.as_slice(), v))
     }
 
+    /// Zeroes one tenant's counters.
+    pub fn reset_tenant(&mut self, tenant: &[u8]) {
+        self.tenants.remove(tenant);
+    }
+
     /// Zeroes every counter; key counts stay (they describe data, not traffic).
     pub fn reset(&mut self) {
         self.global = Counters::default();
@@ -186,15 +191,48 @@ impl Stats {
     }
 }
 
-/// The JSON document of CACHE.STATS: counters plus the gauges given in `gauges`.
-pub fn to_json(counters: &Counters, gauges: &[(&str, u64)], namespaces: Option<Value>) -> Value {
+/// A reported figure: a count or a ratio.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Figure {
+    Count(u64),
+    Ratio(f64),
+}
+
+/// Every figure of a report, in DESIGN.md order: the counters, the hit ratio and the gauges
+/// (keys, tenants, memory, leases in flight…) placed where the document lists them. Both
+/// CACHE.STATS and INFO are built from this one list.
+pub fn report(counters: &Counters, gauges: &[(&'static str, u64)]) -> Vec<(&'static str, Figure)> {
+    const ORDER: [&str; 22] = [
+        "hits", "misses", "stale_hits", "hit_ratio", "keys", "tenants", "tags", "memory_bytes",
+        "index_bytes", "sets", "fills", "fills_rejected", "leases_granted", "leases_active",
+        "leases_expired", "leases_abandoned", "waits", "waits_served", "wait_timeouts", "waiters",
+        "invalidations", "keys_invalidated",
+    ];
+    let fields = counters.fields();
+    ORDER
+        .iter()
+        .filter_map(|name| {
+            if *name == "hit_ratio" {
+                return Some((*name, Figure::Ratio(counters.hit_ratio())));
+            }
+            fields
+                .iter()
+                .chain(gauges.iter())
+                .find(|(n, _)| n == name)
+                .map(|(n, v)| (*n, Figure::Count(*v)))
+        })
+        .collect()
+}
+
+/// The JSON document of CACHE.STATS.
+pub fn to_json(figures: &[(&'static str, Figure)], namespaces: Option<Value>) -> Value {
     let mut doc = Map::new();
-    for (name, v) in counters.fields() {
-        doc.insert(name.into(), json!(v));
-    }
-    doc.insert("hit_ratio".into(), json!(counters.hit_ratio()));
-    for (name, v) in gauges {
-        doc.insert((*name).into(), json!(v));
+    for (name, figure) in figures {
+        let v = match figure {
+            Figure::Count(c) => json!(c),
+            Figure::Ratio(r) => json!(r),
+        };
+        doc.insert((*name).into(), v);
     }
     if let Some(ns) = namespaces {
         doc.insert("namespaces".into(), ns);
@@ -255,8 +293,15 @@ mod tests {
     }
 
     #[test]
-    fn json_has_every_field() {
-        let v = to_json(&Counters::default(), &[("keys", 3)], Some(namespaces_json(std::iter::empty())));
+    fn report_orders_counters_ratio_and_gauges() {
+        let c = Counters { hits: 3, misses: 1, ..Counters::default() };
+        let figures = report(&c, &[("keys", 7), ("waiters", 2)]);
+        let names: Vec<&str> = figures.iter().map(|(n, _)| *n).collect();
+        assert_eq!(&names[..5], ["hits", "misses", "stale_hits", "hit_ratio", "keys"]);
+        assert!(figures.contains(&("hit_ratio", Figure::Ratio(0.75))));
+        assert!(figures.contains(&("waiters", Figure::Count(2))));
+        assert!(!names.contains(&"tenants"), "gauges not given are left out");
+        let v = to_json(&figures, Some(namespaces_json(std::iter::empty())));
         for f in ["hits", "misses", "hit_ratio", "keys", "namespaces", "keys_invalidated"] {
             assert!(v.get(f).is_some(), "{f}");
         }

@@ -126,7 +126,7 @@ fn apply(ctx: &Context, db: i32, keys: &[Vec<u8>], soft: bool) -> usize {
     let count = if soft {
         engine::soft_expire_entries(ctx, keys)
     } else {
-        engine::delete_entries(ctx, keys)
+        engine::delete_entries(ctx, keys, engine::Notice::Invalidate)
     };
     let sep = config::NAMESPACE_SEPARATOR.get();
     with_state(|s| {

@@ -227,7 +227,7 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         stale_ms: deadline.stale_ms,
         fill_ms: now.saturating_sub(lease.granted_at_ms).max(0),
     };
-    engine::store(ctx, key, value, &opts, entry, deadline)?;
+    engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Fill)?;
     engine::record(Event::Fill, &tenant, name);
     Ok(RedisValue::SimpleStringStatic("OK"))
 }

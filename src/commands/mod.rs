@@ -5,6 +5,7 @@ pub mod debug;
 pub mod invalidate;
 pub mod lease;
 pub mod read;
+pub mod stats;
 pub mod write;
 
 use redis_module::{raw, Context, RedisValue};

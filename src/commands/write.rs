@@ -25,7 +25,7 @@ pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         stale_ms: deadline.stale_ms,
         fill_ms: 0,
     };
-    engine::store(ctx, key, value, &opts, entry, deadline)?;
+    engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Set)?;
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
@@ -36,7 +36,7 @@ pub fn del(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }
     let keys: Vec<Vec<u8>> = args.iter().skip(1).map(|k| k.as_slice().to_vec()).collect();
     let db = keyspace::selected_db(ctx.ctx);
-    let removed = engine::delete_entries(ctx, &keys);
+    let removed = engine::delete_entries(ctx, &keys, engine::Notice::Del);
     with_state(|s| {
         for k in &keys {
             s.leases.void(db, k);

@@ -1,0 +1,96 @@
+//! CACHE.STATS and the `tagcache` INFO section.
+
+use super::args::{err, is};
+use crate::keyspace::now_ms;
+use crate::state::{with_state, State};
+use crate::stats::{self, Figure};
+use redis_module::{raw, Context, InfoContext, RedisResult, RedisString, RedisValue};
+
+/// Server-wide gauges (all databases).
+fn global_gauges(s: &State, now: i64) -> Vec<(&'static str, u64)> {
+    let dbs = || s.index.dbs().map(|(_, ix)| ix);
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    vec![
+        ("keys", count(s.index.total_keys())),
+        ("tenants", count(dbs().map(|ix| ix.tenant_count()).sum())),
+        ("tags", count(dbs().map(|ix| ix.tag_count()).sum())),
+        ("memory_bytes", count(dbs().map(|ix| ix.entry_bytes()).fold(0, usize::saturating_add))),
+        ("index_bytes", count(s.index.heap_bytes())),
+        ("leases_active", count(s.leases.active(now))),
+        ("waiters", count(s.leases.total_waiters())),
+    ]
+}
+
+/// One tenant's gauges: its entries and their memory, over all databases.
+fn tenant_gauges(s: &State, tenant: &[u8]) -> Vec<(&'static str, u64)> {
+    let (keys, bytes) = s
+        .index
+        .dbs()
+        .map(|(_, ix)| ix.tenant_footprint(tenant))
+        .fold((0usize, 0usize), |(k, b), (k2, b2)| (k.saturating_add(k2), b.saturating_add(b2)));
+    vec![
+        ("keys", u64::try_from(keys).unwrap_or(u64::MAX)),
+        ("memory_bytes", u64::try_from(bytes).unwrap_or(u64::MAX)),
+    ]
+}
+
+/// `CACHE.STATS [TENANT t] [RESET]` → JSON; RESET zeroes the counters after taking the snapshot.
+pub fn stats(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let (mut tenant, mut reset) = (None, false);
+    let mut i = 1usize;
+    while let Some(arg) = args.get(i) {
+        if is(arg.as_slice(), "TENANT") && tenant.is_none() {
+            let name = args.get(i.saturating_add(1)).ok_or_else(|| err("TENANT needs a tenant name"))?;
+            tenant = Some(crate::policy::tenant_argument(name.as_slice()).to_vec());
+            i = i.saturating_add(2);
+        } else if is(arg.as_slice(), "RESET") && !reset {
+            reset = true;
+            i = i.saturating_add(1);
+        } else {
+            return Err(err(format!(
+                "unknown or repeated option '{}' (CACHE.STATS [TENANT t] [RESET])",
+                String::from_utf8_lossy(arg.as_slice())
+            )));
+        }
+    }
+    let now = now_ms();
+    let doc = with_state(|s| {
+        let doc = match &tenant {
+            Some(t) => stats::to_json(&stats::report(&s.stats.tenant(t), &tenant_gauges(s, t)), None),
+            None => {
+                let figures = stats::report(&s.stats.global, &global_gauges(s, now));
+                stats::to_json(&figures, Some(stats::namespaces_json(s.stats.namespaces())))
+            }
+        };
+        if reset {
+            match &tenant {
+                Some(t) => s.stats.reset_tenant(t),
+                None => s.stats.reset(),
+            }
+        }
+        doc
+    });
+    Ok(RedisValue::BulkString(doc.to_string()))
+}
+
+/// The `tagcache` INFO section: the global figures of CACHE.STATS, one per line
+/// (`tagcache_<name>:<value>`).
+pub fn info(ctx: &InfoContext, for_crash_report: bool) {
+    if for_crash_report {
+        // The state lock may be held by the crashing thread.
+        return;
+    }
+    let now = now_ms();
+    let figures = with_state(|s| stats::report(&s.stats.global, &global_gauges(s, now)));
+    raw::add_info_section(ctx.ctx, None);
+    for (name, figure) in figures {
+        match figure {
+            Figure::Count(v) => {
+                raw::add_info_field_unsigned_long_long(ctx.ctx, name, v);
+            }
+            Figure::Ratio(r) => {
+                raw::add_info_field_double(ctx.ctx, name, r);
+            }
+        }
+    }
+}
