@@ -24,7 +24,7 @@ pub fn module_path() -> PathBuf {
     so
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -42,6 +42,8 @@ fn fresh_dir() -> PathBuf {
 pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
+    /// A config file given first on the command line (it then loads the module itself).
+    conf: Option<PathBuf>,
     extra: Vec<String>,
     child: Option<Child>,
     keep_dir: bool,
@@ -55,24 +57,34 @@ impl Server {
 
     /// A server with extra `redis-server` arguments (e.g. `["--appendonly", "yes"]`).
     pub fn start_with(extra: &[&str]) -> Server {
-        Server::launch(fresh_dir(), extra.iter().map(|s| s.to_string()).collect())
+        Server::launch(fresh_dir(), None, extra.iter().map(|s| s.to_string()).collect())
     }
 
-    fn launch(dir: PathBuf, extra: Vec<String>) -> Server {
+    /// A server started as `redis-server <file with conf_text> --port …`; the config must load
+    /// the module (use `module_path()`).
+    pub fn start_with_conf(conf_text: &str) -> Server {
+        let dir = fresh_dir();
+        let conf = dir.join("test.conf");
+        std::fs::write(&conf, conf_text).expect("write conf");
+        Server::launch(dir, Some(conf), Vec::new())
+    }
+
+    fn launch(dir: PathBuf, conf: Option<PathBuf>, extra: Vec<String>) -> Server {
         // Two tests can draw the same free port; the loser's server cannot bind it. Each attempt
         // checks that the server answering is the process it started, else tries another port.
         for _ in 0..10 {
-            if let Some(server) = Server::try_launch(&dir, &extra) {
+            if let Some(server) = Server::try_launch(&dir, conf.as_deref(), &extra) {
                 return server;
             }
         }
         panic!("could not start redis-server; log:\n{}", std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default());
     }
 
-    fn try_launch(dir: &Path, extra: &[String]) -> Option<Server> {
+    fn try_launch(dir: &Path, conf: Option<&Path>, extra: &[String]) -> Option<Server> {
         let port = free_port();
         let module = module_path();
-        let mut args: Vec<String> = vec![
+        let mut args: Vec<String> = conf.map(|c| c.display().to_string()).into_iter().collect();
+        args.extend::<Vec<String>>(vec![
             "--port".into(),
             port.to_string(),
             "--bind".into(),
@@ -85,9 +97,10 @@ impl Server {
             "yes".into(),
             "--save".into(),
             "".into(),
-            "--loadmodule".into(),
-            module.display().to_string(),
-        ];
+        ]);
+        if conf.is_none() {
+            args.extend(["--loadmodule".to_string(), module.display().to_string()]);
+        }
         args.extend(extra.iter().cloned());
         let child = Command::new("redis-server")
             .args(&args)
@@ -98,6 +111,7 @@ impl Server {
         let mut server = Server {
             port,
             dir: dir.to_path_buf(),
+            conf: conf.map(Path::to_path_buf),
             extra: extra.to_vec(),
             child: Some(child),
             keep_dir: false,
@@ -166,9 +180,10 @@ impl Server {
         }
         self.keep_dir = true;
         let dir = self.dir.clone();
+        let conf = self.conf.clone();
         let extra = self.extra.clone();
         drop(self);
-        Server::launch(dir, extra)
+        Server::launch(dir, conf, extra)
     }
 
     /// A replica of this server, synced before it is returned.
