@@ -102,13 +102,20 @@ pub fn tenant_argument(arg: &[u8]) -> &[u8] {
 
 /// The namespace of a key: its prefix up to the first separator, or the whole key.
 pub fn namespace<'k>(key: &'k [u8], separator: &[u8]) -> &'k [u8] {
-    if separator.is_empty() {
+    let Some((&first, rest)) = separator.split_first() else {
         return key;
+    };
+    // On every read: look for the separator's first byte, compare the rest only there.
+    let mut from = 0usize;
+    while let Some(offset) = key.get(from..).and_then(|tail| tail.iter().position(|&b| b == first)) {
+        let at = from.saturating_add(offset);
+        let after = at.saturating_add(1);
+        if key.get(after..).is_some_and(|tail| tail.starts_with(rest)) {
+            return key.get(..at).unwrap_or(key);
+        }
+        from = after;
     }
-    key.windows(separator.len())
-        .position(|w| w == separator)
-        .and_then(|pos| key.get(..pos))
-        .unwrap_or(key)
+    key
 }
 
 #[cfg(test)]
@@ -164,5 +171,8 @@ mod tests {
         assert_eq!(namespace(b"plain", b":"), b"plain");
         assert_eq!(namespace(b"a::b", b"::"), b"a");
         assert_eq!(namespace(b"a:b", b""), b"a:b");
+        assert_eq!(namespace(b"a:x::b", b"::"), b"a:x");
+        assert_eq!(namespace(b"a:", b"::"), b"a:");
+        assert_eq!(namespace(b":lead", b":"), b"");
     }
 }

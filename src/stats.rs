@@ -115,14 +115,12 @@ pub struct Stats {
 /// Applies `f` to the counters of `name`, or of `OVERFLOW` once the map is full. Looks up
 /// before inserting so the hot path allocates nothing.
 fn update<V: Default>(map: &mut HashMap<Vec<u8>, V>, name: &[u8], f: impl FnOnce(&mut V)) {
-    let name = if map.contains_key(name) || map.len() < MAX_TRACKED { name } else { OVERFLOW };
     if let Some(v) = map.get_mut(name) {
         f(v);
         return;
     }
-    let mut v = V::default();
-    f(&mut v);
-    map.insert(name.to_vec(), v);
+    let name = if map.len() < MAX_TRACKED { name } else { OVERFLOW };
+    f(map.entry(name.to_vec()).or_default());
 }
 
 impl Stats {
