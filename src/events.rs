@@ -188,6 +188,25 @@ unsafe extern "C" fn on_loading(
     }
 }
 
+/// Once a second: drop leases whose holder never filled, abandoned or came back (keys that
+/// nobody asks for again would otherwise keep them forever). Parked callers of such a key are
+/// still served by its deadline timer, which hands a new lease on.
+#[redis_module_macros::cron_event_handler]
+fn sweep_leases(ctx: &Context, _hz: u64) {
+    let now = keyspace::now_ms();
+    let swept = with_state(|s| {
+        if now.saturating_sub(s.last_sweep_ms) < 1000 || s.leases.is_empty() {
+            return Vec::new();
+        }
+        s.last_sweep_ms = now;
+        s.leases.sweep_expired(now)
+    });
+    for (_, key) in swept {
+        crate::engine::record(crate::stats::Event::LeaseExpired, &derived_tenant(&key), &key);
+    }
+    let _ = ctx;
+}
+
 /// Subscribes the raw server events the crate does not expose with the data we need.
 pub fn subscribe_server_events(ctx: &Context) -> bool {
     let Some(subscribe) = api!(RedisModule_SubscribeToServerEvent) else {

@@ -86,6 +86,24 @@ impl Leases {
         false
     }
 
+    /// Removes every lease past its deadline (whose holder never came back), returning the
+    /// keys they were on so their expiry can be counted.
+    pub fn sweep_expired(&mut self, now_ms: i64) -> Vec<(i32, Vec<u8>)> {
+        let expired: Vec<LeaseKey> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.deadline_ms <= now_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            self.leases.remove(k);
+        }
+        if !expired.is_empty() {
+            self.prune_tags();
+        }
+        expired
+    }
+
     /// Grants a lease unless a live one exists. Returns the new token.
     pub fn grant(&mut self, db: i32, key: &[u8], now_ms: i64, length_ms: i64) -> Option<Vec<u8>> {
         if self.current(db, key, now_ms).is_some() {
@@ -292,6 +310,16 @@ mod tests {
         assert!(!l.abandon(0, b"k", &t, 100));
         assert_eq!(l.take_for_fill(0, b"k", &t, &[], 100), Err(Refusal::NotCurrent));
         assert!(l.expire(0, b"k", 100));
+    }
+
+    #[test]
+    fn sweep_removes_only_expired_leases() {
+        let mut l = Leases::default();
+        l.grant(0, b"old", 0, 10).unwrap();
+        l.grant(1, b"live", 0, 1000).unwrap();
+        assert_eq!(l.sweep_expired(10), vec![(0, b"old".to_vec())]);
+        assert_eq!(l.len(), 1);
+        assert!(l.sweep_expired(20).is_empty());
     }
 
     #[test]

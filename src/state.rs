@@ -29,6 +29,8 @@ pub struct State {
     pub next_waiter_id: u64,
     /// Keys (db, name) with a lease-deadline timer armed.
     pub timers: HashSet<(i32, Vec<u8>)>,
+    /// When expired leases were last swept (ms).
+    pub last_sweep_ms: i64,
 }
 
 impl State {

@@ -155,6 +155,30 @@ fn late_fill_after_lease_expiry_is_rejected() {
 }
 
 #[test]
+fn forgotten_leases_are_swept_and_counted_once() {
+    let s = Server::start();
+    let mut c = s.conn();
+    for k in [&b"a"[..], b"b", b"c"] {
+        miss_token(gom(&mut c, k, &[b"LEASE", b"50"]));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let doc: serde_json::Value = serde_json::from_str(&q::<String>(&mut c, &[b"CACHE.STATS"]).unwrap()).unwrap();
+        if doc["leases_expired"] == 3 {
+            assert_eq!(doc["leases_active"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "expired leases were never swept: {doc}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(q::<Value>(&mut c, &[b"CACHE.INSPECT", b"a"]).unwrap(), Value::Nil, "nothing left behind");
+    // Asking again grants a new lease without counting the old one twice.
+    miss_token(gom(&mut c, b"a", &[]));
+    let doc: serde_json::Value = serde_json::from_str(&q::<String>(&mut c, &[b"CACHE.STATS"]).unwrap()).unwrap();
+    assert_eq!(doc["leases_expired"], 3);
+}
+
+#[test]
 fn fill_after_abandon_is_rejected() {
     let s = Server::start();
     let mut c = s.conn();
