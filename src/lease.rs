@@ -71,6 +71,9 @@ impl Leases {
 
     /// The current lease on a key, if any and not past its deadline.
     pub fn current(&self, db: i32, key: &[u8], now_ms: i64) -> Option<&Lease> {
+        if self.leases.is_empty() {
+            return None;
+        }
         self.leases
             .get(&(db, key.to_vec()))
             .filter(|l| l.deadline_ms > now_ms)
@@ -78,6 +81,9 @@ impl Leases {
 
     /// Drops a lease found past its deadline; true when one was dropped (an expiry to count).
     pub fn expire(&mut self, db: i32, key: &[u8], now_ms: i64) -> bool {
+        if self.leases.is_empty() {
+            return false;
+        }
         let k = (db, key.to_vec());
         if self.leases.get(&k).is_some_and(|l| l.deadline_ms <= now_ms) {
             self.leases.remove(&k);
@@ -168,6 +174,9 @@ impl Leases {
 
     /// Voids the lease on one key (SET, DEL, invalidation); true when there was one.
     pub fn void(&mut self, db: i32, key: &[u8]) -> bool {
+        if self.leases.is_empty() {
+            return false;
+        }
         let voided = self.leases.remove(&(db, key.to_vec())).is_some();
         if voided {
             self.prune_tags();
@@ -235,6 +244,9 @@ impl Leases {
     }
 
     pub fn waiters_on(&self, db: i32, key: &[u8]) -> usize {
+        if self.waiters.is_empty() {
+            return 0;
+        }
         self.waiters.get(&(db, key.to_vec())).map_or(0, VecDeque::len)
     }
 

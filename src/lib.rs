@@ -71,6 +71,7 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         return Status::Err;
     }
     state::with_state(|s| s.leases = lease::Leases::with_salt(keyspace::now_ms() as u64));
+    engine::create_keywords();
     Status::Ok
 }
 

@@ -229,7 +229,7 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     };
     engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Fill)?;
     engine::record(Event::Fill, &tenant, name);
-    Ok(RedisValue::SimpleStringStatic("OK"))
+    Ok(super::reply_ok(ctx))
 }
 
 /// `CACHE.ABANDON key token` → 1 when the lease was released, else 0.

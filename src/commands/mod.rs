@@ -16,6 +16,12 @@ pub fn reply_bytes(ctx: &Context, bytes: &[u8]) -> RedisValue {
     RedisValue::NoReply
 }
 
+/// Replies `+OK` (without the allocation the crate's simple-string reply makes).
+pub fn reply_ok(ctx: &Context) -> RedisValue {
+    raw::reply_with_simple_string(ctx.ctx, c"OK".as_ptr());
+    RedisValue::NoReply
+}
+
 /// JSON text of a binary name: the string itself when it is UTF-8, else with `\xNN` escapes.
 pub fn json_name(bytes: &[u8]) -> serde_json::Value {
     match std::str::from_utf8(bytes) {

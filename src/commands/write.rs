@@ -26,7 +26,7 @@ pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         fill_ms: 0,
     };
     engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Set)?;
-    Ok(RedisValue::SimpleStringStatic("OK"))
+    Ok(super::reply_ok(ctx))
 }
 
 /// `CACHE.DEL key [key …]` → number of entries removed. Also voids leases on those keys.
