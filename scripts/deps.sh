@@ -7,7 +7,9 @@ set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+# bindgen loads libclang.so / libclang-<version>.so (not libclang-cpp, which images often carry).
+if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null \
+   && ! compgen -G "/usr/lib/*/libclang-[0-9]*.so*" >/dev/null; then
   missing+=(libclang-dev clang)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
