@@ -36,7 +36,7 @@ impl<T: Send + Sync + 'static> Parsed<T> {
 impl<T: Send + Sync + 'static> ConfigurationValue<RedisString> for Parsed<T> {
     fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
         let text = self.text.lock().unwrap_or_else(PoisonError::into_inner);
-        RedisString::create(None, text.as_str())
+        RedisString::create_from_slice(std::ptr::null_mut(), text.as_bytes())
     }
 
     fn set(&self, _ctx: &ConfigurationContext, val: RedisString) -> Result<(), RedisError> {

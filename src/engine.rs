@@ -249,7 +249,7 @@ fn keyword(k: &'static [u8]) -> *mut raw::RedisModuleString {
 pub fn delete_entries(ctx: &Context, keys: &[Vec<u8>], notice: Notice) -> usize {
     let mut removed: Vec<&[u8]> = Vec::new();
     for name in keys {
-        let key = ctx.create_string(name.as_slice());
+        let key = keyspace::string(ctx, name);
         let is_entry = Key::read(ctx, &key).kind() == Kind::Entry;
         if is_entry && Key::write(ctx, &key).delete() {
             removed.push(name);
@@ -269,7 +269,7 @@ pub fn soft_expire_entries(ctx: &Context, keys: &[Vec<u8>]) -> usize {
     let mut changed = 0usize;
     let now = keyspace::now_ms();
     for name in keys {
-        let key = ctx.create_string(name.as_slice());
+        let key = keyspace::string(ctx, name);
         let mut handle = Key::write(ctx, &key);
         let Some(stale_ms) = handle.entry().map(|e| e.stale_ms) else {
             continue;
@@ -317,16 +317,16 @@ pub fn check_write_permission(ctx: &Context, keys: &[Vec<u8>]) -> Result<(), Red
     }
     let flags = (raw::REDISMODULE_CMD_KEY_DELETE | raw::REDISMODULE_CMD_KEY_UPDATE) as c_int;
     let denied = keys.iter().find(|k| {
-        let key = ctx.create_string(k.as_slice());
+        let key = keyspace::string(ctx, k);
         // SAFETY: user and key are live for this call.
         unsafe { check(user, key.inner, flags) != raw::REDISMODULE_OK as c_int }
     });
     // SAFETY: user was returned by GetModuleUserFromUserName and is freed once.
     unsafe { free_user(user) };
     match denied {
-        Some(k) => Err(RedisError::String(format!(
+        Some(k) => Err(err(format!(
             "NOPERM this user has no permissions to access the '{}' key",
-            String::from_utf8_lossy(k)
+            crate::commands::args::shown(k)
         ))),
         None => Ok(()),
     }

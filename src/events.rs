@@ -39,7 +39,7 @@ pub unsafe extern "C" fn on_unlink(ctx: *mut raw::RedisModuleKeyOptCtx, _value: 
 /// (re)indexed from the entry itself.
 pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
     if matches!(event, "rename_to" | "move_to" | "copy_to" | "restore") {
-        let name = ctx.create_string(key);
+        let name = keyspace::string(ctx, key);
         reindex_key(ctx.ctx, name.inner);
     }
 }

@@ -143,6 +143,12 @@ impl Drop for Key {
     }
 }
 
+/// A Redis string holding `bytes` (binary-safe: the crate's `create_string` goes through a
+/// CString and panics on a NUL byte).
+pub fn string(ctx: &Context, bytes: &[u8]) -> RedisString {
+    RedisString::create_from_slice(ctx.ctx, bytes)
+}
+
 /// Milliseconds since the epoch, from Redis's clock (cached per command, as Redis itself uses).
 pub fn now_ms() -> i64 {
     api!(RedisModule_Milliseconds).map_or(0, |f| unsafe { f() })

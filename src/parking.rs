@@ -82,7 +82,7 @@ unsafe extern "C" fn on_ready(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut ra
         return raw::REDISMODULE_ERR as c_int;
     };
     let context = Context::new(ctx);
-    let key = context.create_string(p.key.as_slice());
+    let key = keyspace::string(&context, &p.key);
     match evaluate(&context, &key, p.db, &p.opts) {
         Verdict::Busy(_) => raw::REDISMODULE_ERR as c_int,
         Verdict::WrongType => {

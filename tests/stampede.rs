@@ -228,6 +228,20 @@ fn fill_after_tenant_pattern_invalidation_is_rejected() {
 }
 
 #[test]
+fn refresh_after_soft_invalidation_is_rejected_and_the_entry_stays_stale() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let _: () = q(&mut c, &[b"CACHE.SET", b"p:{t1}", b"old", b"EX", b"100", b"STALE", b"60"]).unwrap();
+    let _: () = q(&mut c, &[b"PEXPIRE", b"p:{t1}", b"60050"]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let Reply::Stale(_, Some(t)) = gom(&mut c, b"p:{t1}", &[]) else { panic!("expected a refresh token") };
+    assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATE", b"t1", b"p:*", b"SOFT"]).unwrap(), 1);
+    assert!(fill(&mut c, b"p:{t1}", &t, b"read-before-invalidation", &[]).unwrap_err().starts_with("LEASE"));
+    let doc = inspect(&mut c, b"p:{t1}");
+    assert_eq!((doc["fresh"].as_bool(), doc["size"].as_i64()), (Some(false), Some(3)), "still the old, stale value");
+}
+
+#[test]
 fn fill_after_tag_invalidation_is_rejected() {
     let s = Server::start();
     let mut c = s.conn();

@@ -6,13 +6,29 @@ use crate::entry::normalize_tags;
 use crate::policy::MAX_SECONDS;
 use redis_module::{RedisError, RedisString};
 
+/// An error reply; `ERR ` is prefixed unless the message carries its own code.
 pub fn err(msg: impl Into<String>) -> RedisError {
-    let msg = msg.into();
-    if msg.starts_with("ERR ") || msg.starts_with("WRONGTYPE ") || msg.starts_with("NOPERM ") {
-        RedisError::String(msg)
-    } else {
-        RedisError::String(format!("ERR {msg}"))
+    let msg = ascii_only(&msg.into());
+    let coded = ["ERR ", "WRONGTYPE ", "NOPERM ", "LEASE "].iter().any(|c| msg.starts_with(c));
+    RedisError::String(if coded { msg } else { format!("ERR {msg}") })
+}
+
+/// The crate sends error text byte by byte (each char cut to a u8), so anything beyond ASCII
+/// would reach the client as invalid UTF-8: escape it.
+fn ascii_only(msg: &str) -> String {
+    if msg.is_ascii() {
+        return msg.to_string();
     }
+    msg.chars()
+        .map(|c| if c.is_ascii() { c.to_string() } else { c.escape_unicode().to_string() })
+        .collect()
+}
+
+/// A client argument as shown inside an error message: `\xNN` escapes, at most 64 bytes.
+pub fn shown(arg: &[u8]) -> String {
+    let head = arg.get(..64).unwrap_or(arg);
+    let more = if head.len() < arg.len() { "..." } else { "" };
+    format!("{}{more}", head.escape_ascii())
 }
 
 pub fn wrong_arity(command: &str) -> RedisError {
@@ -150,8 +166,27 @@ pub fn parse_write_options(args: &[RedisString]) -> Result<WriteOptions<'_>, Red
             opts.tenant = Some(value_of(i, "TENANT")?);
             i = i.saturating_add(2);
         } else {
-            return Err(err(format!("unknown option '{}'", String::from_utf8_lossy(name))));
+            return Err(err(format!("unknown option '{}'", shown(name))));
         }
     }
     Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_is_always_ascii() {
+        for msg in ["plain", "caf\u{e9} \u{fffd}", "ERR already coded", "LEASE lease is no longer valid"] {
+            let RedisError::String(text) = err(msg) else { panic!() };
+            assert!(text.is_ascii(), "{text}");
+            assert!(text.starts_with("ERR ") || text.starts_with("LEASE "), "{text}");
+        }
+        assert_eq!(shown(b"a\xff\r\n"), "a\\xff\\r\\n");
+        assert!(shown(&[b'x'; 100]).ends_with("..."));
+        assert_eq!(parse_i64(b"+5"), None);
+        assert_eq!(parse_i64(b"-5"), Some(-5));
+        assert_eq!(parse_i64(b"99999999999999999999"), None);
+    }
 }

@@ -15,7 +15,7 @@ pub fn debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         [] => Err(wrong_arity("cache.debug")),
         [sub, ..] => Err(err(format!(
             "unknown CACHE.DEBUG subcommand '{}' (try INDEXCHECK)",
-            String::from_utf8_lossy(sub.as_slice())
+            super::args::shown(sub.as_slice())
         ))),
     }
 }

@@ -21,7 +21,7 @@ fn parse_soft(rest: &[RedisString]) -> Result<bool, redis_module::RedisError> {
         [opt] if is(opt.as_slice(), "SOFT") => Ok(true),
         [opt, ..] => Err(err(format!(
             "unknown option '{}'",
-            String::from_utf8_lossy(opt.as_slice())
+            super::args::shown(opt.as_slice())
         ))),
     }
 }

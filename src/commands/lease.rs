@@ -1,6 +1,6 @@
 //! CACHE.GETORMARK, CACHE.FILL and CACHE.ABANDON: stampede protection.
 
-use super::args::{err, int_in, is, parse_write_options, wrong_arity, wrongtype};
+use super::args::{err, int_in, is, parse_write_options, shown, wrong_arity, wrongtype};
 use crate::config::{self, MAX_MS};
 use crate::engine;
 use crate::entry::Entry;
@@ -138,13 +138,13 @@ fn parse_get_options(args: &[RedisString]) -> Result<(GetOptions, i64), RedisErr
         let value = args.get(i.saturating_add(1)).map(|v| v.as_slice());
         let slot = ["LEASE", "WAIT", "EARLY"].iter().position(|n| is(name, n));
         let Some(slot) = slot else {
-            return Err(err(format!("unknown option '{}'", String::from_utf8_lossy(name))));
+            return Err(err(format!("unknown option '{}'", shown(name))));
         };
         let seen_before = seen.get_mut(slot).map(|s| std::mem::replace(s, true));
         if seen_before != Some(false) {
-            return Err(err(format!("option {} given twice", String::from_utf8_lossy(name).to_uppercase())));
+            return Err(err(format!("option {} given twice", shown(name).to_uppercase())));
         }
-        let value = value.ok_or_else(|| err(format!("{} needs a value", String::from_utf8_lossy(name).to_uppercase())))?;
+        let value = value.ok_or_else(|| err(format!("{} needs a value", shown(name).to_uppercase())))?;
         match slot {
             0 => opts.lease_ms = int_in(value, "LEASE", 1, MAX_MS)?,
             1 => wait = int_in(value, "WAIT", 0, MAX_MS)?,
@@ -194,7 +194,7 @@ pub fn getormark(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 fn lease_error() -> RedisError {
-    RedisError::String("LEASE lease is no longer valid".to_string())
+    err("LEASE lease is no longer valid")
 }
 
 /// `CACHE.FILL key token value [SET options]`

@@ -101,7 +101,7 @@ pub fn keys(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         [opt, ..] if is(opt.as_slice(), "LIMIT") => return Err(err("syntax error: LIMIT n")),
         [opt, ..] => {
-            return Err(err(format!("unknown option '{}'", String::from_utf8_lossy(opt.as_slice()))))
+            return Err(err(format!("unknown option '{}'", super::args::shown(opt.as_slice()))))
         }
     };
     let scope = tenant_scope(tenant.as_slice());

@@ -49,7 +49,7 @@ pub fn stats(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         } else {
             return Err(err(format!(
                 "unknown or repeated option '{}' (CACHE.STATS [TENANT t] [RESET])",
-                String::from_utf8_lossy(arg.as_slice())
+                super::args::shown(arg.as_slice())
             )));
         }
     }
