@@ -313,7 +313,7 @@ pub fn check_write_permission(ctx: &Context, keys: &[Vec<u8>]) -> Result<(), Red
     // SAFETY: name is a live string.
     let user = unsafe { get_user(name.inner) };
     if user.is_null() {
-        return Err(err("NOPERM the current user could not be resolved"));
+        return Err(crate::commands::args::coded("NOPERM", "the current user could not be resolved"));
     }
     let flags = (raw::REDISMODULE_CMD_KEY_DELETE | raw::REDISMODULE_CMD_KEY_UPDATE) as c_int;
     let denied = keys.iter().find(|k| {
@@ -324,10 +324,10 @@ pub fn check_write_permission(ctx: &Context, keys: &[Vec<u8>]) -> Result<(), Red
     // SAFETY: user was returned by GetModuleUserFromUserName and is freed once.
     unsafe { free_user(user) };
     match denied {
-        Some(k) => Err(err(format!(
-            "NOPERM this user has no permissions to access the '{}' key",
-            crate::commands::args::shown(k)
-        ))),
+        Some(k) => Err(crate::commands::args::coded(
+            "NOPERM",
+            &format!("this user has no permissions to access the '{}' key", crate::commands::args::shown(k)),
+        )),
         None => Ok(()),
     }
 }

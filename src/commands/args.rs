@@ -6,11 +6,14 @@ use crate::entry::normalize_tags;
 use crate::policy::MAX_SECONDS;
 use redis_module::{RedisError, RedisString};
 
-/// An error reply; `ERR ` is prefixed unless the message carries its own code.
+/// An `ERR …` error reply.
 pub fn err(msg: impl Into<String>) -> RedisError {
-    let msg = ascii_only(&msg.into());
-    let coded = ["ERR ", "WRONGTYPE ", "NOPERM ", "LEASE "].iter().any(|c| msg.starts_with(c));
-    RedisError::String(if coded { msg } else { format!("ERR {msg}") })
+    coded("ERR", &msg.into())
+}
+
+/// An error reply with its own code (`WRONGTYPE`, `NOPERM`, `LEASE`).
+pub fn coded(code: &str, msg: &str) -> RedisError {
+    RedisError::String(ascii_only(&format!("{code} {msg}")))
 }
 
 /// The crate sends error text byte by byte (each char cut to a u8), so anything beyond ASCII
@@ -36,9 +39,7 @@ pub fn wrong_arity(command: &str) -> RedisError {
 }
 
 pub fn wrongtype() -> RedisError {
-    RedisError::String(
-        "WRONGTYPE Operation against a key holding the wrong kind of value".to_string(),
-    )
+    coded("WRONGTYPE", "Operation against a key holding the wrong kind of value")
 }
 
 /// Parses a base-10 i64 exactly (no spaces, no '+', no overflow).
@@ -178,11 +179,12 @@ mod tests {
 
     #[test]
     fn error_text_is_always_ascii() {
-        for msg in ["plain", "caf\u{e9} \u{fffd}", "ERR already coded", "LEASE lease is no longer valid"] {
+        for msg in ["plain", "caf\u{e9} \u{fffd}", "LEASE needs a value"] {
             let RedisError::String(text) = err(msg) else { panic!() };
-            assert!(text.is_ascii(), "{text}");
-            assert!(text.starts_with("ERR ") || text.starts_with("LEASE "), "{text}");
+            assert!(text.is_ascii() && text.starts_with("ERR "), "{text}");
         }
+        let RedisError::String(text) = coded("LEASE", "lease is no longer valid") else { panic!() };
+        assert_eq!(text, "LEASE lease is no longer valid");
         assert_eq!(shown(b"a\xff\r\n"), "a\\xff\\r\\n");
         assert!(shown(&[b'x'; 100]).ends_with("..."));
         assert_eq!(parse_i64(b"+5"), None);

@@ -194,7 +194,7 @@ pub fn getormark(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 fn lease_error() -> RedisError {
-    err("LEASE lease is no longer valid")
+    super::args::coded("LEASE", "lease is no longer valid")
 }
 
 /// `CACHE.FILL key token value [SET options]`
