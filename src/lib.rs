@@ -48,7 +48,7 @@ use config::{
 };
 use entry::TAGCACHE_TYPE;
 use policy::MAX_SECONDS;
-use redis_module::configuration::ConfigurationFlags;
+use redis_module::configuration::{ConfigurationContext, ConfigurationFlags};
 use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
 
 // The Redis allocator only exists inside redis-server; unit tests use the system one.
@@ -60,6 +60,12 @@ const ALLOCATOR: Allocator = redis_module::alloc::RedisAlloc;
 type Allocator = std::alloc::System;
 #[cfg(test)]
 const ALLOCATOR: Allocator = std::alloc::System;
+
+/// Namespace key counts depend on the separator: recount them when it changes.
+fn on_separator_changed<T>(_ctx: &ConfigurationContext, _name: &str, _value: &'static T) {
+    let sep = NAMESPACE_SEPARATOR.get();
+    state::with_state(|s| s.recount_namespaces(&sep));
+}
 
 fn info_section(ctx: &InfoContext, for_crash_report: bool) {
     statistics::info(ctx, for_crash_report);
@@ -112,7 +118,7 @@ redis_module! {
         string: [
             ["ttl-rules", &*TTL_RULES, "", ConfigurationFlags::DEFAULT, None],
             ["tenant-regex", &*TENANT_REGEX, "", ConfigurationFlags::DEFAULT, None],
-            ["namespace-separator", &*NAMESPACE_SEPARATOR, ":", ConfigurationFlags::DEFAULT, None],
+            ["namespace-separator", &*NAMESPACE_SEPARATOR, ":", ConfigurationFlags::DEFAULT, Some(Box::new(on_separator_changed))],
         ],
         bool: [],
         enum: [],

@@ -104,6 +104,19 @@ fn scripted_workload_yields_exact_counters() {
 }
 
 #[test]
+fn namespace_key_counts_follow_a_new_separator() {
+    let s = Server::start();
+    let mut c = s.conn();
+    set(&mut c, &[b"a:b/1", b"v"]);
+    set(&mut c, &[b"a:b/2", b"v"]);
+    assert_eq!(stats(&mut c, &[])["namespaces"]["a"]["keys"], 2);
+    let _: () = q(&mut c, &[b"CONFIG", b"SET", b"tagcache.namespace-separator", b"/"]).unwrap();
+    let ns = stats(&mut c, &[])["namespaces"].clone();
+    assert_eq!(ns["a:b"]["keys"], 2, "{ns}");
+    assert_eq!(ns["a"]["keys"].as_i64().unwrap_or(0), 0, "{ns}");
+}
+
+#[test]
 fn tenant_reset_touches_only_that_tenant() {
     let s = Server::start();
     let mut c = s.conn();
