@@ -192,7 +192,7 @@ unsafe extern "C" fn on_loading(
 /// nobody asks for again would otherwise keep them forever). Parked callers of such a key are
 /// still served by its deadline timer, which hands a new lease on.
 #[redis_module_macros::cron_event_handler]
-fn sweep_leases(ctx: &Context, _hz: u64) {
+fn sweep_leases(_ctx: &Context, _hz: u64) {
     let now = keyspace::now_ms();
     let swept = with_state(|s| {
         if now.saturating_sub(s.last_sweep_ms) < 1000 || s.leases.is_empty() {
@@ -204,7 +204,6 @@ fn sweep_leases(ctx: &Context, _hz: u64) {
     for (_, key) in swept {
         crate::engine::record(crate::stats::Event::LeaseExpired, &derived_tenant(&key), &key);
     }
-    let _ = ctx;
 }
 
 /// Subscribes the raw server events the crate does not expose with the data we need.

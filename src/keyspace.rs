@@ -16,7 +16,6 @@ pub enum Kind {
 }
 
 pub struct Key {
-    ctx: *mut raw::RedisModuleCtx,
     ptr: *mut raw::RedisModuleKey,
 }
 
@@ -46,7 +45,7 @@ impl Key {
             },
             _ => std::ptr::null_mut(),
         };
-        Key { ctx, ptr }
+        Key { ptr }
     }
 
     pub fn kind(&self) -> Kind {
@@ -139,7 +138,6 @@ impl Drop for Key {
             // SAFETY: handle opened by us, closed once.
             unsafe { close(self.ptr) };
         }
-        let _ = self.ctx;
     }
 }
 

@@ -208,10 +208,6 @@ unsafe extern "C" fn on_lease_deadline(ctx: *mut raw::RedisModuleCtx, data: *mut
     let (db, key) = *Box::from_raw(data.cast::<(i32, Vec<u8>)>());
     with_state(|s| s.timers.remove(&(db, key.clone())));
     let context = Context::new(ctx);
-    // Timers run in a context of db 0: select the key's database for the handoff.
-    if let Some(select) = api!(RedisModule_SelectDb) {
-        select(ctx, db);
-    }
     hand_over(&context, db, &key);
     arm_lease_timer(&context, db, &key);
 }
