@@ -130,6 +130,24 @@ fn lease_deadline_hands_the_lease_to_exactly_one_waiter() {
 }
 
 #[test]
+fn leases_and_handoffs_are_per_database() {
+    let s = Server::start();
+    let mut holder = s.conn();
+    let _: () = q(&mut holder, &[b"SELECT", b"3"]).unwrap();
+    let _t = miss_token(gom(&mut holder, b"k", &[b"LEASE", b"200"]));
+    let mut db0 = s.conn();
+    let t0 = miss_token(gom(&mut db0, b"k", &[]));
+    let mut waiter = s.conn();
+    let _: () = q(&mut waiter, &[b"SELECT", b"3"]).unwrap();
+    // Parked in db 3 until the db-3 lease reaches its deadline, then handed that key's lease.
+    let handed = miss_token(gom(&mut waiter, b"k", &[b"WAIT", b"5000"]));
+    fill(&mut waiter, b"k", &handed, b"db3", &[]).unwrap();
+    fill(&mut db0, b"k", &t0, b"db0", &[]).expect("db 0's lease is untouched");
+    assert_eq!(q::<Vec<u8>>(&mut holder, &[b"CACHE.GET", b"k"]).unwrap(), b"db3");
+    assert_eq!(q::<Vec<u8>>(&mut db0, &[b"CACHE.GET", b"k"]).unwrap(), b"db0");
+}
+
+#[test]
 fn abandon_hands_the_lease_to_exactly_one_waiter() {
     let s = Server::start();
     let mut holder = s.conn();
