@@ -132,4 +132,13 @@ fn cluster_routes_by_tenant() {
     assert_eq!(total, 3);
     let n: i64 = q(&mut conns[owner], &[b"CACHE.INVALIDATE", b"t42", b"*"]).unwrap();
     assert_eq!(n, 0, "already invalidated by tag");
+    // Tenant * names no key: it runs on every primary, each over its own shard.
+    let _: () = q(&mut conns[owner], &[b"CACHE.SET", b"y:{t42}", b"v"]).unwrap();
+    let mut listed = 0;
+    let mut invalidated = 0;
+    for c in conns.iter_mut() {
+        listed += q::<Vec<Vec<u8>>>(c, &[b"CACHE.KEYS", b"*", b"*"]).expect("CACHE.KEYS * on every primary").len();
+        invalidated += q::<i64>(c, &[b"CACHE.INVALIDATE", b"*", b"*"]).expect("INVALIDATE * on every primary");
+    }
+    assert_eq!((listed, invalidated), (1, 1));
 }

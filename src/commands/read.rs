@@ -84,6 +84,24 @@ pub fn inspect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::BulkString(doc.to_string()))
 }
 
+/// Commands taking a tenant are registered with `getkeys-api`: when Redis asks for their key
+/// positions (cluster routing, ACL), the tenant (argument 1) is a key unless it is `*`, which
+/// names no key and so runs on whichever primary receives it. True when this was such a request.
+pub fn answered_key_positions(ctx: &Context, args: &[RedisString]) -> bool {
+    let (Some(is_request), Some(key_at)) = (api!(RedisModule_IsKeysPositionRequest), api!(RedisModule_KeyAtPos)) else {
+        return false;
+    };
+    // SAFETY: plain calls on the command's context.
+    if unsafe { is_request(ctx.ctx) } == 0 {
+        return false;
+    }
+    if args.get(1).is_some_and(|tenant| tenant.as_slice() != b"*") {
+        // SAFETY: position 1 exists (checked just above).
+        unsafe { key_at(ctx.ctx, 1) };
+    }
+    true
+}
+
 /// A tenant argument: `*` (every tenant), `{t}` or `t`.
 pub fn tenant_scope(arg: &[u8]) -> Option<Vec<u8>> {
     (arg != b"*").then(|| policy::tenant_argument(arg).to_vec())
@@ -91,6 +109,9 @@ pub fn tenant_scope(arg: &[u8]) -> Option<Vec<u8>> {
 
 /// `CACHE.KEYS tenant pattern [LIMIT n]` → matching entry names from the index.
 pub fn keys(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if answered_key_positions(ctx, &args) {
+        return Ok(RedisValue::NoReply);
+    }
     let (Some(tenant), Some(pattern)) = (args.get(1), args.get(2)) else {
         return Err(wrong_arity("cache.keys"));
     };
