@@ -30,8 +30,11 @@ unit: deps ## Unit tests of the pure core
 integration: build ## Integration tests against real redis-servers started by the harness
 	TAGCACHE_MODULE=$(CURDIR)/$(DEBUG_SO) $(CARGO) test --tests
 
-test: lint build ## Everything: clippy, unit tests, integration tests
-	TAGCACHE_MODULE=$(CURDIR)/$(DEBUG_SO) $(CARGO) test --all-targets
+test: lint build ## Everything: clippy, unit tests, integration tests (ends with a total line)
+	@set -o pipefail; TAGCACHE_MODULE=$(CURDIR)/$(DEBUG_SO) $(CARGO) test --no-fail-fast --lib --tests 2>&1 \
+	  | tee target/test-output.log; status=$$?; \
+	  awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test-output.log; \
+	  exit $$status
 
 bench: release ## Benchmarks: ratios against native commands, measured side by side
 	$(CARGO) run --release --example bench -- $(BENCH_ARGS)
