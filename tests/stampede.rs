@@ -101,6 +101,13 @@ fn spawn_callers(s: &Server, key: &'static [u8], n: usize, wait: &'static [u8], 
     rx
 }
 
+/// (MISS replies, HIT replies carrying `value`).
+fn tally(replies: &[Reply], value: &[u8]) -> (usize, usize) {
+    let misses = replies.iter().filter(|r| matches!(r, Reply::Miss(_))).count();
+    let hits = replies.iter().filter(|r| **r == Reply::Hit(value.to_vec())).count();
+    (misses, hits)
+}
+
 fn collect(rx: &mpsc::Receiver<Reply>, n: usize) -> Vec<Reply> {
     (0..n).map(|_| rx.recv_timeout(Duration::from_secs(20)).expect("a caller never answered")).collect()
 }
@@ -110,9 +117,7 @@ fn two_hundred_callers_one_miss_everyone_else_gets_the_fill() {
     let s = Server::start();
     let rx = spawn_callers(&s, b"hot", 200, b"5000", b"computed");
     let replies = collect(&rx, 200);
-    let misses = replies.iter().filter(|r| matches!(r, Reply::Miss(_))).count();
-    let hits = replies.iter().filter(|r| **r == Reply::Hit(b"computed".to_vec())).count();
-    assert_eq!((misses, hits), (1, 199), "{replies:?}");
+    assert_eq!(tally(&replies, b"computed"), (1, 199), "{replies:?}");
     let mut c = s.conn();
     assert_eq!(waiters(&mut c, b"hot"), 0);
 }
@@ -124,9 +129,7 @@ fn lease_deadline_hands_the_lease_to_exactly_one_waiter() {
     let _never_filled = miss_token(gom(&mut holder, b"k", &[b"LEASE", b"300"]));
     let rx = spawn_callers(&s, b"k", 20, b"10000", b"from-waiter");
     let replies = collect(&rx, 20);
-    let misses = replies.iter().filter(|r| matches!(r, Reply::Miss(_))).count();
-    let hits = replies.iter().filter(|r| **r == Reply::Hit(b"from-waiter".to_vec())).count();
-    assert_eq!((misses, hits), (1, 19), "{replies:?}");
+    assert_eq!(tally(&replies, b"from-waiter"), (1, 19), "{replies:?}");
 }
 
 #[test]
@@ -156,9 +159,7 @@ fn abandon_hands_the_lease_to_exactly_one_waiter() {
     wait_for_waiters(&mut holder, b"k", 10);
     assert_eq!(q::<i64>(&mut holder, &[b"CACHE.ABANDON", b"k", &token]).unwrap(), 1);
     let replies = collect(&rx, 10);
-    let misses = replies.iter().filter(|r| matches!(r, Reply::Miss(_))).count();
-    assert_eq!(misses, 1, "{replies:?}");
-    assert_eq!(replies.iter().filter(|r| **r == Reply::Hit(b"second-try".to_vec())).count(), 9);
+    assert_eq!(tally(&replies, b"second-try"), (1, 9), "{replies:?}");
     assert_eq!(q::<i64>(&mut holder, &[b"CACHE.ABANDON", b"k", &token]).unwrap(), 0, "already released");
 }
 
