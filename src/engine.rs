@@ -1,7 +1,7 @@
 //! Operations shared by several commands: storing an entry with its index and replication,
 //! removing or soft-expiring entries, ACL checks. Command modules parse and reply; this does.
 
-use crate::commands::args::{err, Expiry, WriteOptions};
+use crate::commands::args::{err, Expiry, Source, WriteOptions};
 use crate::config;
 use crate::entry::{canonical_set, Entry, Piece};
 use crate::keyspace::{self, Key, Kind};
@@ -50,10 +50,11 @@ pub fn resolve_deadline(key: &[u8], opts: &WriteOptions, now: i64) -> Deadline {
     }
 }
 
-/// The tenant of a write: TENANT option, else derived from the key name.
+/// The tenant of a write: TENANT option (`{t}` names the same tenant as `t`, as everywhere a
+/// tenant is given), else derived from the key name.
 pub fn resolve_tenant(key: &[u8], explicit: Option<&RedisString>) -> (Vec<u8>, bool) {
     match explicit {
-        Some(t) => (t.as_slice().to_vec(), true),
+        Some(t) => (policy::tenant_argument(t.as_slice()).to_vec(), true),
         None => (derived_tenant(key), false),
     }
 }
@@ -95,6 +96,22 @@ pub fn notify(ctx: &Context, notice: Notice, key: &RedisString) {
     }
 }
 
+/// The tenant every statistic of a key is counted under, so that no key's counters are split:
+/// the tenant of its entry when it has one, else the tenant recorded on its lease, else the
+/// caller's `TENANT` hint, else the tenant derived from its name.
+pub fn stats_tenant(db: i32, key: &[u8], hint: Option<&[u8]>) -> Vec<u8> {
+    let known = with_state(|s| {
+        s.index
+            .db(db)
+            .and_then(|ix| ix.tenant_of(key))
+            .or_else(|| s.leases.tenant_of(db, key))
+            .map(<[u8]>::to_vec)
+    });
+    known
+        .or_else(|| hint.map(<[u8]>::to_vec))
+        .unwrap_or_else(|| derived_tenant(key))
+}
+
 pub fn record(event: Event, tenant: &[u8], key: &[u8]) {
     let sep = config::NAMESPACE_SEPARATOR.get();
     with_state(|s| s.stats.record(event, tenant, policy::namespace(key, &sep)));
@@ -103,6 +120,15 @@ pub fn record(event: Event, tenant: &[u8], key: &[u8]) {
 fn is_from_primary_or_loading(ctx: &Context) -> bool {
     let flags = keyspace::context_flags(ctx.ctx);
     flags & (raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING) != 0
+}
+
+/// Whether the running command comes from a client (held to local limits) or is replayed.
+pub fn source(ctx: &Context) -> Source {
+    if is_from_primary_or_loading(ctx) {
+        Source::Replayed
+    } else {
+        Source::Client
+    }
 }
 
 /// Stores `entry` at `key` with `deadline`, indexes it, voids any lease on the key and
@@ -167,7 +193,8 @@ pub fn store(
             s.index.db_mut(db).set_entry_bytes(name, stored.footprint(name));
         }
         s.leases.void(db, name);
-        if count {
+        // `sets` counts CACHE.SET calls; a FILL is counted as a fill by its command.
+        if count && notice == Notice::Set {
             s.stats.record(Event::Set, &stored.tenant, policy::namespace(name, &sep));
         }
     });
@@ -244,9 +271,9 @@ fn keyword(k: &'static [u8]) -> *mut raw::RedisModuleString {
         .map_or(std::ptr::null_mut(), |s| *s as *mut raw::RedisModuleString)
 }
 
-/// Deletes entries (never keys of other types); returns how many were removed. Replicated as one
+/// Deletes entries (never keys of other types); returns the names removed. Replicated as one
 /// DEL of the removed keys.
-pub fn delete_entries(ctx: &Context, keys: &[Vec<u8>], notice: Notice) -> usize {
+pub fn delete_entries<'k>(ctx: &Context, keys: &'k [Vec<u8>], notice: Notice) -> Vec<&'k [u8]> {
     let mut removed: Vec<&[u8]> = Vec::new();
     for name in keys {
         let key = keyspace::string(ctx, name);
@@ -259,14 +286,14 @@ pub fn delete_entries(ctx: &Context, keys: &[Vec<u8>], notice: Notice) -> usize 
     for chunk in removed.chunks(1024) {
         ctx.replicate("DEL", chunk);
     }
-    removed.len()
+    removed
 }
 
 /// Marks entries stale now: their TTL becomes their stale window (never longer than it was).
-/// Entries without a stale window are deleted. Returns how many entries changed.
-pub fn soft_expire_entries(ctx: &Context, keys: &[Vec<u8>]) -> usize {
+/// Entries without a stale window are deleted. Returns the names of the entries changed.
+pub fn soft_expire_entries(ctx: &Context, keys: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut to_delete = Vec::new();
-    let mut changed = 0usize;
+    let mut changed: Vec<Vec<u8>> = Vec::new();
     let now = keyspace::now_ms();
     for name in keys {
         let key = keyspace::string(ctx, name);
@@ -280,40 +307,52 @@ pub fn soft_expire_entries(ctx: &Context, keys: &[Vec<u8>]) -> usize {
         }
         let ttl = handle.ttl_ms().map_or(stale_ms, |t| t.min(stale_ms)).max(1);
         if handle.set_ttl_ms(Some(ttl)) {
-            changed = changed.saturating_add(1);
+            changed.push(name.clone());
             drop(handle);
             notify(ctx, Notice::Invalidate, &key);
             let at = now.saturating_add(ttl).to_string();
             ctx.replicate("PEXPIREAT", &[name.as_slice(), at.as_bytes()]);
         }
     }
-    changed.saturating_add(delete_entries(ctx, &to_delete, Notice::Invalidate))
+    let deleted = delete_entries(ctx, &to_delete, Notice::Invalidate);
+    changed.extend(deleted.into_iter().map(<[u8]>::to_vec));
+    changed
 }
 
-/// Checks that the calling user may delete/overwrite every key; `NOPERM` names the first that
-/// it may not. Commands replayed from the primary or the AOF are not checked.
-pub fn check_write_permission(ctx: &Context, keys: &[Vec<u8>]) -> Result<(), RedisError> {
-    if keys.is_empty() || is_from_primary_or_loading(ctx) {
-        return Ok(());
+/// The calling client's ACL user name; None for commands replayed from the primary or the AOF
+/// (they act for nobody in particular and are never refused).
+pub fn current_user(ctx: &Context) -> Option<Vec<u8>> {
+    if is_from_primary_or_loading(ctx) {
+        return None;
     }
-    let (Some(user_name), Some(get_user), Some(check), Some(free_user)) = (
-        api!(RedisModule_GetCurrentUserName),
+    let user_name = api!(RedisModule_GetCurrentUserName)?;
+    // SAFETY: ctx is the command's context.
+    let name = unsafe { user_name(ctx.ctx) };
+    if name.is_null() {
+        return None;
+    }
+    let name = RedisString::new(std::ptr::NonNull::new(ctx.ctx), name);
+    Some(name.as_slice().to_vec())
+}
+
+/// Runs `check(user, key)` for the ACL user `user_name`: true when every key passes. A user
+/// that no longer exists may write nothing.
+fn acl_check_keys(ctx: &Context, user_name: &[u8], keys: &[Vec<u8>], mut on_denied: impl FnMut(&[u8])) -> bool {
+    let (Some(get_user), Some(check), Some(free_user)) = (
         api!(RedisModule_GetModuleUserFromUserName),
         api!(RedisModule_ACLCheckKeyPermissions),
         api!(RedisModule_FreeModuleUser),
     ) else {
-        return Ok(());
+        return true;
     };
-    // SAFETY: ctx is the command's context.
-    let name = unsafe { user_name(ctx.ctx) };
-    if name.is_null() {
-        return Ok(());
-    }
-    let name = RedisString::new(std::ptr::NonNull::new(ctx.ctx), name);
+    let name = keyspace::string(ctx, user_name);
     // SAFETY: name is a live string.
     let user = unsafe { get_user(name.inner) };
     if user.is_null() {
-        return Err(crate::commands::args::coded("NOPERM", "the current user could not be resolved"));
+        if let Some(k) = keys.first() {
+            on_denied(k);
+        }
+        return false;
     }
     let flags = (raw::REDISMODULE_CMD_KEY_DELETE | raw::REDISMODULE_CMD_KEY_UPDATE) as c_int;
     let denied = keys.iter().find(|k| {
@@ -324,10 +363,34 @@ pub fn check_write_permission(ctx: &Context, keys: &[Vec<u8>]) -> Result<(), Red
     // SAFETY: user was returned by GetModuleUserFromUserName and is freed once.
     unsafe { free_user(user) };
     match denied {
-        Some(k) => Err(crate::commands::args::coded(
-            "NOPERM",
-            &format!("this user has no permissions to access the '{}' key", crate::commands::args::shown(k)),
-        )),
-        None => Ok(()),
+        Some(k) => {
+            on_denied(k);
+            false
+        }
+        None => true,
     }
+}
+
+/// Whether ACL user `user_name` may delete/overwrite `key`.
+pub fn user_may_write(ctx: &Context, user_name: &[u8], key: &[u8]) -> bool {
+    acl_check_keys(ctx, user_name, &[key.to_vec()], |_| {})
+}
+
+/// Checks that the calling user may delete/overwrite every key; `NOPERM` names the first that
+/// it may not. Commands replayed from the primary or the AOF are not checked.
+pub fn check_write_permission(ctx: &Context, keys: &[Vec<u8>]) -> Result<(), RedisError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let Some(user) = current_user(ctx) else {
+        return Ok(());
+    };
+    let mut denied = Vec::new();
+    if acl_check_keys(ctx, &user, keys, |k| denied = k.to_vec()) {
+        return Ok(());
+    }
+    Err(crate::commands::args::coded(
+        "NOPERM",
+        &format!("this user has no permissions to access the '{}' key", crate::commands::args::shown(&denied)),
+    ))
 }

@@ -29,16 +29,24 @@ pub unsafe extern "C" fn on_unlink(ctx: *mut raw::RedisModuleKeyOptCtx, _value: 
     let name = string_bytes(get_name(ctx));
     let db = get_db(ctx);
     let sep = config::NAMESPACE_SEPARATOR.get();
-    with_state(|s| {
-        s.index_remove(db, name, &sep);
-        s.leases.void(db, name);
-    });
+    // The lease stays: it is on the key, not on the value, so expiry and eviction of a stale
+    // value must not void a refresher's lease. Deliberate removals void it (`on_keyspace_event`).
+    with_state(|s| s.index_remove(db, name, &sep));
 }
 
-/// Generic keyspace events: a key that arrives under a new name or in a new database is
-/// (re)indexed from the entry itself.
+/// Generic keyspace events: a key deleted by DEL/UNLINK loses its lease; a key that arrives
+/// under a new name or in a new database is (re)indexed from the entry itself, and the value
+/// that arrived voids any lease on that name (as a SET would).
 pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
-    if matches!(event, "rename_to" | "move_to" | "copy_to" | "restore") {
+    let arrived = matches!(event, "rename_to" | "move_to" | "copy_to" | "restore");
+    if arrived || event == "del" {
+        let db = keyspace::selected_db(ctx.ctx);
+        let had_lease = with_state(|s| s.leases.void(db, key));
+        if had_lease {
+            crate::parking::hand_over(ctx, db, key);
+        }
+    }
+    if arrived {
         let name = keyspace::string(ctx, key);
         reindex_key(ctx.ctx, name.inner);
     }
@@ -144,13 +152,12 @@ unsafe extern "C" fn on_flush(
     with_state(|s| {
         if db < 0 {
             s.index.clear();
-            s.leases.clear();
         } else {
             s.index.clear_db(db);
-            s.leases.clear_db(db);
         }
         s.recount_namespaces(&sep);
     });
+    crate::parking::release_dbs((db >= 0).then_some(&[db][..]));
 }
 
 unsafe extern "C" fn on_swapdb(
@@ -161,10 +168,10 @@ unsafe extern "C" fn on_swapdb(
 ) {
     if let Some(info) = data.cast::<SwapDbInfo>().as_ref() {
         let (a, b) = (info.dbnum_first, info.dbnum_second);
-        with_state(|s| {
-            s.index.swap(a, b);
-            s.leases.swap(a, b);
-        });
+        // The index follows the data; connections, their leases and parked callers stay with
+        // the database number, so the leases of both are voided and their callers retry.
+        with_state(|s| s.index.swap(a, b));
+        crate::parking::release_dbs(Some(&[a, b]));
     }
 }
 
@@ -182,9 +189,9 @@ unsafe extern "C" fn on_loading(
         // The data set is being replaced: nothing indexed or leased survives.
         with_state(|s| {
             s.index.clear();
-            s.leases.clear();
             s.stats.forget_keys();
         });
+        crate::parking::release_dbs(None);
     }
 }
 
@@ -201,8 +208,8 @@ fn sweep_leases(_ctx: &Context, _hz: u64) {
         s.last_sweep_ms = now;
         s.leases.sweep_expired(now)
     });
-    for (_, key) in swept {
-        crate::engine::record(crate::stats::Event::LeaseExpired, &derived_tenant(&key), &key);
+    for (_, key, tenant) in swept {
+        crate::engine::record(crate::stats::Event::LeaseExpired, &tenant, &key);
     }
 }
 

@@ -3,6 +3,7 @@
 //! one allocation per key name, tenant and tag, whatever the number of structures referring to it.
 
 use crate::glob::Glob;
+use crate::mem::Shrink;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -51,6 +52,11 @@ impl DbIndex {
 
     pub fn contains(&self, key: &[u8]) -> bool {
         self.keys.contains_key(key)
+    }
+
+    /// The tenant a key is indexed under.
+    pub fn tenant_of(&self, key: &[u8]) -> Option<&[u8]> {
+        self.keys.get(key).map(|r| r.tenant.as_ref())
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Indexed> {
@@ -122,6 +128,7 @@ impl DbIndex {
             set.remove(&key);
             if set.is_empty() {
                 self.tenants.remove(&record.tenant);
+                self.tenants.shrink_if_sparse();
             }
         }
         for tag in record.tags.iter() {
@@ -129,9 +136,14 @@ impl DbIndex {
                 set.remove(&key);
                 if set.is_empty() {
                     self.tags.remove(tag);
+                    self.tags.shrink_if_sparse();
+                } else {
+                    set.shrink_if_sparse();
                 }
             }
         }
+        // Tables emptied by deletions give their memory back.
+        self.keys.shrink_if_sparse();
         true
     }
 
@@ -285,7 +297,14 @@ impl Index {
     }
 
     pub fn remove(&mut self, db: i32, key: &[u8]) -> bool {
-        self.dbs.get_mut(&db).is_some_and(|d| d.remove(key))
+        let Some(d) = self.dbs.get_mut(&db) else {
+            return false;
+        };
+        let removed = d.remove(key);
+        if d.is_empty() {
+            self.dbs.remove(&db);
+        }
+        removed
     }
 
     pub fn clear_db(&mut self, db: i32) {
@@ -330,6 +349,23 @@ mod tests {
 
     fn names(v: Vec<Name>) -> Vec<String> {
         v.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect()
+    }
+
+    #[test]
+    fn emptied_tables_give_memory_back() {
+        let mut ix = Index::default();
+        let tags = vec![b"all".to_vec(), b"cat".to_vec()];
+        for i in 0..20_000 {
+            ix.db_mut(0).insert(format!("k:{{t{}}}:{i}", i % 50).as_bytes(), format!("t{}", i % 50).as_bytes(), &tags, 100);
+        }
+        let full = ix.heap_bytes();
+        for i in 0..20_000 {
+            assert!(ix.remove(0, format!("k:{{t{}}}:{i}", i % 50).as_bytes()));
+            if i == 19_000 {
+                assert!(ix.heap_bytes() < full / 4, "shrinks along the way");
+            }
+        }
+        assert_eq!((ix.total_keys(), ix.heap_bytes()), (0, 0));
     }
 
     #[test]

@@ -44,6 +44,39 @@ pub fn keyspace_overhead(key_len: usize) -> usize {
     ])
 }
 
+/// A table that can give memory back once most of it is empty.
+pub trait Shrink {
+    fn len_and_capacity(&self) -> (usize, usize);
+    fn shrink_to_len(&mut self, min: usize);
+
+    /// Shrinks to twice the live size once three quarters are empty (amortized O(1): a table
+    /// must lose half its elements again before the next shrink), and to nothing when empty.
+    fn shrink_if_sparse(&mut self) {
+        let (len, capacity) = self.len_and_capacity();
+        if capacity > 16 && len.saturating_mul(4) < capacity {
+            self.shrink_to_len(len.saturating_mul(2));
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher> Shrink for std::collections::HashMap<K, V, S> {
+    fn len_and_capacity(&self) -> (usize, usize) {
+        (self.len(), self.capacity())
+    }
+    fn shrink_to_len(&mut self, min: usize) {
+        self.shrink_to(min);
+    }
+}
+
+impl<K: Eq + std::hash::Hash, S: std::hash::BuildHasher> Shrink for std::collections::HashSet<K, S> {
+    fn len_and_capacity(&self) -> (usize, usize) {
+        (self.len(), self.capacity())
+    }
+    fn shrink_to_len(&mut self, min: usize) {
+        self.shrink_to(min);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +90,17 @@ mod tests {
         assert_eq!(sum([usize::MAX, 1]), usize::MAX);
         assert_eq!(times(usize::MAX, 2), usize::MAX);
         assert!(keyspace_overhead(10) > 100);
+    }
+
+    #[test]
+    fn sparse_tables_shrink() {
+        let mut m: std::collections::HashMap<u32, u32> = (0..10_000).map(|i| (i, i)).collect();
+        let full = m.capacity();
+        m.retain(|k, _| *k < 100);
+        m.shrink_if_sparse();
+        assert!(m.capacity() < full / 10, "{} of {full}", m.capacity());
+        m.clear();
+        m.shrink_if_sparse();
+        assert_eq!(m.capacity(), 0);
     }
 }

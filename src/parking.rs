@@ -11,6 +11,7 @@
 use crate::commands::lease::{evaluate, reply_busy, reply_miss, retry_ms, GetOptions, Verdict};
 use crate::engine;
 use crate::keyspace::{self, now_ms};
+use crate::mem::Shrink;
 use crate::state::{with_state, ParkedClient};
 use crate::stats::Event;
 use redis_module::{raw, Context, RedisString};
@@ -22,10 +23,12 @@ struct Parked {
     db: i32,
     key: Vec<u8>,
     opts: GetOptions,
+    /// The tenant this caller's events are counted under.
+    tenant: Vec<u8>,
 }
 
 /// Blocks the caller on `key` for at most `wait_ms`. Returns false when Redis refused to block.
-pub fn park(ctx: &Context, key: &RedisString, opts: GetOptions, wait_ms: i64) -> bool {
+pub fn park(ctx: &Context, key: &RedisString, opts: GetOptions, tenant: Vec<u8>, wait_ms: i64) -> bool {
     let Some(block) = api!(RedisModule_BlockClientOnKeys) else {
         return false;
     };
@@ -34,11 +37,13 @@ pub fn park(ctx: &Context, key: &RedisString, opts: GetOptions, wait_ms: i64) ->
         s.next_waiter_id = s.next_waiter_id.wrapping_add(1);
         s.next_waiter_id
     });
+    let lease_ms = opts.lease_ms;
     let parked = Box::into_raw(Box::new(Parked {
         id,
         db,
         key: key.as_slice().to_vec(),
         opts,
+        tenant: tenant.clone(),
     }));
     let mut keys = [key.inner];
     // SAFETY: ctx is the command's context; keys outlives the call (Redis copies the names);
@@ -63,9 +68,9 @@ pub fn park(ctx: &Context, key: &RedisString, opts: GetOptions, wait_ms: i64) ->
     let name = key.as_slice();
     with_state(|s| {
         s.leases.add_waiter(db, name, id);
-        s.parked.insert(id, ParkedClient { handle: handle as usize, lease_ms: opts.lease_ms });
+        s.parked.insert(id, ParkedClient { handle: handle as usize, lease_ms, tenant: tenant.clone() });
     });
-    engine::record(Event::Wait, &engine::derived_tenant(name), name);
+    engine::record(Event::Wait, &tenant, name);
     arm_lease_timer(ctx, db, name);
     true
 }
@@ -104,17 +109,24 @@ unsafe extern "C" fn on_timeout(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut 
         return raw::REDISMODULE_OK as c_int;
     };
     let context = Context::new(ctx);
-    match with_state(|s| s.leases.take_handoff(p.id)) {
+    let (handoff, released) = with_state(|s| (s.leases.take_handoff(p.id), s.leases.take_released(p.id)));
+    match handoff {
         Some(token) => {
             reply_miss(&context, &token);
-            engine::record(Event::LeaseGranted, &engine::derived_tenant(&p.key), &p.key);
-            engine::record(Event::Miss, &engine::derived_tenant(&p.key), &p.key);
+            engine::record(Event::LeaseGranted, &p.tenant, &p.key);
+            engine::record(Event::Miss, &p.tenant, &p.key);
+            leave(p, Event::WaitServed);
+        }
+        // Its database was flushed, swapped or reloaded: retry at once against what is there now.
+        None if released => {
+            reply_busy(&context, 1);
+            engine::record(Event::Miss, &p.tenant, &p.key);
             leave(p, Event::WaitServed);
         }
         None => {
             let retry = with_state(|s| retry_ms(&s.leases, p.db, &p.key, now_ms()));
             reply_busy(&context, retry);
-            engine::record(Event::Miss, &engine::derived_tenant(&p.key), &p.key);
+            engine::record(Event::Miss, &p.tenant, &p.key);
             leave(p, Event::WaitTimeout);
         }
     }
@@ -124,7 +136,7 @@ unsafe extern "C" fn on_timeout(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut 
 /// Takes an answered caller out of the queue and counts how its wait ended.
 fn leave(p: &Parked, how: Event) {
     with_state(|s| s.leases.remove_waiter(p.db, &p.key, p.id));
-    engine::record(how, &engine::derived_tenant(&p.key), &p.key);
+    engine::record(how, &p.tenant, &p.key);
 }
 
 /// Redis is done with the blocked client (answered, timed out or disconnected).
@@ -137,10 +149,12 @@ unsafe extern "C" fn free_parked(ctx: *mut raw::RedisModuleCtx, privdata: *mut c
     // A lease handed to a caller that vanished before it could be told is released again.
     let orphaned = with_state(|s| {
         s.leases.remove_waiter(p.db, &p.key, p.id);
+        s.leases.take_released(p.id);
         s.parked.remove(&p.id);
-        s.leases.take_handoff(p.id).map(|token| s.leases.abandon(p.db, &p.key, &token, now))
+        s.parked.shrink_if_sparse();
+        s.leases.take_handoff(p.id).and_then(|token| s.leases.abandon(p.db, &p.key, &token, now))
     });
-    if orphaned == Some(true) && !ctx.is_null() {
+    if orphaned.is_some() && !ctx.is_null() {
         hand_over(&Context::new(ctx), p.db, &p.key);
     }
 }
@@ -153,13 +167,13 @@ pub fn hand_over(ctx: &Context, db: i32, key: &[u8]) {
         let expired = s.leases.expire(db, key, now);
         let default_ms = crate::config::get(&crate::config::LEASE_MS);
         let parked = &s.parked;
-        let id = s
-            .leases
-            .hand_over(db, key, now, |id| parked.get(&id).map_or(default_ms, |p| p.lease_ms));
+        let id = s.leases.hand_over(db, key, now, |id| {
+            parked.get(&id).map_or((default_ms, Vec::new()), |p| (p.lease_ms, p.tenant.clone()))
+        });
         (expired, id.and_then(|id| s.parked.get(&id)).map(|p| p.handle))
     });
-    if expired {
-        engine::record(Event::LeaseExpired, &engine::derived_tenant(key), key);
+    if let Some(tenant) = expired {
+        engine::record(Event::LeaseExpired, &tenant, key);
     }
     let Some(handle) = chosen else {
         return;
@@ -169,6 +183,24 @@ pub fn hand_over(ctx: &Context, db: i32, key: &[u8]) {
         unsafe { unblock(handle as *mut raw::RedisModuleBlockedClient, std::ptr::null_mut()) };
     }
     arm_lease_timer(ctx, db, key);
+}
+
+/// Answers at once every caller parked in the databases `dbs` selects (all for `None`) with
+/// `BUSY 1` and drops those databases' leases: after FLUSHDB, FLUSHALL, SWAPDB or a dataset
+/// reload the value they waited for no longer belongs there, and a retry sees what does.
+pub fn release_dbs(dbs: Option<&[i32]>) {
+    let handles: Vec<usize> = with_state(|s| {
+        let ids = s.leases.release_dbs(dbs);
+        ids.iter().filter_map(|id| s.parked.get(id)).map(|p| p.handle).collect()
+    });
+    let Some(unblock) = api!(RedisModule_UnblockClient) else {
+        return;
+    };
+    for handle in handles {
+        // SAFETY: the handle stays valid until free_parked, which removes it from `parked`;
+        // Redis answers it from on_timeout, which sees it released.
+        unsafe { unblock(handle as *mut raw::RedisModuleBlockedClient, std::ptr::null_mut()) };
+    }
 }
 
 /// Wakes the callers parked on a key that just received a value.

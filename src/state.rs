@@ -12,12 +12,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 /// A client parked by GETORMARK … WAIT.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ParkedClient {
     /// The RedisModuleBlockedClient handle, valid until its free_privdata callback runs.
     pub handle: usize,
     /// The LEASE length the caller asked for, used if a lease is handed to it.
     pub lease_ms: i64,
+    /// The tenant its events (and a lease handed to it) are counted under.
+    pub tenant: Vec<u8>,
 }
 
 #[derive(Debug, Default)]

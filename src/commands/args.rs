@@ -98,8 +98,17 @@ const MAX_UNIX_MS: i64 = 9_999_999_999_999;
 
 const ONE_EXPIRY: &str = "only one of EX, PX, EXAT, PXAT and NOEXPIRE may be given";
 
+/// Who sent a write: a client is held to this server's limits (`tagcache.max-tags`, reserved
+/// names); a write replayed from the primary or the AOF/RDB already happened and is never refused
+/// by a local limit (valkey-bloom's `must_obey_client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Client,
+    Replayed,
+}
+
 /// Parses `[EX s | PX ms | EXAT s | PXAT ms | NOEXPIRE] [STALE s] [TAGS n tag…] [TENANT t]`.
-pub fn parse_write_options(args: &[RedisString]) -> Result<WriteOptions<'_>, RedisError> {
+pub fn parse_write_options(args: &[RedisString], source: Source) -> Result<WriteOptions<'_>, RedisError> {
     let mut opts = WriteOptions {
         expiry: Expiry::Default,
         stale_s: None,
@@ -150,7 +159,7 @@ pub fn parse_write_options(args: &[RedisString]) -> Result<WriteOptions<'_>, Red
             let n = parse_i64(value_of(i, "TAGS")?.as_slice())
                 .filter(|n| *n >= 0)
                 .ok_or_else(|| err("TAGS count must be a non-negative integer"))?;
-            if n > max {
+            if n > max && source == Source::Client {
                 return Err(err(format!("too many tags: {n} > tagcache.max-tags ({max})")));
             }
             let n = usize::try_from(n).map_err(|_| err("TAGS count out of range"))?;
@@ -164,7 +173,11 @@ pub fn parse_write_options(args: &[RedisString]) -> Result<WriteOptions<'_>, Red
             if opts.tenant.is_some() {
                 return Err(err("option TENANT given twice"));
             }
-            opts.tenant = Some(value_of(i, "TENANT")?);
+            let tenant = value_of(i, "TENANT")?;
+            if tenant.as_slice() == b"*" && source == Source::Client {
+                return Err(err("TENANT * is reserved: in CACHE.INVALIDATE and CACHE.KEYS it means every tenant"));
+            }
+            opts.tenant = Some(tenant);
             i = i.saturating_add(2);
         } else {
             return Err(err(format!("unknown option '{}'", shown(name))));

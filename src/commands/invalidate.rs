@@ -48,18 +48,17 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             .map(|k| k.to_vec())
             .collect()
     });
-    engine::check_write_permission(ctx, &keys)?;
-    // Leases on matching keys are voided even when the key holds no value yet.
+    // Leases on matching keys are voided even when the key holds no value yet; a key without
+    // an entry belongs to the tenant recorded on its lease.
     let leased = with_state(|s| s.leases.keys_in_db(db));
     let void: Vec<Vec<u8>> = leased
         .into_iter()
         .filter(|k| glob.matches(k))
-        .filter(|k| {
-            let owner = with_state(|s| s.index.db(db).and_then(|ix| ix.get(k)).map(|i| i.tenant));
-            let owner = owner.unwrap_or_else(|| engine::derived_tenant(k));
-            scope.as_ref().is_none_or(|t| *t == owner)
-        })
+        .filter(|k| scope.as_ref().is_none_or(|t| *t == engine::stats_tenant(db, k, None)))
         .collect();
+    // Nothing is touched unless the caller may write every key it would affect.
+    engine::check_write_permission(ctx, &keys)?;
+    engine::check_write_permission(ctx, &void)?;
     let count = apply(ctx, db, &keys, soft);
     with_state(|s| {
         for k in &void {
@@ -108,7 +107,10 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             .collect()
     });
     engine::check_write_permission(ctx, &keys)?;
-    with_state(|s| s.leases.invalidate_tags(&tags));
+    // The fence on in-flight fills carries the caller: it refuses only fills of keys that user
+    // may write.
+    let user = engine::current_user(ctx);
+    with_state(|s| s.leases.invalidate_tags(&tags, user.as_deref()));
     let count = apply(ctx, db, &keys, soft);
     with_state(|s| s.stats.record_invalidation(None));
     log_if_large(ctx, count, started, || {
@@ -118,26 +120,31 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::Integer(count as i64))
 }
 
-/// Deletes (or soft-expires) the keys, counting each invalidated key for its tenant.
+/// Deletes (or soft-expires) the keys, counting each entry actually invalidated for its tenant
+/// (an entry found already expired is not counted).
 fn apply(ctx: &Context, db: i32, keys: &[Vec<u8>], soft: bool) -> usize {
-    let owners: Vec<(Vec<u8>, Vec<u8>)> = with_state(|s| {
+    let owners: std::collections::HashMap<Vec<u8>, Vec<u8>> = with_state(|s| {
         let ix = s.index.db(db);
         keys.iter()
-            .map(|k| (k.clone(), ix.and_then(|i| i.get(k)).map(|i| i.tenant).unwrap_or_default()))
+            .filter_map(|k| Some((k.clone(), ix?.tenant_of(k)?.to_vec())))
             .collect()
     });
-    let count = if soft {
+    let changed: Vec<Vec<u8>> = if soft {
         engine::soft_expire_entries(ctx, keys)
     } else {
         engine::delete_entries(ctx, keys, engine::Notice::Invalidate)
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect()
     };
     let sep = config::NAMESPACE_SEPARATOR.get();
     with_state(|s| {
-        for (k, tenant) in &owners {
+        for k in &changed {
+            let tenant = owners.get(k).map_or(&[][..], Vec::as_slice);
             s.stats.record(Event::KeyInvalidated, tenant, policy::namespace(k, &sep));
         }
     });
-    count
+    changed.len()
 }
 
 fn log_if_large(ctx: &Context, count: usize, started: Instant, what: impl FnOnce() -> String) {

@@ -14,11 +14,14 @@ use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValu
 /// Longest BUSY retry suggestion, whatever is left on the lease.
 const MAX_RETRY_MS: i64 = 1000;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GetOptions {
     pub lease_ms: i64,
     /// XFetch beta, when EARLY was given.
     pub early_beta: Option<f64>,
+    /// The TENANT option: whom a miss on a key without an entry is counted for (and the tenant
+    /// recorded on a lease granted then).
+    pub tenant: Option<Vec<u8>>,
 }
 
 /// What evaluating GETORMARK did.
@@ -72,7 +75,7 @@ pub fn evaluate(ctx: &Context, key: &RedisString, db: i32, opts: &GetOptions) ->
         let (event, token) = if entry.is_fresh(ttl) {
             (Event::Hit, early_refresh(entry, ttl, db, name, now, opts))
         } else {
-            (Event::StaleHit, grant(db, name, now, opts.lease_ms))
+            (Event::StaleHit, grant(db, name, now, opts.lease_ms, &tenant))
         };
         match (event, &token) {
             (Event::Hit, None) => reply_tagged(ctx, c"HIT", &[&entry.value]),
@@ -85,8 +88,8 @@ pub fn evaluate(ctx: &Context, key: &RedisString, db: i32, opts: &GetOptions) ->
         }
         return Verdict::Replied;
     }
-    let tenant = engine::derived_tenant(name);
-    match grant(db, name, now, opts.lease_ms) {
+    let tenant = engine::stats_tenant(db, name, opts.tenant.as_deref());
+    match grant(db, name, now, opts.lease_ms, &tenant) {
         Some(token) => {
             reply_miss(ctx, &token);
             engine::record(Event::Miss, &tenant, name);
@@ -97,14 +100,15 @@ pub fn evaluate(ctx: &Context, key: &RedisString, db: i32, opts: &GetOptions) ->
     }
 }
 
-/// Grants a lease unless a live one exists, counting a lease found past its deadline.
-fn grant(db: i32, key: &[u8], now: i64, lease_ms: i64) -> Option<Vec<u8>> {
+/// Grants a lease (counted for `tenant`) unless a live one exists, counting a lease found past
+/// its deadline.
+fn grant(db: i32, key: &[u8], now: i64, lease_ms: i64, tenant: &[u8]) -> Option<Vec<u8>> {
     let (expired, token) = with_state(|s| {
         let expired = s.leases.expire(db, key, now);
-        (expired, s.leases.grant(db, key, now, lease_ms))
+        (expired, s.leases.grant(db, key, now, lease_ms, tenant))
     });
-    if expired {
-        engine::record(Event::LeaseExpired, &engine::derived_tenant(key), key);
+    if let Some(old_tenant) = expired {
+        engine::record(Event::LeaseExpired, &old_tenant, key);
     }
     token
 }
@@ -120,7 +124,7 @@ fn early_refresh(entry: &Entry, ttl: Option<i64>, db: i32, key: &[u8], now: i64,
     let p = (-(left as f64) / (beta * entry.fill_ms as f64)).exp();
     let chosen = with_state(|s| s.leases.current(db, key, now).is_none() && s.leases.next_unit() < p);
     if chosen {
-        grant(db, key, now, opts.lease_ms)
+        grant(db, key, now, opts.lease_ms, &entry.tenant)
     } else {
         None
     }
@@ -130,13 +134,14 @@ fn parse_get_options(args: &[RedisString]) -> Result<(GetOptions, i64), RedisErr
     let mut opts = GetOptions {
         lease_ms: config::get(&config::LEASE_MS),
         early_beta: None,
+        tenant: None,
     };
-    let (mut wait, mut seen) = (0i64, [false; 3]);
+    let (mut wait, mut seen) = (0i64, [false; 4]);
     let mut i = 0usize;
     while let Some(arg) = args.get(i) {
         let name = arg.as_slice();
         let value = args.get(i.saturating_add(1)).map(|v| v.as_slice());
-        let slot = ["LEASE", "WAIT", "EARLY"].iter().position(|n| is(name, n));
+        let slot = ["LEASE", "WAIT", "EARLY", "TENANT"].iter().position(|n| is(name, n));
         let Some(slot) = slot else {
             return Err(err(format!("unknown option '{}'", shown(name))));
         };
@@ -148,6 +153,7 @@ fn parse_get_options(args: &[RedisString]) -> Result<(GetOptions, i64), RedisErr
         match slot {
             0 => opts.lease_ms = int_in(value, "LEASE", 1, MAX_MS)?,
             1 => wait = int_in(value, "WAIT", 0, MAX_MS)?,
+            3 => opts.tenant = Some(crate::policy::tenant_argument(value).to_vec()),
             _ => {
                 let beta = std::str::from_utf8(value).ok().and_then(|v| v.parse::<f64>().ok());
                 match beta {
@@ -169,7 +175,7 @@ fn can_block(ctx: &Context) -> bool {
     flags & deny == 0
 }
 
-/// `CACHE.GETORMARK key [LEASE ms] [WAIT ms] [EARLY beta]`
+/// `CACHE.GETORMARK key [LEASE ms] [WAIT ms] [EARLY beta] [TENANT t]`
 pub fn getormark(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let Some(key) = args.get(1) else {
         return Err(wrong_arity("cache.getormark"));
@@ -183,10 +189,11 @@ pub fn getormark(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let name = key.as_slice();
             let room = with_state(|s| s.leases.waiters_on(db, name))
                 < usize::try_from(config::get(&config::MAX_WAITERS)).unwrap_or(0);
-            if wait_ms > 0 && can_block(ctx) && room && parking::park(ctx, key, opts, wait_ms) {
+            let tenant = engine::stats_tenant(db, name, opts.tenant.as_deref());
+            if wait_ms > 0 && can_block(ctx) && room && parking::park(ctx, key, opts, tenant.clone(), wait_ms) {
                 return Ok(RedisValue::NoReply);
             }
-            engine::record(Event::Miss, &engine::derived_tenant(name), name);
+            engine::record(Event::Miss, &tenant, name);
             reply_busy(ctx, retry);
             Ok(RedisValue::NoReply)
         }
@@ -202,16 +209,24 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (Some(key), Some(token), Some(value)) = (args.get(1), args.get(2), args.get(3)) else {
         return Err(wrong_arity("cache.fill"));
     };
-    let opts = parse_write_options(args.get(4..).unwrap_or_default())?;
+    let opts = parse_write_options(args.get(4..).unwrap_or_default(), engine::source(ctx))?;
     let name = key.as_slice();
     let db = keyspace::selected_db(ctx.ctx);
     let now = now_ms();
     let tags = opts.normalized_tags();
     let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant);
     let taken = with_state(|s| s.leases.take_for_fill(db, name, token.as_slice(), &tags, now));
+    let fenced = |fences: &[crate::lease::Fence]| {
+        fences.iter().any(|f| match &f.user {
+            None => true,
+            // A fence applies only to keys its user may write (an invalidation by a user
+            // restricted to other keys never refuses this fill).
+            Some(user) => engine::user_may_write(ctx, user, name),
+        })
+    };
     let lease = match taken {
-        Ok(lease) => lease,
-        Err(_) => {
+        Ok((lease, fences)) if !fenced(&fences) => lease,
+        _ => {
             engine::record(Event::FillRejected, &tenant, name);
             // A lease consumed by a refused fill leaves parked callers to the next taker.
             parking::hand_over(ctx, db, name);
@@ -240,9 +255,9 @@ pub fn abandon(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let name = key.as_slice();
     let db = keyspace::selected_db(ctx.ctx);
     let released = with_state(|s| s.leases.abandon(db, name, token.as_slice(), now_ms()));
-    if released {
-        engine::record(Event::LeaseAbandoned, &engine::derived_tenant(name), name);
+    if let Some(tenant) = &released {
+        engine::record(Event::LeaseAbandoned, tenant, name);
         parking::hand_over(ctx, db, name);
     }
-    Ok(RedisValue::Integer(i64::from(released)))
+    Ok(RedisValue::Integer(i64::from(released.is_some())))
 }

@@ -13,7 +13,7 @@ pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (Some(key), Some(value)) = (args.get(1), args.get(2)) else {
         return Err(wrong_arity("cache.set"));
     };
-    let opts = parse_write_options(args.get(3..).unwrap_or_default())?;
+    let opts = parse_write_options(args.get(3..).unwrap_or_default(), engine::source(ctx))?;
     let name = key.as_slice();
     let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant);
     let deadline = engine::resolve_deadline(name, &opts, keyspace::now_ms());
@@ -36,7 +36,7 @@ pub fn del(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }
     let keys: Vec<Vec<u8>> = args.iter().skip(1).map(|k| k.as_slice().to_vec()).collect();
     let db = keyspace::selected_db(ctx.ctx);
-    let removed = engine::delete_entries(ctx, &keys, engine::Notice::Del);
+    let removed = engine::delete_entries(ctx, &keys, engine::Notice::Del).len();
     with_state(|s| {
         for k in &keys {
             s.leases.void(db, k);
