@@ -1,0 +1,3 @@
+import { functionalSuite } from './suite.mjs';
+functionalSuite('ioredis', { module: true });
+functionalSuite('node-redis', { module: true });
