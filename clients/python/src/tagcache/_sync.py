@@ -103,6 +103,16 @@ class _Job:
         self.finished = False
 
 
+class _Produce:
+    """A step's answer: we hold the lease ``token``; run the factory (outside the Redis
+    error handling, so a factory error is never mistaken for a Redis one)."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: Any) -> None:
+        self.token = token
+
+
 class _Unavailable(Exception):
     """Redis is not usable right now (circuit open or mode unknown)."""
 
@@ -355,10 +365,12 @@ class Cache:
         return t
 
     def _ikey(self, kind: str, name: KeyT) -> bytes:
-        return to_bytes(self.prefix) + b"__tc:" + kind.encode() + b":" + to_bytes(name)
+        """Fallback-mode bookkeeping keys. Tags and tenants are server-wide in the module, so
+        their sets are not under the prefix either."""
+        return b"__tc:" + kind.encode() + b":" + to_bytes(name)
 
     def _lock_key(self, fkey: bytes) -> bytes:
-        return to_bytes(self.prefix) + b"__tc:lock:" + fkey[len(to_bytes(self.prefix)):]
+        return self._ikey("lock", fkey)
 
     # ------------------------------------------------------------------ simple operations
 
@@ -605,6 +617,8 @@ class Cache:
             except Exception as e:
                 self._failed("get_or_set", e)
                 return self._fail_open(fkey, factory, o)
+            if isinstance(step, _Produce):
+                return self._produce(fkey, factory, o, self._last.get(fkey), step.token, mode)
             if step is not MISSING:
                 return step[0]
             # BUSY: the loop goes round (the step slept already)
@@ -646,7 +660,7 @@ class Cache:
         if kind == "MISS":
             self._metrics.inc("misses")
             self._events.emit("miss", to_str(fkey))
-            return (self._produce(fkey, factory, o, self._last.get(fkey), a, "module"),)
+            return _Produce(a)
         # BUSY ms
         hint = (int(a) if a is not None else 50) / 1000.0
         left = deadline - time.monotonic()
@@ -683,8 +697,10 @@ class Cache:
                 else:
                     value = factory
             except BaseException:
-                self._metrics.inc("factory_errors")
                 self._metrics.factory_time((time.perf_counter() - t0) * 1000)
+                if job.abandoned:  # hard timeout: already counted and released
+                    raise
+                self._metrics.inc("factory_errors")
                 if token is not None:
                     self._release(fkey, token, mode)
                 raise
@@ -819,14 +835,14 @@ class Cache:
         if self._call("SET", lock, token, "NX", "PX", self.lease_ms):
             self._metrics.inc("misses")
             self._events.emit("miss", to_str(fkey))
-            return (self._produce(fkey, factory, o, self._last.get(fkey), token, "fallback"),)
+            return _Produce(token)
         left = deadline - time.monotonic()
         if left > 0:
             time.sleep(min(self.fallback_poll, left))
         return MISSING
 
     def _scan(self, match: bytes) -> List[bytes]:
-        internal = to_bytes(self.prefix) + b"__tc:"
+        internal = b"__tc:"
         cmd = self._command_client()
         seen = set()
         for k in cmd.scan_iter(match=match, count=1000):

@@ -1,0 +1,554 @@
+"""Functional behaviour (clients/SPEC.md). Every test here that takes the ``server`` fixture runs
+twice: against redis-server with the module, and against a plain redis-server (fallback, S5)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, List
+
+import pytest
+import redis
+
+from servers import Server, wait_until
+from tagcache import AsyncCache, Cache, CacheTimeoutError, FactoryContext
+
+
+def make(server: Server, prefix: str, **kw: Any) -> Cache:
+    c = Cache(server.url, prefix=prefix, **kw)
+    return c
+
+
+def expected_mode(server: Server) -> str:
+    return "module" if server.module else "fallback"
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self.lock:
+            self.n += 1
+            return self.n
+
+
+# ------------------------------------------------------------------ S3 simple operations
+
+
+def test_s3_1_get_set_delete(server: Server, prefix: str) -> None:
+    with make(server, prefix, ttl=60) as c:
+        assert c.get("a") is None
+        assert c.get("a", "dflt") == "dflt"
+        assert c.mode == expected_mode(server)
+        assert c.set("a", {"x": [1, 2, "é"]}) is True
+        assert c.set("b", None) is True
+        assert c.get("a") == {"x": [1, 2, "é"]}
+        assert c.get("b", "dflt") is None  # a stored None is a hit
+        assert c.delete("a", "b", "nope") == 2
+        assert c.get("a") is None
+        m = c.metrics()
+        assert (m["hits"], m["misses"]) == (2, 3)
+
+
+def test_s3_1_async_get_set_delete(server: Server, prefix: str) -> None:
+    async def main() -> None:
+        async with AsyncCache(server.url, prefix=prefix, ttl=60) as c:
+            assert await c.get("a") is None
+            assert c.mode == expected_mode(server)
+            assert await c.set("a", [1, 2]) is True
+            assert await c.get("a") == [1, 2]
+            assert await c.delete("a") == 1
+            assert await c.get("a") is None
+
+    asyncio.run(main())
+
+
+def test_s1_2_binary_values_roundtrip(server: Server, prefix: str) -> None:
+    blob = bytes(range(256)) * 4
+    with make(server, prefix, ttl=60) as c:
+        assert c.set("bin", blob)
+        got = c.get("bin")
+        assert isinstance(got, bytes) and got == blob
+        assert c.get_or_set("bin2", lambda: b"\x00\xff\x00") == b"\x00\xff\x00"
+        assert c.get_or_set("bin2", lambda: b"other") == b"\x00\xff\x00"
+        assert c.set("text", "\x00 not bytes")
+        assert c.get("text") == "\x00 not bytes"
+        if server.module:
+            raw = server.client().execute_command("CACHE.GET", prefix + "bin")
+            assert raw == b"\x00" + blob  # the documented one-byte marker
+
+    async def main() -> None:
+        async with AsyncCache(server.url, prefix=prefix, ttl=60) as c:
+            assert await c.get("bin") == blob
+            assert await c.get_or_set("bin3", lambda: blob[::-1]) == blob[::-1]
+            assert await c.get("bin3") == blob[::-1]
+
+    asyncio.run(main())
+
+
+def test_s1_3_ttl_as_px_and_grace_as_stale(server: Server, prefix: str) -> None:
+    r = server.client()
+    with make(server, prefix) as c:
+        assert c.set("k", 1, ttl=30.5, grace=10)
+        pttl = r.pttl(prefix + "k")
+        assert 40000 < pttl <= 40500  # fresh 30.5 s + stale window 10 s
+        if server.module:
+            import json
+
+            doc = json.loads(r.execute_command("CACHE.INSPECT", prefix + "k"))
+            assert doc["stale_ms"] == 10000 and doc["fresh"] is True
+
+
+def test_s1_1_prefix_and_default_tenant(server: Server, prefix: str) -> None:
+    r = server.client()
+    with make(server, prefix, ttl=60, tenant="acme") as c, make(server, prefix, ttl=60, tenant="other") as o:
+        c.set("u:1", 1)
+        c.set("u:2", 2)
+        o.set("u:3", 3)
+        assert r.exists(prefix + "u:1") == 1
+        assert c.invalidate(pattern="u:*") == 2  # the cache's tenant only
+        assert c.get("u:1") is None and o.get("u:3") == 3
+        assert o.invalidate("*", "u:*") == 1
+
+
+def test_s3_2_invalidate_pattern_tenant_and_soft(server: Server, prefix: str) -> None:
+    with make(server, prefix, ttl=60) as c:
+        for i in range(5):
+            c.set(f"list:{i}", i, tenant="t1", grace=60)
+        c.set("item:1", 1, tenant="t1")
+        c.set("list:9", 9, tenant="t2")
+        assert c.invalidate("t1", "list:[0-2]") == 3
+        assert [c.get(f"list:{i}") for i in range(5)] == [None, None, None, 3, 4]
+        assert c.invalidate("t1", "list:*", soft=True) == 2
+        assert c.get("list:3") is None  # stale now: get serves fresh only
+        # ... but get_or_set serves it stale (and refreshes in the background)
+        assert c.get_or_set("list:3", lambda: 33, grace=60) == 3
+        wait_until(lambda: c.get("list:3") == 33, 10, "background refresh")
+        assert c.get("item:1") == 1 and c.get("list:9") == 9
+
+
+def test_s3_2_invalidate_tags_counts(server: Server, prefix: str) -> None:
+    with make(server, prefix, ttl=60) as c:
+        c.set("a", 1, tags=[prefix + "users", prefix + "list"])
+        c.set("b", 2, tags=[prefix + "users"])
+        c.set("c", 3, tags=[prefix + "orders"])
+        assert c.invalidate_tags([prefix + "users", prefix + "list"]) == 2  # an entry with both counts once
+        assert (c.get("a"), c.get("b"), c.get("c")) == (None, None, 3)
+        assert c.invalidate_tags(prefix + "users") == 0
+        assert c.invalidate_tags(prefix + "orders") == 1
+
+    async def main() -> None:
+        async with AsyncCache(server.url, prefix=prefix, ttl=60) as ac:
+            await ac.set("x", 1, tags=[prefix + "t"])
+            await ac.set("y", 1, tags=[prefix + "t"])
+            assert await ac.invalidate_tags([prefix + "t"]) == 2
+            assert await ac.invalidate(pattern="*") == 0
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ S2 get_or_set
+
+
+def test_s2_3_miss_fills_then_hit(server: Server, prefix: str) -> None:
+    calls = Counter()
+    with make(server, prefix, ttl=60) as c:
+        assert c.get_or_set("k", lambda: {"n": calls()}, tags=[prefix + "t"]) == {"n": 1}
+        assert c.get_or_set("k", lambda: {"n": calls()}) == {"n": 1}
+        assert calls.n == 1
+        assert c.get("k") == {"n": 1}
+        assert c.invalidate_tags(prefix + "t") == 1  # the fill carried the tags
+        # Django style: a plain value as the default
+        assert c.get_or_set("plain", 5) == 5 and c.get("plain") == 5
+        m = c.metrics()
+        assert (m["factory_calls"], m["fills"]) == (2, 2)
+
+
+def test_s2_2_1000_threads_one_cold_key(server: Server, prefix: str) -> None:
+    calls = Counter()
+    results: List[Any] = []
+    errors: List[BaseException] = []
+    start = threading.Event()
+    with make(server, prefix, ttl=60) as c:
+
+        def factory() -> dict:
+            calls()
+            time.sleep(0.05)
+            return {"v": 1}
+
+        def run() -> None:
+            start.wait()
+            try:
+                results.append(c.get_or_set("cold", factory))
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        ts = [threading.Thread(target=run) for _ in range(1000)]
+        for t in ts:
+            t.start()
+        start.set()
+        for t in ts:
+            t.join()
+    assert errors == []
+    assert calls.n == 1
+    assert len(results) == 1000 and all(r == {"v": 1} for r in results)
+
+
+def test_s2_2_1000_asyncio_tasks_one_cold_key(server: Server, prefix: str) -> None:
+    calls = Counter()
+
+    async def main() -> List[Any]:
+        async with AsyncCache(server.url, prefix=prefix, ttl=60) as c:
+            async def factory() -> dict:
+                calls()
+                await asyncio.sleep(0.05)
+                return {"v": 2}
+
+            return await asyncio.gather(*(c.get_or_set("cold", factory) for _ in range(1000)))
+
+    results = asyncio.run(main())
+    assert calls.n == 1
+    assert len(results) == 1000 and all(r == {"v": 2} for r in results)
+
+
+def test_s2_1_1000_threads_without_single_flight_bounded_connections(module_server: Server, prefix: str) -> None:
+    """Single-flight off: every caller goes to the server. 8 waiting connections are parked,
+    the rest ask without WAIT and retry after the BUSY hint; the FILL never queues behind a
+    wait; connections stay bounded."""
+    r = module_server.client()
+    calls = Counter()
+    results: List[Any] = []
+    errors: List[BaseException] = []
+    peak = [0]
+    start = threading.Event()
+    done = threading.Event()
+    with make(module_server, prefix, ttl=60, single_flight=False, wait_pool_size=8, pool_size=32) as c:
+
+        def factory() -> str:
+            calls()
+            time.sleep(0.05)
+            return "v"
+
+        def run() -> None:
+            start.wait()
+            try:
+                results.append(c.get_or_set("cold", factory))
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        def watch() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], int(r.info("clients")["connected_clients"]))
+                time.sleep(0.01)
+
+        w = threading.Thread(target=watch)
+        w.start()
+        ts = [threading.Thread(target=run) for _ in range(1000)]
+        for t in ts:
+            t.start()
+        start.set()
+        for t in ts:
+            t.join()
+        done.set()
+        w.join()
+    assert errors == []
+    assert calls.n == 1
+    assert len(results) == 1000 and set(results) == {"v"}
+    assert peak[0] <= 8 + 32 + 2 + 1 + 1  # waiting + command pool + this test's + watcher + slack
+
+
+def test_s2_1_1000_asyncio_tasks_without_single_flight(module_server: Server, prefix: str) -> None:
+    calls = Counter()
+
+    async def main() -> List[Any]:
+        async with AsyncCache(module_server.url, prefix=prefix, ttl=60, single_flight=False,
+                              wait_pool_size=8, pool_size=32) as c:
+            async def factory() -> str:
+                calls()
+                await asyncio.sleep(0.05)
+                return "v"
+
+            return await asyncio.gather(*(c.get_or_set("cold", factory) for _ in range(1000)))
+
+    results = asyncio.run(main())
+    assert calls.n == 1
+    assert len(results) == 1000 and set(results) == {"v"}
+
+
+def test_s2_1_four_processes_one_cold_key(server: Server, prefix: str) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    out = ctx.Queue()
+    import workers
+
+    procs = [
+        ctx.Process(target=workers.stampede_process, args=(server.url, prefix, "cold", 50, barrier, out))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        got = [out.get(timeout=90) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    assert [g[1] for g in got] == [[]] * 4
+    assert sum(g[0] for g in got) == 200
+    assert int(server.client().get(prefix + "factory_calls")) == 1
+
+
+def test_s2_4_swr_serves_stale_and_refreshes_in_background(server: Server, prefix: str) -> None:
+    calls = Counter()
+    with make(server, prefix) as c:
+        assert c.get_or_set("k", lambda: "v1", ttl=0.2, grace=30) == "v1"
+        wait_until(lambda: c.get("k") is None, 10, "the entry to go stale")
+        started = threading.Event()
+
+        def slow() -> str:
+            calls()
+            started.set()
+            time.sleep(0.3)
+            return "v2"
+
+        t0 = time.monotonic()
+        assert c.get_or_set("k", slow, ttl=60, grace=30) == "v1"
+        assert time.monotonic() - t0 < 0.25  # not waiting for the 0.3 s refresh
+        wait_until(lambda: c.get("k") == "v2", 10, "the background refresh")
+        assert calls.n == 1
+        assert c.metrics()["stale"] == 1
+
+
+def test_s2_7_fail_safe_serves_last_known_value(server: Server, prefix: str) -> None:
+    with make(server, prefix) as c:
+        assert c.get_or_set("k", lambda: "old", ttl=0.1) == "old"
+        wait_until(lambda: server.client().exists(prefix + "k") == 0, 10, "expiry")
+
+        def boom() -> str:
+            raise ValueError("database down")
+
+        assert c.get_or_set("k", boom, fail_safe=True) == "old"
+        with pytest.raises(ValueError, match="database down"):
+            c.get_or_set("k", boom)
+        # the lease was abandoned each time: the next caller computes at once
+        t0 = time.monotonic()
+        assert c.get_or_set("k", lambda: "new", ttl=60) == "new"
+        assert time.monotonic() - t0 < 1.0
+        assert c.metrics()["factory_errors"] == 2
+
+
+def test_s2_8_soft_timeout_serves_stale_and_fills_later(server: Server, prefix: str) -> None:
+    with make(server, prefix) as c:
+        assert c.get_or_set("k", lambda: "old", ttl=0.1) == "old"
+        wait_until(lambda: server.client().exists(prefix + "k") == 0, 10, "expiry")
+
+        def slow() -> str:
+            time.sleep(0.5)
+            return "new"
+
+        t0 = time.monotonic()
+        assert c.get_or_set("k", slow, ttl=60, timeout=0.05) == "old"
+        assert time.monotonic() - t0 < 0.4
+        wait_until(lambda: c.get("k") == "new", 10, "the late fill")
+        assert c.metrics()["timeouts"] == 1
+
+
+def test_s2_8_hard_timeout_abandons_and_raises(server: Server, prefix: str) -> None:
+    finished = threading.Event()
+    with make(server, prefix) as c:
+        def slow() -> str:
+            time.sleep(0.6)
+            finished.set()
+            return "late"
+
+        t0 = time.monotonic()
+        with pytest.raises(CacheTimeoutError):
+            c.get_or_set("k", slow, ttl=60, hard_timeout=0.1)
+        assert time.monotonic() - t0 < 0.5
+        # the lease is free: the next caller computes at once
+        t1 = time.monotonic()
+        assert c.get_or_set("k", lambda: "fast", ttl=60) == "fast"
+        assert time.monotonic() - t1 < 0.4
+        assert finished.wait(5)
+        time.sleep(0.05)  # let the finished factory's thread return (it must not fill)
+        assert c.get("k") == "fast"
+
+
+def test_s2_8_async_timeouts(server: Server, prefix: str) -> None:
+    async def main() -> None:
+        async with AsyncCache(server.url, prefix=prefix) as c:
+            async def slow() -> str:
+                await asyncio.sleep(0.5)
+                return "late"
+
+            with pytest.raises(CacheTimeoutError):
+                await c.get_or_set("h", slow, ttl=60, hard_timeout=0.1)
+            assert await c.get_or_set("h", lambda: "fast", ttl=60) == "fast"
+            assert await c.get_or_set("s", lambda: "old", ttl=0.1) == "old"
+            while await c.get("s") is not None:
+                await asyncio.sleep(0.02)
+            assert await c.get_or_set("s", slow, ttl=60, timeout=0.05) == "old"
+            for _ in range(500):
+                if await c.get("s") == "late":
+                    break
+                await asyncio.sleep(0.02)
+            assert await c.get("s") == "late"
+
+            async def boom() -> str:
+                raise KeyError("x")
+
+            assert await c.get_or_set("h", boom, fail_safe=True) == "fast"  # fresh hit: no call
+            assert await c.get_or_set("e", lambda: "known", ttl=0.1) == "known"
+            while await c.get("e") is not None:
+                await asyncio.sleep(0.02)
+            assert await c.get_or_set("e", boom, fail_safe=True) == "known"  # last known
+            with pytest.raises(KeyError):
+                await c.get_or_set("e", boom)
+            assert c.metrics()["factory_errors"] == 2
+
+    asyncio.run(main())
+
+
+def test_s2_6_factory_context(server: Server, prefix: str) -> None:
+    r = server.client()
+    with make(server, prefix, ttl=60) as c:
+        def skipper(ctx: FactoryContext) -> str:
+            ctx.skip()
+            return "not stored"
+
+        assert c.get_or_set("skip", skipper) == "not stored"
+        assert c.get("skip") is None and r.exists(prefix + "skip") == 0
+
+        def shaped(ctx: FactoryContext) -> str:
+            assert ctx.stale is None
+            ctx.set_ttl(120)
+            ctx.set_tags([prefix + "dyn"])
+            return "v"
+
+        assert c.get_or_set("shaped", shaped, tags=[prefix + "static"]) == "v"
+        assert 110_000 < r.pttl(prefix + "shaped") <= 120_000
+        assert c.invalidate_tags(prefix + "static") == 0 and c.invalidate_tags(prefix + "dyn") == 1
+
+        c.set("st", "old", ttl=0.1, grace=30)
+        wait_until(lambda: c.get("st") is None, 10, "stale")
+        seen: List[Any] = []
+
+        def refresher(ctx: FactoryContext) -> str:
+            seen.append(ctx.stale)
+            return "new"
+
+        assert c.get_or_set("st", refresher) == "old"
+        wait_until(lambda: c.get("st") == "new", 10, "refresh")
+        assert seen == ["old"]
+
+
+def test_s2_3_lease_refused_fill_returns_value(module_server: Server, prefix: str) -> None:
+    """An invalidation of one of the fill's tags after the lease was granted: the FILL is
+    refused (LEASE), the caller still gets its value, nothing is stored."""
+    other = make(module_server, prefix)
+    with make(module_server, prefix, ttl=60) as c:
+        def factory() -> str:
+            other.invalidate_tags(prefix + "products")  # lands while we compute
+            return "computed"
+
+        assert c.get_or_set("k", factory, tags=[prefix + "products"]) == "computed"
+        assert c.get("k") is None
+        m = c.metrics()
+        assert (m["fills"], m["fills_rejected"], m["errors"]) == (0, 1, 0)
+    other.close()
+
+
+def test_s2_5_busy_past_deadline_fails_open(module_server: Server, prefix: str) -> None:
+    r = module_server.client()
+    kind, _token = r.execute_command("CACHE.GETORMARK", prefix + "k", "LEASE", 5000)
+    assert kind == b"MISS"  # somebody else holds the lease and never fills
+    with make(module_server, prefix, ttl=60) as c:
+        t0 = time.monotonic()
+        assert c.get_or_set("k", lambda: "uncached", timeout=0.3) == "uncached"
+        assert 0.25 < time.monotonic() - t0 < 2.0
+        assert c.metrics()["fail_open"] == 1
+        assert c.get("k") is None  # fail open does not store
+
+
+def test_decorator_sync_function(server: Server, prefix: str) -> None:
+    calls = Counter()
+    with make(server, prefix, ttl=60) as c:
+        @c.cached(ttl=30, key="user:{user_id}", tags=[prefix + "users", prefix + "user:{user_id}"])
+        def load_user(user_id: int, verbose: bool = False) -> dict:
+            calls()
+            return {"id": user_id}
+
+        assert load_user(1) == {"id": 1}
+        assert load_user(user_id=1) == {"id": 1}
+        assert load_user(2) == {"id": 2}
+        assert calls.n == 2
+        assert load_user.key_for(1) == "user:1"
+        assert c.get("user:1") == {"id": 1}
+        assert c.invalidate_tags(prefix + "user:1") == 1
+        assert load_user(1) == {"id": 1} and calls.n == 3
+        assert load_user.invalidate(2) == 1
+
+        @c.cached(ttl=30)
+        def add(a: int, b: int = 2) -> int:
+            calls()
+            return a + b
+
+        assert add(1) == 3 and add(1, 2) == 3 and calls.n == 4
+
+
+def test_decorator_async_function(server: Server, prefix: str) -> None:
+    calls = Counter()
+
+    async def main() -> None:
+        async with AsyncCache(server.url, prefix=prefix, ttl=60) as c:
+            @c.cached(ttl=30, key="user:{user_id}", tags=[prefix + "users"])
+            async def load_user(user_id: int) -> dict:
+                calls()
+                await asyncio.sleep(0.01)
+                return {"id": user_id}
+
+            assert await asyncio.gather(*(load_user(7) for _ in range(50))) == [{"id": 7}] * 50
+            assert calls.n == 1
+            assert await c.get("user:7") == {"id": 7}
+            assert await c.invalidate_tags(prefix + "users") == 1
+            assert await load_user(7) == {"id": 7} and calls.n == 2
+            with pytest.raises(TypeError):
+                c.cached(ttl=1)(lambda: 1)  # type: ignore[arg-type]
+
+        # a sync Cache decorating an async function
+        with make(server, prefix, ttl=60) as sc:
+            @sc.cached(key="sq:{n}")
+            async def square(n: int) -> int:
+                calls()
+                await asyncio.sleep(0.01)
+                return n * n
+
+            assert await square(9) == 81 and await square(9) == 81
+            assert calls.n == 3
+
+    asyncio.run(main())
+
+
+def test_s5_2_forced_fallback_mode_on_module_server(module_server: Server, prefix: str) -> None:
+    with make(module_server, prefix, ttl=60, mode="fallback") as c:
+        assert c.get_or_set("k", lambda: "v") == "v"
+        assert c.get("k") == "v" and c.mode == "fallback"
+        assert module_server.client().type(prefix + "k") == b"string"
+
+
+def test_s5_1_fallback_warns_once(plain_server: Server, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="tagcache"):
+        with make(plain_server, prefix, ttl=60) as c:
+            c.get("a")
+            c.set("a", 1)
+            c.get("a")
+            assert c.mode == "fallback"
+            assert c.stats() == {}
+    warns = [r for r in caplog.records if "fallback mode" in r.getMessage()]
+    assert len(warns) == 1 and "parked waiters" in warns[0].getMessage()
