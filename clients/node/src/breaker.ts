@@ -8,6 +8,8 @@ export class CircuitBreaker {
   state: CircuitState = 'closed';
   private failures = 0;
   private openUntil = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
 
   constructor(
     private readonly threshold: number,
@@ -19,14 +21,23 @@ export class CircuitBreaker {
   allow(): boolean {
     if (this.threshold <= 0) return true;
     if (this.state === 'closed') return true;
-    if (this.state === 'open' && Date.now() >= this.openUntil) {
-      this.state = 'half-open';
-      this.probe().then(
-        () => this.close(),
-        () => this.open(),
-      );
-    }
+    if (this.state === 'open' && Date.now() >= this.openUntil) this.startProbe();
     return false;
+  }
+
+  private startProbe(): void {
+    if (this.state !== 'open' || this.stopped) return;
+    this.state = 'half-open';
+    this.probe().then(
+      () => this.close(),
+      () => this.open(),
+    );
+  }
+
+  /** No more probes (the cache is closed). */
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
   }
 
   success(): void {
@@ -43,6 +54,10 @@ export class CircuitBreaker {
     this.openUntil = Date.now() + this.cooldownMs;
     const was = this.state;
     this.state = 'open';
+    // probe after the cooldown even when no call comes (the circuit closes on its own)
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.startProbe(), this.cooldownMs);
+    this.timer.unref();
     if (was === 'closed') this.onChange('open');
   }
 

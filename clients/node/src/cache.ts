@@ -173,8 +173,11 @@ class WaitPool {
   /** A free connection within `timeoutMs`, or null (all busy, or cannot connect). */
   async acquire(timeoutMs: number): Promise<Driver | null> {
     if (this.closed) return null;
-    const d = this.idle.pop();
-    if (d) return d;
+    for (let d = this.idle.pop(); d; d = this.idle.pop()) {
+      if (d.isReady()) return d;
+      this.total--; // died while idle (server restart): drop it
+      void d.close();
+    }
     if (this.total < this.max) {
       this.total++;
       try {
@@ -876,6 +879,7 @@ export class TagCache extends EventEmitter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.breaker.stop();
     await Promise.all([...this.background]);
     await this.ready;
     this.tracker?.stop();

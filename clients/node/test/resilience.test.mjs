@@ -1,0 +1,83 @@
+// Acceptance: Redis killed mid-run → getOrSet keeps answering from the factory, nothing throws,
+// no unhandled rejection; Redis restarted → the circuit closes and caching resumes.
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { createCache } from '../dist/esm/index.js';
+import { makeClient, silent, startRedis, waitFor } from './helpers.mjs';
+
+const unhandled = [];
+process.on('unhandledRejection', (e) => unhandled.push(e));
+
+for (const lib of ['ioredis', 'node-redis']) {
+  describe(`resilience via ${lib}`, () => {
+    let server;
+    let conn;
+    let cache;
+    after(async () => {
+      await cache?.close();
+      await conn?.close();
+      await server?.stop();
+    });
+
+    test('S4.1 S4.3 Redis killed: getOrSet answers from the factory, circuit opens; restarted: circuit closes, caching resumes', async () => {
+      server = await startRedis();
+      const port = server.port;
+      conn = await makeClient(lib, server.url);
+      const events = [];
+      cache = createCache({
+        redis: conn.client,
+        logger: silent,
+        prefix: 'r:',
+        commandTimeout: 300,
+        retry: { retries: 1, baseDelay: 10, maxDelay: 50 },
+        circuitBreaker: { threshold: 3, cooldown: 200 },
+      });
+      for (const e of ['circuit_open', 'circuit_close']) cache.on(e, () => events.push(e));
+      const errors = [];
+      cache.on('error', (e) => errors.push(e));
+      let calls = 0;
+      const factory = async () => (calls++, `v${calls}`);
+      assert.equal(await cache.getOrSet({ key: 'warm', ttl: 60, factory }), 'v1');
+      assert.equal(await cache.getOrSet({ key: 'warm', ttl: 60, factory }), 'v1');
+      assert.equal(calls, 1);
+
+      await server.kill();
+      for (let i = 0; i < 30; i++) {
+        const t0 = Date.now();
+        const before = calls;
+        const v = await cache.getOrSet({ key: 'warm', ttl: 60, factory });
+        assert.equal(calls, before + 1, 'the factory answered');
+        assert.equal(v, `v${calls}`);
+        assert.ok(Date.now() - t0 < 2000, `call ${i} took ${Date.now() - t0} ms`);
+      }
+      assert.equal(await cache.get('warm'), undefined);
+      assert.equal(await cache.set('x', 1), false);
+      assert.equal(await cache.delete('x'), 0);
+      assert.equal(await cache.invalidateTags(['t']), 0);
+      assert.equal(await cache.invalidate({ pattern: '*' }), 0);
+      assert.equal(await cache.stats(), null);
+      assert.deepEqual(events, ['circuit_open']);
+      assert.equal(cache.metrics().circuit === 'closed', false);
+      assert.ok(errors.length > 0, 'errors are emitted');
+      // open circuit: no Redis round-trip at all
+      const t0 = Date.now();
+      for (let i = 0; i < 100; i++) await cache.getOrSet({ key: 'fast', ttl: 60, factory });
+      assert.ok(Date.now() - t0 < 500, `open circuit skips Redis (${Date.now() - t0} ms for 100 calls)`);
+
+      server = await startRedis({ port });
+      await waitFor(() => events.includes('circuit_close'), { timeout: 30_000, what: 'circuit_close' });
+      assert.equal(cache.metrics().circuit, 'closed');
+      // caching resumes: a call fills (the server holds the entry), the next one is a hit
+      let filled;
+      await waitFor(async () => {
+        filled = await cache.getOrSet({ key: 'back', ttl: 60, factory });
+        return server.cli('EXISTS', 'r:back') === '1';
+      }, { timeout: 20_000, what: 'a fill after restart' });
+      const n = calls;
+      assert.equal(await cache.getOrSet({ key: 'back', ttl: 60, factory }), filled);
+      assert.equal(calls, n, 'served from Redis, no factory call');
+      assert.ok(cache.metrics().hits >= 2);
+      assert.deepEqual(unhandled, []);
+    });
+  });
+}
