@@ -170,6 +170,7 @@ class AsyncCache:
             kw = conn_kwargs(getattr(cmd, "connection_kwargs", {}))
             kw.pop("host", None)
             kw.pop("port", None)
+            kw.pop("db", None)
             try:
                 nodes = cmd.get_nodes()
             except Exception:

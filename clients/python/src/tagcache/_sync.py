@@ -263,6 +263,7 @@ class Cache:
                 kw = conn_kwargs(node.redis_connection.connection_pool.connection_kwargs)
                 kw.pop("host", None)
                 kw.pop("port", None)
+                kw.pop("db", None)
                 startup = [redis.cluster.ClusterNode(n.host, n.port) for n in cmd.get_nodes()]
                 self._wait_client = redis.cluster.RedisCluster(
                     startup_nodes=startup, socket_timeout=self._wait_socket_timeout,
