@@ -26,7 +26,9 @@ macro_rules! api {
     }};
 }
 
+pub mod command_docs;
 pub mod commands;
+pub mod compat;
 pub mod config;
 pub mod engine;
 pub mod entry;
@@ -46,6 +48,7 @@ use config::{
     DEFAULT_STALE, DEFAULT_TTL, LEASE_MS, LOG_INVALIDATIONS_OVER, MAX_MS, MAX_TAGS, MAX_TAGS_LIMIT,
     MAX_WAITERS, MAX_WAIT_MS, NAMESPACE_SEPARATOR, TENANT_REGEX, TTL_RULES,
 };
+use compat::SERVER_GATE;
 use entry::TAGCACHE_TYPE;
 use policy::MAX_SECONDS;
 use redis_module::configuration::{ConfigurationContext, ConfigurationFlags};
@@ -78,6 +81,9 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     }
     state::with_state(|s| s.leases = lease::Leases::with_salt(keyspace::now_ms() as u64));
     engine::create_keywords();
+    if !command_docs::register(ctx, &commands::docs::all()) {
+        return Status::Err;
+    }
     Status::Ok
 }
 
@@ -85,7 +91,8 @@ redis_module! {
     name: "tagcache",
     version: 1,
     allocator: (Allocator, ALLOCATOR),
-    data_types: [TAGCACHE_TYPE],
+    // The gate runs first: it refuses servers older than 7.0 before anything is registered.
+    data_types: [SERVER_GATE, TAGCACHE_TYPE],
     init: init,
     info: info_section,
     commands: [
@@ -94,7 +101,7 @@ redis_module! {
         ["cache.get", read::get, "readonly fast", 1, 1, 1, ""],
         ["cache.inspect", read::inspect, "readonly", 1, 1, 1, ""],
         ["cache.keys", read::keys, "readonly getkeys-api", 1, 1, 1, ""],
-        ["cache.getormark", leasing::getormark, "write", 1, 1, 1, ""],
+        ["cache.getormark", leasing::getormark, "write blocking", 1, 1, 1, ""],
         ["cache.fill", leasing::fill, "write deny-oom", 1, 1, 1, ""],
         ["cache.abandon", leasing::abandon, "write", 1, 1, 1, ""],
         ["cache.invalidate", invalidate::invalidate, "write getkeys-api", 1, 1, 1, ""],

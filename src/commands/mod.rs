@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod debug;
+pub mod docs;
 pub mod invalidate;
 pub mod lease;
 pub mod read;

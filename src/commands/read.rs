@@ -2,6 +2,7 @@
 
 use super::args::{int_in, is, wrong_arity, wrongtype, err};
 use super::{json_name, reply_bytes};
+use crate::command_docs::KeyAccess;
 use crate::engine;
 use crate::glob::Glob;
 use crate::keyspace::{self, Key, Kind};
@@ -11,17 +12,24 @@ use crate::stats::Event;
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 use serde_json::json;
 
-/// `CACHE.GET key` → the value when fresh, else nil.
+/// `CACHE.GET key [TENANT t]` → the value when fresh, else nil. TENANT names whom a miss on a
+/// key without an entry is counted for.
 pub fn get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let [_, key] = args.as_slice() else {
-        return Err(wrong_arity("cache.get"));
+    let (key, hint) = match args.as_slice() {
+        [_, key] => (key, None),
+        [_, key, opt, tenant] if is(opt.as_slice(), "TENANT") => (key, Some(policy::tenant_argument(tenant.as_slice()))),
+        [_, _, opt, ..] if !is(opt.as_slice(), "TENANT") => {
+            return Err(err(format!("unknown option '{}'", super::args::shown(opt.as_slice()))))
+        }
+        _ => return Err(wrong_arity("cache.get")),
     };
     let name = key.as_slice();
     let mut handle = Key::read(ctx, key);
     match handle.kind() {
         Kind::Other => Err(wrongtype()),
         Kind::Missing => {
-            engine::record(Event::Miss, &engine::derived_tenant(name), name);
+            let db = keyspace::selected_db(ctx.ctx);
+            engine::record(Event::Miss, &engine::stats_tenant(db, name, hint), name);
             Ok(RedisValue::Null)
         }
         Kind::Entry => {
@@ -85,10 +93,11 @@ pub fn inspect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 /// Commands taking a tenant are registered with `getkeys-api`: when Redis asks for their key
-/// positions (cluster routing, ACL), the tenant (argument 1) is a key unless it is `*`, which
-/// names no key and so runs on whichever primary receives it. True when this was such a request.
-pub fn answered_key_positions(ctx: &Context, args: &[RedisString]) -> bool {
-    let (Some(is_request), Some(key_at)) = (api!(RedisModule_IsKeysPositionRequest), api!(RedisModule_KeyAtPos)) else {
+/// positions (cluster routing, ACL), the tenant (argument 1) is a key, accessed as `access`
+/// says, unless it is `*`, which names no key and so runs on whichever primary receives it.
+/// True when this was such a request.
+pub fn answered_key_positions(ctx: &Context, args: &[RedisString], access: KeyAccess) -> bool {
+    let (Some(is_request), Some(key_at)) = (api!(RedisModule_IsKeysPositionRequest), api!(RedisModule_KeyAtPosWithFlags)) else {
         return false;
     };
     // SAFETY: plain calls on the command's context.
@@ -97,7 +106,7 @@ pub fn answered_key_positions(ctx: &Context, args: &[RedisString]) -> bool {
     }
     if args.get(1).is_some_and(|tenant| tenant.as_slice() != b"*") {
         // SAFETY: position 1 exists (checked just above).
-        unsafe { key_at(ctx.ctx, 1) };
+        unsafe { key_at(ctx.ctx, 1, access.key_flags()) };
     }
     true
 }
@@ -109,7 +118,7 @@ pub fn tenant_scope(arg: &[u8]) -> Option<Vec<u8>> {
 
 /// `CACHE.KEYS tenant pattern [LIMIT n]` → matching entry names from the index.
 pub fn keys(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    if answered_key_positions(ctx, &args) {
+    if answered_key_positions(ctx, &args, KeyAccess::Read) {
         return Ok(RedisValue::NoReply);
     }
     let (Some(tenant), Some(pattern)) = (args.get(1), args.get(2)) else {
