@@ -552,3 +552,38 @@ def test_s5_1_fallback_warns_once(plain_server: Server, prefix: str, caplog: pyt
             assert c.stats() == {}
     warns = [r for r in caplog.records if "fallback mode" in r.getMessage()]
     assert len(warns) == 1 and "parked waiters" in warns[0].getMessage()
+
+
+def test_clients_that_decode_replies_are_refused(module_server: Server) -> None:
+    import redis.asyncio as aredis
+
+    with pytest.raises(ValueError, match="decode_responses"):
+        Cache(redis.Redis(port=module_server.port, decode_responses=True))
+    with pytest.raises(ValueError, match="decode_responses"):
+        AsyncCache(aredis.Redis(port=module_server.port, decode_responses=True))
+
+
+def test_s2_2_async_followers_survive_a_cancelled_leader(server: Server, prefix: str) -> None:
+    calls = Counter()
+
+    async def main() -> None:
+        async with AsyncCache(server.url, prefix=prefix, ttl=60) as c:
+            started = asyncio.Event()
+
+            async def factory() -> str:
+                calls()
+                started.set()
+                await asyncio.sleep(0.2)
+                return "v"
+
+            leader = asyncio.ensure_future(c.get_or_set("k", factory))
+            await started.wait()
+            followers = [asyncio.ensure_future(c.get_or_set("k", factory)) for _ in range(10)]
+            await asyncio.sleep(0)
+            leader.cancel()
+            assert await asyncio.gather(*followers) == ["v"] * 10
+            with pytest.raises(asyncio.CancelledError):
+                await leader
+
+    asyncio.run(main())
+    assert calls.n == 2  # the cancelled leader's call and one follower's

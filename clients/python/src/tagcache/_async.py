@@ -46,7 +46,7 @@ from ._common import (
     to_str,
     wants_ctx,
 )
-from ._sync import _Job, _Opts, _Produce, _Unavailable, conn_kwargs, no_retry
+from ._sync import _Job, _Opts, _Produce, _Unavailable, check_decoding, conn_kwargs, no_retry
 
 AF = TypeVar("AF", bound=Callable[..., Awaitable[Any]])
 
@@ -117,6 +117,7 @@ class AsyncCache:
         self._wait_socket_timeout = wait + max(2.0, wait * 0.5)
         self._warned_fallback = False
 
+        check_decoding(redis_or_url)
         if isinstance(redis_or_url, acluster.RedisCluster):
             self.is_cluster = True
             self._cmd: Any = redis_or_url
@@ -478,8 +479,14 @@ class AsyncCache:
         if not self.single_flight:
             return await self._lead(fkey, factory, o)
         fut = self._inflight.get(fkey)
-        if fut is not None:
-            return await asyncio.shield(fut)
+        while fut is not None:
+            try:
+                return await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                if not fut.cancelled():
+                    raise  # we were cancelled ourselves
+                # the leader was cancelled (e.g. its request went away): lead or follow anew
+                fut = self._inflight.get(fkey)
         fut = asyncio.get_running_loop().create_future()
         self._inflight[fkey] = fut
         try:

@@ -75,6 +75,22 @@ def conn_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def check_decoding(client: Any) -> None:
+    """Values are bytes on the wire: a client that decodes replies to str would corrupt them."""
+    get_encoder = getattr(client, "get_encoder", None)
+    if get_encoder is None:
+        return
+    try:
+        decode = bool(get_encoder().decode_responses)
+    except Exception:
+        return
+    if decode:
+        raise ValueError(
+            "tagcache needs a client created with decode_responses=False (the default): "
+            "values are binary and the serializer decodes them"
+        )
+
+
 def no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
@@ -202,6 +218,7 @@ class Cache:
         self._warned_fallback = False
         self._pid = os.getpid()
 
+        check_decoding(redis_or_url)
         if isinstance(redis_or_url, redis.cluster.RedisCluster):
             self.is_cluster = True
             self._cmd: Any = redis_or_url
