@@ -32,6 +32,8 @@ export interface Backend {
   invalidate(tenant: string, pattern: string, soft: boolean): Promise<number>;
   invalidateTags(tags: readonly string[], soft: boolean): Promise<number>;
   stats(tenant: string | undefined): Promise<StatsDoc | null>;
+  /** Fresh time left (ms; Infinity without expiry; 0 when stale or missing): bounds an L1 entry. */
+  freshMs(key: string): Promise<number>;
 }
 
 export type StatsDoc = Record<string, unknown> & {
@@ -171,6 +173,15 @@ export class ModuleBackend implements Backend {
     const args: Arg[] = ['CACHE.INVALIDATETAGS', String(tags.length), ...tags];
     if (soft) args.push('SOFT');
     return sum(await this.exec(() => this.driver.sendToPrimaries(args)));
+  }
+
+  async freshMs(key: string): Promise<number> {
+    const r = await this.exec(() => this.driver.send(['CACHE.INSPECT', key], key));
+    if (r == null) return 0;
+    const doc = JSON.parse(str(r)) as { exists?: boolean; fresh_ms?: number | null; ttl_ms?: number };
+    if (!doc.exists) return 0;
+    if (doc.fresh_ms == null) return doc.ttl_ms === -1 ? Number.POSITIVE_INFINITY : 0;
+    return Math.max(0, doc.fresh_ms);
   }
 
   async stats(tenant: string | undefined): Promise<StatsDoc> {
@@ -377,6 +388,12 @@ export class FallbackBackend implements Backend {
       await this.send(['DEL', this.tagKey(t)], this.tagKey(t));
     }
     return n;
+  }
+
+  async freshMs(key: string): Promise<number> {
+    const raw = asBuf(await this.send(['GET', key], key));
+    const d = raw ? decodeFallback(raw) : null;
+    return d ? Math.max(0, d.freshUntil - Date.now()) : 0;
   }
 
   async stats(): Promise<null> {

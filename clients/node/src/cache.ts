@@ -498,21 +498,31 @@ export class TagCache extends EventEmitter {
     };
   }
 
-  private l1Ttl(ttlS: number | undefined): number {
-    const t = ttlS ?? this.o.ttl;
-    if (t === undefined || t <= 0) return this.o.l1Ttl;
-    return Math.min(this.o.l1Ttl, t * 1000);
-  }
-
   private l1Get(key: string): { value: unknown } | undefined {
     if (!this.l1 || !this.tracker?.healthy) return undefined;
     return this.l1.get(key);
   }
 
-  private l1Set(key: string, value: unknown, ttlS: number | undefined, seqAtRead: number): void {
-    if (!this.l1 || !this.tracker?.healthy) return;
+  /** Fresh time left on the server, asked in the same pipeline as the read when L1 is on. */
+  private freshFor(be: Backend, key: string): Promise<number> | undefined {
+    if (!this.l1 || !this.tracker?.healthy) return undefined;
+    const p = be.freshMs(key);
+    p.catch(noop);
+    return p;
+  }
+
+  /** L1 entry TTL = min(l1.ttl, the Redis fresh time left). */
+  private async l1Set(key: string, value: unknown, fresh: Promise<number> | undefined, seqAtRead: number): Promise<void> {
+    if (!this.l1 || !fresh) return;
+    let ms: number;
+    try {
+      ms = await fresh;
+    } catch {
+      return;
+    }
+    if (!this.tracker?.healthy) return;
     if (this.invalidationSeq !== seqAtRead) return; // an invalidation raced the read
-    this.l1.set(key, value, this.l1Ttl(ttlS));
+    this.l1.set(key, value, Math.min(this.o.l1Ttl, ms));
   }
 
   private track<T>(p: Promise<T>): void {
@@ -551,6 +561,7 @@ export class TagCache extends EventEmitter {
     const seq = this.invalidationSeq;
     if (!be) return this.failOpen(key, opts, 'not connected');
     let mark: Mark;
+    const fresh = this.freshFor(be, key);
     try {
       mark = await be.getOrMark(key, this.o.leaseMs);
     } catch (e) {
@@ -563,7 +574,7 @@ export class TagCache extends EventEmitter {
           this.m.hits++;
           this.emit('hit', { key });
           const v = this.decode(mark.value) as T;
-          this.l1Set(key, v, opts.ttl, seq);
+          await this.l1Set(key, v, fresh, seq);
           return v;
         }
         case 'STALE': {
@@ -772,6 +783,7 @@ export class TagCache extends EventEmitter {
     const seq = this.invalidationSeq;
     try {
       const be = await this.be();
+      const fresh = this.freshFor(be, k);
       const b = await be.get(k);
       if (b === null) {
         this.m.misses++;
@@ -781,7 +793,7 @@ export class TagCache extends EventEmitter {
       this.m.hits++;
       this.emit('hit', { key: k });
       const v = this.decode(b) as T;
-      this.l1Set(k, v, undefined, seq);
+      await this.l1Set(k, v, fresh, seq);
       return v;
     } catch (e) {
       this.fail('get', e, k);
