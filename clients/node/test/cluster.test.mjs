@@ -1,0 +1,93 @@
+// 3-primary loopback cluster: keyed commands route by key; invalidateTags, invalidate({tenant:'*'})
+// and stats() go to every primary and the replies are summed/merged.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { createCache } from '../dist/esm/index.js';
+import { silent, sleep, startCluster, waitFor } from './helpers.mjs';
+
+async function clusterClient(lib, nodes) {
+  if (lib === 'ioredis') {
+    const { Cluster } = await import('ioredis');
+    const c = new Cluster(nodes, { lazyConnect: true });
+    c.on('error', () => {});
+    await c.connect();
+    await waitFor(() => c.nodes('master').length === 3, { what: 'ioredis sees 3 primaries' });
+    return { client: c, close: () => c.disconnect() };
+  }
+  const { createCluster } = await import('redis');
+  const c = createCluster({ rootNodes: nodes.map((n) => ({ url: `redis://${n.host}:${n.port}` })) });
+  c.on('error', () => {});
+  await c.connect();
+  return { client: c, close: () => c.destroy() };
+}
+
+describe('cluster (3 primaries)', () => {
+  let cluster;
+  before(async () => {
+    cluster = await startCluster();
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  const tenants = ['tA', 'tB', 'tC', 'tD', 'tE', 'tF', 'tG', 'tH', 'tI'];
+  /** How many primaries hold at least one key. */
+  const primariesWithKeys = () => cluster.servers.filter((s) => Number(s.cli('DBSIZE')) > 0).length;
+
+  for (const lib of ['ioredis', 'node-redis']) {
+    test(`S7.1 broadcast invalidateTags returns the total removed across primaries (${lib})`, async () => {
+      for (const s of cluster.servers) s.cli('FLUSHALL');
+      const conn = await clusterClient(lib, cluster.nodes);
+      const cache = createCache({ redis: conn.client, logger: silent });
+      try {
+        await cache.connect();
+        assert.equal(cache.mode, 'module');
+        for (const t of tenants) {
+          assert.equal(await cache.set(`item:{${t}}:1`, { t }, { ttl: 60, tags: ['shared'] }), true);
+          assert.equal(await cache.set(`item:{${t}}:2`, { t }, { ttl: 60, tags: ['shared', 'other'] }), true);
+        }
+        assert.equal(primariesWithKeys(), 3, 'the keys are spread over the 3 primaries');
+        const st = await cache.stats();
+        assert.equal(st.keys, 18, 'stats() merged over primaries');
+        assert.equal(typeof st.hit_ratio, 'number');
+        assert.equal(await cache.invalidateTags(['other']), 9);
+        assert.equal(await cache.invalidateTags(['shared']), 9);
+        for (const t of tenants) assert.equal(await cache.get(`item:{${t}}:1`), undefined);
+        assert.equal((await cache.stats()).keys, 0);
+      } finally {
+        await cache.close();
+        await conn.close();
+      }
+    });
+
+    test(`S7.1 invalidate: tenant '*' on every primary, one tenant on its shard; getOrSet on a cluster (${lib})`, async () => {
+      for (const s of cluster.servers) s.cli('FLUSHALL');
+      const conn = await clusterClient(lib, cluster.nodes);
+      const cache = createCache({ redis: conn.client, logger: silent, prefix: 'inv:' });
+      try {
+        for (const t of tenants) await cache.set(`x:{${t}}`, 1, { ttl: 60 });
+        assert.equal(await cache.invalidate({ tenant: 'tA', pattern: '*' }), 1);
+        assert.equal(await cache.invalidate({ tenant: '*', pattern: 'x:*' }), tenants.length - 1);
+        const t = await cache.stats({ tenant: 'tB' });
+        assert.equal(t.keys, 0);
+        // stampede protection through a cluster client, including parked waits on its own pool
+        const other = await clusterClient(lib, cluster.nodes);
+        const cache2 = createCache({ redis: other.client, logger: silent, prefix: 'inv:' });
+        let calls = 0;
+        const factory = async () => (calls++, await sleep(100), 'v');
+        const p1 = Promise.all(Array.from({ length: 100 }, () => cache.getOrSet({ key: 'g:{tC}', ttl: 60, factory })));
+        await waitFor(() => calls === 1);
+        const p2 = Promise.all(Array.from({ length: 100 }, () => cache2.getOrSet({ key: 'g:{tC}', ttl: 60, factory })));
+        const all = [...(await p1), ...(await p2)];
+        assert.equal(calls, 1);
+        assert.ok(all.every((v) => v === 'v'));
+        assert.equal(cache2.metrics().fail_open, 0);
+        await cache2.close();
+        await other.close();
+      } finally {
+        await cache.close();
+        await conn.close();
+      }
+    });
+  }
+});
