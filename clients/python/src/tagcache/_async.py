@@ -13,6 +13,7 @@ import redis.asyncio as aredis
 import redis.asyncio.cluster as acluster
 from redis import exceptions as rexc
 
+from ._l1 import L1, Tracker, parse_l1_option
 from ._common import (
     MISSING,
     RELEASE_LOCK_LUA,
@@ -81,6 +82,7 @@ class AsyncCache:
         fallback_ttl: float = 300.0,
         fallback_poll: float = 0.05,
         single_flight: bool = True,
+        l1: Any = None,
         logger: Any = None,
     ) -> None:
         if mode not in ("auto", "module", "fallback"):
@@ -141,6 +143,26 @@ class AsyncCache:
                     retry=no_retry(),
                 )
                 self._cmd = aredis.Redis(connection_pool=pool)
+        self._l1: Optional[L1] = parse_l1_option(l1)
+        self._tracker: Optional[Tracker] = None
+        if self._l1 is not None:
+            if self.is_cluster:
+                self._events.logger.warning("tagcache: L1 is not supported on a cluster; disabled")
+                self._l1 = None
+            else:
+                import redis as sync_redis
+
+                kw = conn_kwargs(self._cmd.connection_pool.connection_kwargs)
+                kw.pop("protocol", None)
+                if "path" in kw:
+                    cls: Any = sync_redis.UnixDomainSocketConnection
+                elif any(k.startswith("ssl") for k in kw):
+                    cls = sync_redis.SSLConnection
+                else:
+                    cls = sync_redis.Connection
+                self._tracker = Tracker(self._l1, lambda: cls(socket_timeout=5, retry=no_retry(), protocol=2, **kw),
+                                        prefix, self._events.logger)
+                self._tracker.start()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -293,6 +315,13 @@ class AsyncCache:
 
     async def get(self, key: KeyT, default: Any = None) -> Any:
         fkey = self._k(key)
+        l1 = self._l1
+        if l1 is not None:
+            hit = l1.get(fkey)
+            if hit is not MISSING:
+                self._metrics.inc("l1_hits")
+                return hit
+            begun = l1.begin()
         try:
             mode = await self._ready()
             if mode == "module":
@@ -319,6 +348,8 @@ class AsyncCache:
         self._metrics.inc("hits")
         self._events.emit("hit", to_str(fkey))
         self._last.put(fkey, value)
+        if l1 is not None:
+            l1.put(fkey, value, begun)
         return value
 
     async def set(self, key: KeyT, value: Any, *, ttl: Optional[float] = None, grace: Optional[float] = None,
@@ -328,6 +359,8 @@ class AsyncCache:
         grace = self.grace if grace is None else grace
         tl = list(tags or [])
         t = self._tenant(tenant)
+        if self._l1 is not None:
+            self._l1.invalidate(fkey)
         try:
             data = self.serializer.dumps(value)
             mode = await self._ready()
@@ -348,6 +381,8 @@ class AsyncCache:
         fkeys = [self._k(k) for k in keys]
         for fk in fkeys:
             self._last.drop(fk)
+            if self._l1 is not None:
+                self._l1.invalidate(fk)
         if not fkeys:
             return 0
         try:
@@ -369,6 +404,8 @@ class AsyncCache:
         pat = to_bytes(self.prefix) + to_bytes(pattern)
         if not soft:
             self._last.clear()
+        if self._l1 is not None:
+            self._l1.clear()
         try:
             mode = await self._ready()
             if mode == "fallback":
@@ -393,6 +430,8 @@ class AsyncCache:
             return 0
         if not soft:
             self._last.clear()
+        if self._l1 is not None:
+            self._l1.clear()
         try:
             mode = await self._ready()
             if mode == "fallback":
@@ -432,6 +471,8 @@ class AsyncCache:
         return render_prometheus(g, {t: d for t, d in per.items() if d}, self.metrics() if client else None)
 
     async def aclose(self) -> None:
+        if self._tracker is not None:
+            self._tracker.stop()
         for t in list(self._tasks):
             t.cancel()
         for c in (self._wait_client, self._cmd if self._owns_client else None):
@@ -467,6 +508,11 @@ class AsyncCache:
     ) -> Any:
         """See ``Cache.get_or_set``; ``factory`` may be sync or async."""
         fkey = self._k(key)
+        if self._l1 is not None:
+            hit = self._l1.get(fkey)
+            if hit is not MISSING:
+                self._metrics.inc("l1_hits")
+                return hit
         o = _Opts(
             self.ttl if ttl is None else ttl,
             self.grace if grace is None else grace,
@@ -530,6 +576,7 @@ class AsyncCache:
         return await self._produce(fkey, factory, o, self._last.get(fkey), None, "none")
 
     async def _module_step(self, fkey: bytes, factory: Any, o: _Opts, deadline: float) -> Any:
+        begun = self._l1.begin() if self._l1 is not None else 0
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         wait_ms = min(self.wait_ms, max(0, remaining_ms))
         if wait_ms > 0 and self._waiting_now < self.wait_pool_size:
@@ -547,6 +594,8 @@ class AsyncCache:
             self._events.emit("hit", to_str(fkey))
             value = self.serializer.loads(a)
             self._last.put(fkey, value)
+            if self._l1 is not None:
+                self._l1.put(fkey, value, begun)
             return (value,)
         if kind == "STALE":
             self._metrics.inc("stale")

@@ -16,6 +16,7 @@ from redis import exceptions as rexc
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ._l1 import L1, Tracker, parse_l1_option
 from ._common import (
     MISSING,
     RELEASE_LOCK_LUA,
@@ -180,6 +181,7 @@ class Cache:
         fallback_poll: float = 0.05,
         single_flight: bool = True,
         refresh_workers: int = 8,
+        l1: Any = None,
         logger: Any = None,
     ) -> None:
         if mode not in ("auto", "module", "fallback"):
@@ -240,6 +242,20 @@ class Cache:
                     retry=no_retry(),
                 )
                 self._cmd = redis.Redis(connection_pool=pool)
+        self._l1: Optional[L1] = parse_l1_option(l1)
+        self._tracker: Optional[Tracker] = None
+        if self._l1 is not None:
+            if self.is_cluster:
+                self._events.logger.warning("tagcache: L1 is not supported on a cluster; disabled")
+                self._l1 = None
+            else:
+                pool = self._cmd.connection_pool
+                kw = conn_kwargs(pool.connection_kwargs)
+                kw.pop("protocol", None)
+                cls = pool.connection_class
+                self._tracker = Tracker(self._l1, lambda: cls(socket_timeout=5, retry=no_retry(), protocol=2, **kw),
+                                        prefix, self._events.logger)
+                self._tracker.start()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -395,6 +411,13 @@ class Cache:
     def get(self, key: KeyT, default: Any = None) -> Any:
         """The fresh value, else ``default`` (SPEC S3.1). Never raises for Redis trouble."""
         fkey = self._k(key)
+        l1 = self._l1
+        if l1 is not None:
+            hit = l1.get(fkey)
+            if hit is not MISSING:
+                self._metrics.inc("l1_hits")
+                return hit
+            begun = l1.begin()
         try:
             mode = self._ready()
             if mode == "module":
@@ -421,6 +444,8 @@ class Cache:
         self._metrics.inc("hits")
         self._events.emit("hit", to_str(fkey))
         self._last.put(fkey, value)
+        if l1 is not None:
+            l1.put(fkey, value, begun)
         return value
 
     def set(self, key: KeyT, value: Any, *, ttl: Optional[float] = None, grace: Optional[float] = None,
@@ -431,6 +456,8 @@ class Cache:
         grace = self.grace if grace is None else grace
         tags = list(tags or [])
         tenant = self._tenant(tenant)
+        if self._l1 is not None:
+            self._l1.invalidate(fkey)
         try:
             data = self.serializer.dumps(value)
             mode = self._ready()
@@ -452,6 +479,8 @@ class Cache:
         fkeys = [self._k(k) for k in keys]
         for fk in fkeys:
             self._last.drop(fk)
+            if self._l1 is not None:
+                self._l1.invalidate(fk)
         if not fkeys:
             return 0
         try:
@@ -475,6 +504,8 @@ class Cache:
         pat = to_bytes(self.prefix) + to_bytes(pattern)
         if not soft:
             self._last.clear()
+        if self._l1 is not None:
+            self._l1.clear()
         try:
             mode = self._ready()
             if mode == "fallback":
@@ -500,6 +531,8 @@ class Cache:
             return 0
         if not soft:
             self._last.clear()
+        if self._l1 is not None:
+            self._l1.clear()
         try:
             mode = self._ready()
             if mode == "fallback":
@@ -545,6 +578,8 @@ class Cache:
         return render_prometheus(g, {t: d for t, d in per.items() if d}, self.metrics() if client else None)
 
     def close(self) -> None:
+        if self._tracker is not None:
+            self._tracker.stop()
         self._refresh_pool.shutdown(wait=False)
         for c in (self._wait_client, self._cmd if self._owns_client else None):
             if c is not None:
@@ -579,6 +614,11 @@ class Cache:
         has a positional parameter) or a plain value. Raises only the factory's own error, or
         CacheTimeoutError past ``hard_timeout``."""
         fkey = self._k(key)
+        if self._l1 is not None:
+            hit = self._l1.get(fkey)
+            if hit is not MISSING:
+                self._metrics.inc("l1_hits")
+                return hit
         o = _Opts(
             self.ttl if ttl is None else ttl,
             self.grace if grace is None else grace,
@@ -648,6 +688,7 @@ class Cache:
         return self._produce(fkey, factory, o, self._last.get(fkey), None, "none")
 
     def _module_step(self, fkey: bytes, factory: Any, o: _Opts, deadline: float) -> Any:
+        begun = self._l1.begin() if self._l1 is not None else 0
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         wait_ms = min(self.wait_ms, max(0, remaining_ms))
         reply = None
@@ -666,6 +707,8 @@ class Cache:
             self._events.emit("hit", to_str(fkey))
             value = self.serializer.loads(a)
             self._last.put(fkey, value)
+            if self._l1 is not None:
+                self._l1.put(fkey, value, begun)
             return (value,)
         if kind == "STALE":
             self._metrics.inc("stale")
