@@ -397,11 +397,22 @@ fn restarts_rebuild_the_index() {
     assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATETAGS", b"1", b"tag"]).unwrap(), 99);
     set(&mut c, b"after", &[b"TAGS", b"1", b"tag"]);
     drop(c);
-    // RDB (SHUTDOWN SAVE writes dump.rdb; AOF still wins at load, so drop it from the config).
+    // SHUTDOWN SAVE writes dump.rdb and rewrites nothing: a restart with appendonly still loads
+    // the AOF...
     let s = s.restart(true);
     let mut c = s.conn();
-    assert_indexed_ok(&mut c, "restart");
+    assert_indexed_ok(&mut c, "restart from the AOF");
     assert_eq!(keys(&mut c, b"*", b"*").len(), 1);
+    let _: () = q(&mut c, &[b"SAVE"]).unwrap();
+    drop(c);
+    // ...and one without it loads dump.rdb: the RDB path rebuilds the index too.
+    let s = s.restart_with(false, vec!["--appendonly".into(), "no".into()]);
+    let mut c = s.conn();
+    let info: String = q(&mut c, &[b"INFO", b"persistence"]).unwrap();
+    assert!(info.contains("aof_enabled:0"), "{info}");
+    assert!(s.log().contains("DB loaded from disk"), "loaded from the RDB file");
+    assert_indexed_ok(&mut c, "restart from the RDB");
+    assert_eq!(keys(&mut c, b"*", b"*"), BTreeSet::from([b"after".to_vec()]));
 }
 
 #[test]

@@ -171,7 +171,13 @@ impl Server {
     }
 
     /// Stops the server (SHUTDOWN with `save` or `nosave`) and starts it again on the same dir.
-    pub fn restart(mut self, save: bool) -> Server {
+    pub fn restart(self, save: bool) -> Server {
+        let extra = self.extra.clone();
+        self.restart_with(save, extra)
+    }
+
+    /// Like `restart`, with other extra arguments (e.g. without `--appendonly yes`, to load the RDB).
+    pub fn restart_with(mut self, save: bool, extra: Vec<String>) -> Server {
         let mut c = self.conn();
         let _: redis::RedisResult<()> =
             redis::cmd("SHUTDOWN").arg(if save { "SAVE" } else { "NOSAVE" }).query(&mut c);
@@ -181,14 +187,33 @@ impl Server {
         self.keep_dir = true;
         let dir = self.dir.clone();
         let conf = self.conf.clone();
-        let extra = self.extra.clone();
+        drop(self);
+        Server::launch(dir, conf, extra)
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no save) and starts it again on the same dir.
+    pub fn crash_and_restart(mut self) -> Server {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.keep_dir = true;
+        let (dir, conf, extra) = (self.dir.clone(), self.conf.clone(), self.extra.clone());
         drop(self);
         Server::launch(dir, conf, extra)
     }
 
     /// A replica of this server, synced before it is returned.
     pub fn replica(&self) -> Server {
-        let replica = Server::start_with(&["--replicaof", "127.0.0.1", &self.port.to_string()]);
+        self.replica_with(&[])
+    }
+
+    /// A replica started with extra arguments (module arguments first, e.g. `["max-tags", "4"]`).
+    pub fn replica_with(&self, extra: &[&str]) -> Server {
+        let port = self.port.to_string();
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["--replicaof", "127.0.0.1", &port]);
+        let replica = Server::start_with(&args);
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut c = replica.conn();
         loop {
