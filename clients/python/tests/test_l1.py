@@ -13,6 +13,16 @@ def ready(c: Any) -> bool:
     return c._l1 is not None and c._l1.coherent
 
 
+def drain(c: Any, prefix: str) -> None:
+    """Write a sentinel and wait for its tracking push: pushes arrive in order, so every
+    earlier write's push has been handled too."""
+    import uuid
+
+    key = f"sentinel-{uuid.uuid4().hex}"
+    c.set(key, 1)
+    wait_until(lambda: (prefix + key).encode() in c._l1._inv, 10, "the sentinel's push")
+
+
 def test_s6_1_l1_serves_repeated_reads_in_process(server: Server, prefix: str) -> None:
     with Cache(server.url, prefix=prefix, ttl=60, l1={"max_entries": 50, "ttl": 30}) as c:
         wait_until(lambda: ready(c), 10, "L1 tracking")
@@ -27,8 +37,12 @@ def test_s6_1_l1_serves_repeated_reads_in_process(server: Server, prefix: str) -
         assert (m["hits"], m["l1_hits"]) == (m0["hits"], m0["l1_hits"] + 6)
         for i in range(80):
             c.set(f"many{i}", i)
-            c.get(f"many{i}")
+        drain(c, prefix)  # every push of those writes has been handled
+        for i in range(80):
+            assert c.get(f"many{i}") == i
         assert len(c._l1) == 50  # bounded
+        assert c.get("many79") == 79 and c.get("many0") == 0
+        assert c.metrics()["l1_hits"] == m["l1_hits"] + 1  # many79 was kept, many0 evicted
 
 
 def test_s6_2_l1_dropped_when_another_client_writes(server: Server, prefix: str) -> None:

@@ -48,6 +48,12 @@ from ._common import (
     wants_ctx,
 )
 from ._sync import _Job, _Opts, _Produce, _Unavailable, check_decoding, conn_kwargs, no_retry
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+
+
+def no_retry_async() -> AsyncRetry:
+    return AsyncRetry(NoBackoff(), 0)
 
 AF = TypeVar("AF", bound=Callable[..., Awaitable[Any]])
 
@@ -131,18 +137,20 @@ class AsyncCache:
                 raise TypeError("AsyncCache needs a redis.asyncio client or a URL")
             url = redis_or_url or "redis://127.0.0.1:6379/0"
             self.is_cluster = cluster
+            # created on first use, inside the running loop (asyncio primitives of Python 3.9
+            # bind to the loop current at creation)
+            self._cmd = None
             if cluster:
-                self._cmd = acluster.RedisCluster.from_url(
-                    url, socket_timeout=command_timeout, retry=no_retry(),
+                self._make_cmd: Callable[[], Any] = lambda: acluster.RedisCluster.from_url(
+                    url, socket_timeout=command_timeout, retry=no_retry_async(),
                     max_connections=max(pool_size, 16),
                 )
             else:
-                pool = aredis.BlockingConnectionPool.from_url(
+                self._make_cmd = lambda: aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
                     url, max_connections=pool_size, timeout=command_timeout,
                     socket_timeout=command_timeout, socket_connect_timeout=command_timeout,
-                    retry=no_retry(),
-                )
-                self._cmd = aredis.Redis(connection_pool=pool)
+                    retry=no_retry_async(),
+                ))
         self._l1: Optional[L1] = parse_l1_option(l1)
         self._tracker: Optional[Tracker] = None
         if self._l1 is not None:
@@ -152,7 +160,10 @@ class AsyncCache:
             else:
                 import redis as sync_redis
 
-                kw = conn_kwargs(self._cmd.connection_pool.connection_kwargs)
+                if self._cmd is not None:
+                    kw = conn_kwargs(self._cmd.connection_pool.connection_kwargs)
+                else:
+                    kw = conn_kwargs(sync_redis.ConnectionPool.from_url(url).connection_kwargs)
                 kw.pop("protocol", None)
                 if "path" in kw:
                     cls: Any = sync_redis.UnixDomainSocketConnection
@@ -188,7 +199,7 @@ class AsyncCache:
     def _waiting_client(self) -> Any:
         if self._wait_client is not None:
             return self._wait_client
-        cmd = self._cmd
+        cmd = self._command_client()
         if self.is_cluster:
             kw = conn_kwargs(getattr(cmd, "connection_kwargs", {}))
             kw.pop("host", None)
@@ -202,7 +213,7 @@ class AsyncCache:
                 nodes = list(cmd.nodes_manager.startup_nodes.values())
             startup = [acluster.ClusterNode(n.host, n.port) for n in nodes]
             self._wait_client = acluster.RedisCluster(
-                startup_nodes=startup, socket_timeout=self._wait_socket_timeout, retry=no_retry(),
+                startup_nodes=startup, socket_timeout=self._wait_socket_timeout, retry=no_retry_async(),
                 max_connections=self.wait_pool_size, **kw,
             )
         else:
@@ -210,7 +221,7 @@ class AsyncCache:
             kw = conn_kwargs(pool.connection_kwargs)
             wpool = aredis.ConnectionPool(
                 connection_class=pool.connection_class, max_connections=self.wait_pool_size,
-                socket_timeout=self._wait_socket_timeout, retry=no_retry(), **kw,
+                socket_timeout=self._wait_socket_timeout, retry=no_retry_async(), **kw,
             )
             self._wait_client = aredis.Redis(connection_pool=wpool)
         return self._wait_client
@@ -243,14 +254,20 @@ class AsyncCache:
             attempt += 1
 
     async def _call(self, *args: Any, **kw: Any) -> Any:
-        return await self._exec(self._cmd, *args, **kw)
+        return await self._exec(self._command_client(), *args, **kw)
+
+    def _command_client(self) -> Any:
+        if self._cmd is None:
+            self._cmd = self._make_cmd()
+        return self._cmd
 
     async def _broadcast(self, *args: Any) -> List[Any]:
         if not self.is_cluster:
             return [await self._call(*args)]
-        if not self._cmd.get_primaries():
-            await self._cmd.initialize()
-        res = await self._call(*args, target_nodes=self._cmd.get_primaries())
+        cmd = self._command_client()
+        if not cmd.get_primaries():
+            await cmd.initialize()
+        res = await self._call(*args, target_nodes=cmd.get_primaries())
         return list(res.values()) if isinstance(res, dict) else [res]
 
     async def _ready(self) -> str:
@@ -259,10 +276,11 @@ class AsyncCache:
             raise _Unavailable()
         if allowed is None:
             try:
+                cmd = self._command_client()
                 if self.is_cluster:
-                    await self._cmd.execute_command("PING", target_nodes=self._cmd.get_primaries())
+                    await cmd.execute_command("PING", target_nodes=cmd.get_primaries())
                 else:
-                    await self._cmd.execute_command("PING")
+                    await cmd.execute_command("PING")
                 self._breaker.success()
             except Exception:
                 self._breaker.failure()
@@ -787,7 +805,7 @@ class AsyncCache:
     async def _scan(self, match: bytes) -> List[bytes]:
         internal = b"__tc:"
         seen = set()
-        async for k in self._cmd.scan_iter(match=match, count=1000):
+        async for k in self._command_client().scan_iter(match=match, count=1000):
             kb = to_bytes(k)
             if not kb.startswith(internal):
                 seen.add(kb)
@@ -821,7 +839,7 @@ class AsyncCache:
         return await self._fb_remove(keys, soft)
 
     async def _fb_invalidate_tags(self, tags: Sequence[str], soft: bool) -> int:
-        keys = set()
+        keys: Set[bytes] = set()
         for t in tags:
             keys.update(to_bytes(m) for m in await self._call("SMEMBERS", self._ikey("tag", t)))
         n = await self._fb_remove(sorted(keys), soft)

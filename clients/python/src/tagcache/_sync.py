@@ -9,7 +9,7 @@ import inspect
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar, Union, cast
 
 import redis
 from redis import exceptions as rexc
@@ -297,7 +297,8 @@ class Cache:
                 kw.pop("host", None)
                 kw.pop("port", None)
                 kw.pop("db", None)
-                startup = [redis.cluster.ClusterNode(n.host, n.port) for n in cmd.get_nodes()]
+                startup = [redis.cluster.ClusterNode(n.host, n.port)  # type: ignore[no-untyped-call]
+                           for n in cmd.get_nodes()]
                 self._wait_client = redis.cluster.RedisCluster(
                     startup_nodes=startup, socket_timeout=self._wait_socket_timeout,
                     retry=no_retry(), max_connections=self.wait_pool_size, **kw,
@@ -941,7 +942,7 @@ class Cache:
         return self._fb_remove(keys, soft)
 
     def _fb_invalidate_tags(self, tags: Sequence[str], soft: bool) -> int:
-        keys = set()
+        keys: Set[bytes] = set()
         for t in tags:
             keys.update(to_bytes(m) for m in self._call("SMEMBERS", self._ikey("tag", t)))
         n = self._fb_remove(sorted(keys), soft)
