@@ -154,6 +154,51 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   });
 }
 
+/**
+ * Command timeouts without one timer per command: pending commands sit in a set that one unref'd
+ * interval sweeps (resolution: a tenth of the timeout, at least 5 ms).
+ */
+class Deadlines {
+  private pending = new Set<{ at: number; fail: () => void }>();
+  private timer: NodeJS.Timeout | undefined;
+  constructor(private readonly ms: number) {}
+
+  run<T>(p: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const entry = { at: Date.now() + this.ms, fail: () => reject(new Error(`Redis command timed out after ${this.ms} ms`)) };
+      this.pending.add(entry);
+      if (!this.timer) {
+        this.timer = setInterval(() => this.sweep(), Math.max(5, Math.floor(this.ms / 10)));
+        this.timer.unref();
+      }
+      p.then(
+        (v) => {
+          this.pending.delete(entry);
+          resolve(v);
+        },
+        (e: unknown) => {
+          this.pending.delete(entry);
+          reject(e);
+        },
+      );
+    });
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const e of this.pending) {
+      if (e.at <= now) {
+        this.pending.delete(e);
+        e.fail();
+      }
+    }
+    if (this.pending.size === 0 && this.timer) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+    }
+  }
+}
+
 /** Bounded pool of dedicated connections for parked GETORMARK … WAIT calls. */
 class WaitPool {
   private idle: Driver[] = [];
@@ -251,6 +296,8 @@ export class TagCache extends EventEmitter {
   private tracker: Tracker | undefined;
   private invalidationSeq = 0;
   private pool: WaitPool | undefined;
+  private readonly deadlines: Deadlines;
+  private initialized = false;
   private readonly background = new Set<Promise<unknown>>();
   private closed = false;
 
@@ -339,10 +386,15 @@ export class TagCache extends EventEmitter {
         }
       },
     );
+    this.deadlines = new Deadlines(this.o.commandTimeout);
     if (options.l1) this.l1 = new L1Cache(options.l1.maxEntries ?? 10_000);
-    this.ready = this.init().catch((e: unknown) => {
-      this.log.error(`connect failed: ${errorText(e)}`);
-    });
+    this.ready = this.init()
+      .catch((e: unknown) => {
+        this.log.error(`connect failed: ${errorText(e)}`);
+      })
+      .finally(() => {
+        this.initialized = true;
+      });
   }
 
   // ------------------------------------------------------------ connection
@@ -442,7 +494,7 @@ export class TagCache extends EventEmitter {
         throw new Error('Redis connection is down');
       }
       try {
-        const v = await withTimeout(fn(), this.o.commandTimeout, 'Redis command');
+        const v = await this.deadlines.run(fn());
         this.breaker.success();
         return v;
       } catch (e) {
@@ -461,7 +513,7 @@ export class TagCache extends EventEmitter {
   }
 
   private async be(): Promise<Backend> {
-    await this.ready;
+    if (!this.initialized) await this.ready;
     if (!this.backend) throw new Error('tagcache is not connected');
     return this.backend;
   }
@@ -553,7 +605,7 @@ export class TagCache extends EventEmitter {
   }
 
   private async getOrSetRemote<T>(key: string, opts: GetOrSetOptions<T>): Promise<T> {
-    await this.ready;
+    if (!this.initialized) await this.ready;
     const be = this.backend;
     const hard = opts.hardTimeout ?? this.o.hardTimeout;
     const soft = opts.timeout ?? this.o.timeout;

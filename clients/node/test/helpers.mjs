@@ -46,17 +46,18 @@ export async function waitFor(cond, { timeout = 10_000, interval = 10, what = 'c
 }
 
 function cli(port, ...args) {
-  return execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { encoding: 'utf8' }).trim();
+  return execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
 }
 
 /** Start redis-server (with the module unless module:false). */
 export async function startRedis({ module = true, port, extra = [], dir } = {}) {
-  if (module && !existsSync(MODULE)) throw new Error(`module not found: ${MODULE} (set TAGCACHE_MODULE)`);
+  const so = process.env.TAGCACHE_MODULE || MODULE;
+  if (module && !existsSync(so)) throw new Error(`module not found: ${so} (set TAGCACHE_MODULE)`);
   port ??= await freePort();
   const ownDir = !dir;
   dir ??= mkdtempSync(join(tmpdir(), 'tagcache-node-'));
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--protected-mode', 'yes', ...extra];
-  if (module) args.push('--loadmodule', MODULE);
+  if (module) args.push('--loadmodule', so);
   const proc = spawn('redis-server', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   live.add(proc.pid);
   let exited = false;
