@@ -3,13 +3,17 @@ SHELL := /bin/bash
 CARGO ?= cargo
 RELEASE_SO := target/release/libtagcache.so
 DEBUG_SO := target/debug/libtagcache.so
+NODE_DIR := clients/node
+PY_DIR := clients/python
+PY_VENV := $(PY_DIR)/.venv
+export TAGCACHE_MODULE := $(CURDIR)/$(DEBUG_SO)
 
-.PHONY: help deps build release run test lint unit integration bench clean
+.PHONY: help deps build release run test test-rust test-node test-python lint unit integration bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-deps: ## Check (install when root) redis-server, redis-cli and libclang
+deps: ## Check (install when root) redis-server, redis-cli, libclang, node/npm, python3 venv
 	@bash scripts/deps.sh
 
 build: deps ## Debug build of the module (target/debug/libtagcache.so)
@@ -28,16 +32,36 @@ unit: deps ## Unit tests of the pure core
 	$(CARGO) test --lib
 
 integration: build ## Integration tests against real redis-servers started by the harness
-	TAGCACHE_MODULE=$(CURDIR)/$(DEBUG_SO) $(CARGO) test --tests
+	$(CARGO) test --tests
 
-test: lint build ## Everything: clippy, unit tests, integration tests (ends with a total line)
-	@set -o pipefail; TAGCACHE_MODULE=$(CURDIR)/$(DEBUG_SO) $(CARGO) test --no-fail-fast --lib --tests 2>&1 \
-	  | tee target/test-output.log; status=$$?; \
-	  awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test-output.log; \
+test-rust: build ## Module: unit and integration tests (log in target/test-rust.log)
+	@set -o pipefail; $(CARGO) test --no-fail-fast --lib --tests 2>&1 | tee target/test-rust.log
+
+$(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+
+test-node: build $(NODE_DIR)/node_modules/.package-lock.json ## Node package tests (log in target/test-node.log)
+	@set -o pipefail; (cd $(NODE_DIR) && npm test) 2>&1 | tee target/test-node.log
+
+$(PY_VENV)/.installed: $(PY_DIR)/pyproject.toml
+	python3 -m venv $(PY_VENV)
+	$(PY_VENV)/bin/pip install --quiet --disable-pip-version-check -e '$(PY_DIR)[test]'
+	touch $@
+
+test-python: build $(PY_VENV)/.installed ## Python package tests (log in target/test-python.log)
+	@set -o pipefail; (cd $(PY_DIR) && .venv/bin/python -m pytest -q) 2>&1 | tee target/test-python.log
+
+test: lint build ## Everything: clippy, module tests, Node and Python packages; ends with a total line
+	@rm -f target/test-*.log; status=0; \
+	  $(MAKE) --no-print-directory test-rust || status=1; \
+	  $(MAKE) --no-print-directory test-node || status=1; \
+	  $(MAKE) --no-print-directory test-python || status=1; \
+	  bash scripts/total.sh target/test-rust.log target/test-node.log target/test-python.log; \
 	  exit $$status
 
 bench: release ## Benchmarks: ratios against native commands, measured side by side
 	$(CARGO) run --release --example bench -- $(BENCH_ARGS)
 
-clean: ## Remove build output
+clean: ## Remove build output (and the packages' installed dependencies)
 	$(CARGO) clean
+	rm -rf $(NODE_DIR)/node_modules $(NODE_DIR)/dist $(PY_VENV)

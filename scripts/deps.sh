@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the system packages tagcache needs are present: redis-server and redis-cli (7.0+)
-# to run and test the module, clang/libclang for bindgen when redis-module builds.
+# to run and test the module, clang/libclang for bindgen when redis-module builds, Node.js/npm
+# and a Python 3 with venv for the client packages.
 # Installs them with apt-get when run as root; otherwise prints the exact command.
 set -euo pipefail
 
@@ -11,6 +12,14 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null \
    && ! compgen -G "/usr/lib/*/libclang-[0-9]*.so*" >/dev/null; then
   missing+=(libclang-dev clang)
+fi
+# The client packages: Node.js with npm, and a Python 3 that can make virtualenvs.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if ! command -v python3 >/dev/null 2>&1; then
+  missing+=(python3 python3-venv)
+elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  missing+=(python3-venv)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
