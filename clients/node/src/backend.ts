@@ -117,9 +117,8 @@ export class ModuleBackend implements Backend {
     private readonly exec: Exec,
   ) {}
 
-  async getOrMark(key: string, leaseMs: number): Promise<Mark> {
-    const r = await this.exec(() => this.driver.send(['CACHE.GETORMARK', key, 'LEASE', String(leaseMs)], key));
-    return parseMark(r);
+  getOrMark(key: string, leaseMs: number): Promise<Mark> {
+    return this.exec(() => this.driver.send(['CACHE.GETORMARK', key, 'LEASE', String(leaseMs)], key)).then(parseMark);
   }
 
   async waitMark(key: string, leaseMs: number, waitMs: number, conn: Driver | undefined): Promise<Mark> {

@@ -104,6 +104,7 @@ export interface Metrics {
   fills_rejected: number;
   fail_open: number;
   errors: number;
+  retries: number;
   circuit: CircuitState;
   mode: 'module' | 'fallback' | 'connecting';
   wait_connections: number;
@@ -132,6 +133,11 @@ function isServerReply(e: unknown): boolean {
   if (TRANSIENT_REPLY.test(msg)) return false;
   if (name === 'ReplyError' || name === 'ErrorReply' || name === 'SimpleError' || name === 'BlobError') return true;
   return /^[A-Z][A-Z_]+ /.test(msg) && !/^(ERR_|EPIPE|ECONN)/.test(msg);
+}
+
+/** Exponential backoff with full jitter: uniform in [0, min(maxDelay, baseDelay·2^attempt)). */
+export function backoffDelay(attempt: number, baseDelay: number, maxDelay: number, rnd: () => number = Math.random): number {
+  return rnd() * Math.min(maxDelay, baseDelay * 2 ** attempt);
 }
 
 function sleep(ms: number): Promise<void> {
@@ -163,7 +169,8 @@ class Deadlines {
   private timer: NodeJS.Timeout | undefined;
   constructor(private readonly ms: number) {}
 
-  run<T>(p: Promise<T>): Promise<T> {
+  /** Settles with `p`, or rejects after the timeout; `ok` runs on success before resolving. */
+  run<T>(p: Promise<T>, ok?: () => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const entry = { at: Date.now() + this.ms, fail: () => reject(new Error(`Redis command timed out after ${this.ms} ms`)) };
       this.pending.add(entry);
@@ -174,6 +181,7 @@ class Deadlines {
       p.then(
         (v) => {
           this.pending.delete(entry);
+          ok?.();
           resolve(v);
         },
         (e: unknown) => {
@@ -335,6 +343,7 @@ export class TagCache extends EventEmitter {
     fills_rejected: 0,
     fail_open: 0,
     errors: 0,
+    retries: 0,
     circuit: 'closed',
     mode: 'connecting',
     wait_connections: 0,
@@ -486,18 +495,17 @@ export class TagCache extends EventEmitter {
   }
 
   /** Timeout, retries with exponential backoff and full jitter, circuit breaker. */
-  private async exec<T>(fn: () => Promise<T>): Promise<T> {
-    for (let attempt = 0; ; attempt++) {
-      if (!this.breaker.allow()) throw new CircuitOpenError();
-      if (this.driver && !this.driver.isReady()) {
-        this.breaker.failure();
-        throw new Error('Redis connection is down');
-      }
-      try {
-        const v = await this.deadlines.run(fn());
-        this.breaker.success();
-        return v;
-      } catch (e) {
+  private readonly onSuccess = (): void => this.breaker.success();
+
+  private exec<T>(fn: () => Promise<T>, attempt = 0): Promise<T> {
+    // Not async on purpose: the hit path stays one promise deep.
+    if (!this.breaker.allow()) return Promise.reject(new CircuitOpenError());
+    if (this.driver && !this.driver.isReady()) {
+      this.breaker.failure();
+      return Promise.reject(new Error('Redis connection is down'));
+    }
+    return this.deadlines.run(fn(), this.onSuccess).catch(
+      async (e: unknown) => {
         if (isServerReply(e)) {
           this.breaker.success(); // the server answered
           throw e;
@@ -506,10 +514,11 @@ export class TagCache extends EventEmitter {
           this.breaker.failure();
           throw e;
         }
-        const cap = Math.min(this.o.maxDelay, this.o.baseDelay * 2 ** attempt);
-        await sleep(Math.random() * cap);
-      }
-    }
+        this.m.retries++;
+        await sleep(backoffDelay(attempt, this.o.baseDelay, this.o.maxDelay));
+        return this.exec(fn, attempt + 1);
+      },
+    );
   }
 
   private async be(): Promise<Backend> {
@@ -584,49 +593,61 @@ export class TagCache extends EventEmitter {
   }
 
   // ------------------------------------------------------------ getOrSet
-  async getOrSet<T>(opts: GetOrSetOptions<T>): Promise<T> {
-    const key = this.k(opts.key);
+  getOrSet<T>(opts: GetOrSetOptions<T>): Promise<T> {
+    const key = this.prefix + opts.key;
     const l1 = this.l1Get(key);
     if (l1) {
       this.m.hits++;
       this.m.l1_hits++;
-      this.emit('hit', { key, l1: true });
-      return l1.value as T;
+      if (this.listenerCount('hit') > 0) this.emit('hit', { key, l1: true });
+      return Promise.resolve(l1.value as T);
     }
     const running = this.inflight.get(key);
     if (running) return running as Promise<T>;
     const p = this.getOrSetRemote(key, opts);
     this.inflight.set(key, p);
-    try {
-      return await p;
-    } finally {
+    const done = (): void => {
       if (this.inflight.get(key) === p) this.inflight.delete(key);
-    }
+    };
+    p.then(done, done);
+    return p;
   }
 
-  private async getOrSetRemote<T>(key: string, opts: GetOrSetOptions<T>): Promise<T> {
-    if (!this.initialized) await this.ready;
+  private getOrSetRemote<T>(key: string, opts: GetOrSetOptions<T>): Promise<T> {
     const be = this.backend;
+    if (!this.initialized || !be) return this.ready.then(() => (this.backend ? this.getOrSetRemote(key, opts) : this.failOpen(key, opts, 'not connected')));
+    const seq = this.invalidationSeq;
+    const fresh = this.freshFor(be, key);
+    // Hot path (a HIT without L1) resolves in one `then`; everything else goes to `settle`.
+    return be.getOrMark(key, this.o.leaseMs).then(
+      (mark) => {
+        if (mark.kind === 'HIT' && !fresh) {
+          this.m.hits++;
+          if (this.listenerCount('hit') > 0) this.emit('hit', { key });
+          return this.decode(mark.value) as T;
+        }
+        return this.settle(key, opts, mark, fresh, seq);
+      },
+      (e: unknown) => {
+        this.fail('getOrSet', e, key);
+        return this.failOpen(key, opts, errorText(e));
+      },
+    );
+  }
+
+  private async settle<T>(key: string, opts: GetOrSetOptions<T>, first: Mark, fresh: Promise<number> | undefined, seq: number): Promise<T> {
+    const be = this.backend as Backend;
     const hard = opts.hardTimeout ?? this.o.hardTimeout;
     const soft = opts.timeout ?? this.o.timeout;
     const deadline = Date.now() + (hard ?? soft ?? this.o.waitTimeout);
-    const seq = this.invalidationSeq;
-    if (!be) return this.failOpen(key, opts, 'not connected');
-    let mark: Mark;
-    const fresh = this.freshFor(be, key);
-    try {
-      mark = await be.getOrMark(key, this.o.leaseMs);
-    } catch (e) {
-      this.fail('getOrSet', e, key);
-      return this.failOpen(key, opts, errorText(e));
-    }
+    let mark = first;
     for (;;) {
       switch (mark.kind) {
         case 'HIT': {
           this.m.hits++;
           this.emit('hit', { key });
           const v = this.decode(mark.value) as T;
-          await this.l1Set(key, v, fresh, seq);
+          if (fresh) await this.l1Set(key, v, fresh, seq);
           return v;
         }
         case 'STALE': {
