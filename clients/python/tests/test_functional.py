@@ -559,8 +559,11 @@ def test_clients_that_decode_replies_are_refused(module_server: Server) -> None:
 
     with pytest.raises(ValueError, match="decode_responses"):
         Cache(redis.Redis(port=module_server.port, decode_responses=True))
-    with pytest.raises(ValueError, match="decode_responses"):
-        AsyncCache(aredis.Redis(port=module_server.port, decode_responses=True))
+    async def main() -> None:  # asyncio clients are created inside a loop (Python 3.9)
+        with pytest.raises(ValueError, match="decode_responses"):
+            AsyncCache(aredis.Redis(port=module_server.port, decode_responses=True))
+
+    asyncio.run(main())
 
 
 def test_s2_2_async_followers_survive_a_cancelled_leader(server: Server, prefix: str) -> None:

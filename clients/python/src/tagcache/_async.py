@@ -498,8 +498,12 @@ class AsyncCache:
                 try:
                     closer = getattr(c, "aclose", None) or c.close
                     await closer()
+                    pool = getattr(c, "connection_pool", None)
+                    if pool is not None:  # a pool passed explicitly is not closed by the client
+                        await pool.disconnect()
                 except Exception:
                     pass
+        self._wait_client = None
 
     close = aclose
 

@@ -586,8 +586,12 @@ class Cache:
             if c is not None:
                 try:
                     c.close()
+                    pool = getattr(c, "connection_pool", None)
+                    if pool is not None:  # a pool passed explicitly is not closed by the client
+                        pool.disconnect()
                 except Exception:
                     pass
+        self._wait_client = None
 
     def __enter__(self) -> "Cache":
         return self
