@@ -528,9 +528,10 @@ export class TagCache extends EventEmitter {
   }
 
   private fail(op: string, e: unknown, key?: string): void {
+    if (e instanceof CircuitOpenError) return; // skipped on purpose: reported once as circuit_open
     this.m.errors++;
     const msg = errorText(e);
-    if (!(e instanceof CircuitOpenError)) this.log.error(`${op} failed: ${msg}`, key ? { key } : undefined);
+    this.log.error(`${op} failed: ${msg}`, key ? { key } : undefined);
     if (this.listenerCount('error') > 0) this.emit('error', { op, key, error: e });
   }
 

@@ -1,5 +1,6 @@
 export {
   createCache,
+  backoffDelay,
   TagCache,
   TimeoutError,
   FALLBACK_WARNING,
@@ -13,3 +14,4 @@ export {
 export { jsonSerializer, type Serializer } from './serializer.js';
 export type { StatsDoc } from './backend.js';
 export type { CircuitState } from './breaker.js';
+export { mergeStats } from './backend.js';
