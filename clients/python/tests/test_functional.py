@@ -590,3 +590,29 @@ def test_s2_2_async_followers_survive_a_cancelled_leader(server: Server, prefix:
 
     asyncio.run(main())
     assert calls.n == 2  # the cancelled leader's call and one follower's
+
+
+def _child_after_fork(c: Cache, out: Any) -> None:
+    try:
+        v = c.get_or_set("child", lambda: "from child")
+        wait_until(lambda: c._l1 is not None and c._l1.coherent, 10, "tracking in the child")
+        out.put((v, c.get("child"), c.get("parent"), c._tracker.is_alive()))
+    except BaseException as e:  # noqa: BLE001
+        out.put(repr(e))
+
+
+def test_cache_keeps_working_in_a_forked_child(server: Server, prefix: str) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    with make(server, prefix, ttl=60, l1=True) as c:
+        wait_until(lambda: c._l1 is not None and c._l1.coherent, 10, "tracking")
+        assert c.get_or_set("parent", lambda: "p") == "p"
+        out = ctx.Queue()
+        p = ctx.Process(target=_child_after_fork, args=(c, out))
+        p.start()
+        try:
+            assert out.get(timeout=30) == ("from child", "from child", "p", True)
+        finally:
+            p.join(10)
+        assert c.get("child") == "from child"

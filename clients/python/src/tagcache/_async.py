@@ -174,6 +174,8 @@ class AsyncCache:
                 self._tracker = Tracker(self._l1, lambda: cls(socket_timeout=5, retry=no_retry(), protocol=2, **kw),
                                         prefix, self._events.logger)
                 self._tracker.start()
+        if tenant is not None:
+            self._tenants_seen[tenant] = None
 
     # ------------------------------------------------------------------ plumbing
 

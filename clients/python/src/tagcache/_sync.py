@@ -253,9 +253,11 @@ class Cache:
                 kw = conn_kwargs(pool.connection_kwargs)
                 kw.pop("protocol", None)
                 cls = pool.connection_class
-                self._tracker = Tracker(self._l1, lambda: cls(socket_timeout=5, retry=no_retry(), protocol=2, **kw),
-                                        prefix, self._events.logger)
+                self._tracker_connect = lambda: cls(socket_timeout=5, retry=no_retry(), protocol=2, **kw)
+                self._tracker = Tracker(self._l1, self._tracker_connect, prefix, self._events.logger)
                 self._tracker.start()
+        if tenant is not None:
+            self._tenants_seen[tenant] = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -411,6 +413,7 @@ class Cache:
 
     def get(self, key: KeyT, default: Any = None) -> Any:
         """The fresh value, else ``default`` (SPEC S3.1). Never raises for Redis trouble."""
+        self._check_fork()
         fkey = self._k(key)
         l1 = self._l1
         if l1 is not None:
@@ -618,6 +621,7 @@ class Cache:
         many callers ask at once). ``factory`` is a callable (taking a FactoryContext if it
         has a positional parameter) or a plain value. Raises only the factory's own error, or
         CacheTimeoutError past ``hard_timeout``."""
+        self._check_fork()
         fkey = self._k(key)
         if self._l1 is not None:
             hit = self._l1.get(fkey)
@@ -633,8 +637,6 @@ class Cache:
             hard_timeout,
             self.fail_safe if fail_safe is None else fail_safe,
         )
-        if os.getpid() != self._pid:  # forked: locks and in-flight futures are the parent's
-            self._after_fork()
         if not self.single_flight:
             return self._lead(fkey, factory, o)
         with self._sf_lock:
@@ -657,8 +659,16 @@ class Cache:
             with self._sf_lock:
                 self._inflight.pop(fkey, None)
 
+    def _check_fork(self) -> None:
+        if os.getpid() != self._pid:  # forked: locks, threads and in-flight futures are the parent's
+            self._after_fork()
+
     def _after_fork(self) -> None:
         self._pid = os.getpid()
+        if self._l1 is not None and self._tracker is not None:  # the tracking thread stayed behind
+            self._l1 = L1(self._l1.max_entries, self._l1.ttl)
+            self._tracker = Tracker(self._l1, self._tracker_connect, self.prefix, self._events.logger)
+            self._tracker.start()
         self._inflight = {}
         self._sf_lock = threading.Lock()
         self._wait_lock = threading.Lock()
