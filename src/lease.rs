@@ -1,11 +1,15 @@
 //! Pure lease table for stampede protection: at most one lease per (db, key), opaque tokens not
-//! bound to a connection, deadlines, parked-waiter counts, and the invalidation sequence that lets
-//! a FILL be refused when an invalidation covering its key or tags came after the lease's grant.
+//! bound to a connection, deadlines, parked-waiter queues, and the tag fences that let a FILL be
+//! refused when an invalidation of one of its tags came after the lease's grant.
+//!
+//! Every operation is O(log n) in the number of outstanding leases or waiters: leases are kept
+//! per database in name order (an invalidation walks only its pattern's literal-prefix range),
+//! deadlines in a queue (the sweep pops only what expired), grant sequence numbers in a
+//! multiset (the oldest live grant, which bounds the fences worth keeping, is its first key).
 
 use crate::mem::Shrink;
-use std::collections::{HashMap, HashSet, VecDeque};
-
-type LeaseKey = (i32, Vec<u8>);
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -33,11 +37,20 @@ pub enum Refusal {
     NotCurrent,
 }
 
+type Name = Box<[u8]>;
+
 #[derive(Debug, Default)]
 pub struct Leases {
-    leases: HashMap<LeaseKey, Lease>,
-    /// Parked callers per key, in arrival order (ids chosen by the caller).
-    waiters: HashMap<LeaseKey, VecDeque<u64>>,
+    /// Per database, leases by key name (ordered for prefix walks).
+    leases: HashMap<i32, BTreeMap<Name, Lease>>,
+    count: usize,
+    /// (deadline, db, key) of every lease.
+    deadlines: BTreeSet<(i64, i32, Name)>,
+    /// How many live leases were granted at each invalidation sequence number.
+    granted_seqs: BTreeMap<u64, usize>,
+    /// Parked callers per database and key, by id (ids grow: first = longest waiting).
+    waiters: HashMap<i32, HashMap<Name, BTreeSet<u64>>>,
+    waiter_count: usize,
     /// Leases granted to a parked caller that has not been answered yet: waiter id → token.
     handoffs: HashMap<u64, Vec<u8>>,
     /// Parked callers told to retry because their database was flushed, swapped or reloaded.
@@ -45,9 +58,15 @@ pub struct Leases {
     random: u64,
     seq: u64,
     tag_fences: HashMap<Vec<u8>, Vec<Fence>>,
+    /// Prune the fences once there are more than this many tags fenced (doubles after a prune
+    /// that kept many, so pruning stays amortized O(1) per fence).
+    prune_fences_over: usize,
     next_token: u64,
     salt: u64,
 }
+
+/// Fenced tags remembered before the first prune.
+const FENCES_KEPT: usize = 1024;
 
 impl Leases {
     pub fn with_salt(salt: u64) -> Leases {
@@ -60,7 +79,11 @@ impl Leases {
 
     /// Leases not past their deadline.
     pub fn active(&self, now_ms: i64) -> usize {
-        self.leases.values().filter(|l| l.deadline_ms > now_ms).count()
+        let expired = self
+            .deadlines
+            .range(..(now_ms.saturating_add(1), i32::MIN, Name::default()))
+            .count();
+        self.count.saturating_sub(expired)
     }
 
     /// A uniform number in [0, 1) (xorshift; for probabilistic early refresh).
@@ -74,62 +97,78 @@ impl Leases {
     }
 
     pub fn len(&self) -> usize {
-        self.leases.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.leases.is_empty()
+        self.count == 0
+    }
+
+    fn get(&self, db: i32, key: &[u8]) -> Option<&Lease> {
+        if self.count == 0 {
+            return None;
+        }
+        self.leases.get(&db)?.get(key)
     }
 
     /// The current lease on a key, if any and not past its deadline.
     pub fn current(&self, db: i32, key: &[u8], now_ms: i64) -> Option<&Lease> {
-        if self.leases.is_empty() {
-            return None;
+        self.get(db, key).filter(|l| l.deadline_ms > now_ms)
+    }
+
+    fn insert(&mut self, db: i32, key: &[u8], lease: Lease) {
+        self.remove(db, key);
+        self.deadlines.insert((lease.deadline_ms, db, key.into()));
+        let n = self.granted_seqs.entry(lease.granted_seq).or_default();
+        *n = n.saturating_add(1);
+        self.leases.entry(db).or_default().insert(key.into(), lease);
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// Removes a lease, forgetting fences no remaining lease can predate.
+    fn remove(&mut self, db: i32, key: &[u8]) -> Option<Lease> {
+        let map = self.leases.get_mut(&db)?;
+        let lease = map.remove(key)?;
+        if map.is_empty() {
+            self.leases.remove(&db);
+            self.leases.shrink_if_sparse();
         }
-        self.leases
-            .get(&(db, key.to_vec()))
-            .filter(|l| l.deadline_ms > now_ms)
+        self.count = self.count.saturating_sub(1);
+        self.deadlines.remove(&(lease.deadline_ms, db, key.into()));
+        if let Some(n) = self.granted_seqs.get_mut(&lease.granted_seq) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.granted_seqs.remove(&lease.granted_seq);
+            }
+        }
+        self.prune_fences();
+        Some(lease)
     }
 
     /// Drops a lease found past its deadline; returns its tenant when one was dropped (an
     /// expiry to count).
     pub fn expire(&mut self, db: i32, key: &[u8], now_ms: i64) -> Option<Vec<u8>> {
-        if self.leases.is_empty() {
+        if self.get(db, key)?.deadline_ms > now_ms {
             return None;
         }
-        let k = (db, key.to_vec());
-        if self.leases.get(&k).is_some_and(|l| l.deadline_ms <= now_ms) {
-            return self.remove(&k).map(|l| l.tenant);
-        }
-        None
-    }
-
-    /// Removes a lease, forgetting fences no remaining lease can predate.
-    fn remove(&mut self, k: &LeaseKey) -> Option<Lease> {
-        let lease = self.leases.remove(k)?;
-        self.leases.shrink_if_sparse();
-        self.prune_fences();
-        Some(lease)
+        self.remove(db, key).map(|l| l.tenant)
     }
 
     /// Removes every lease past its deadline (whose holder never came back), returning the
     /// keys they were on and their tenants so their expiry can be counted.
     pub fn sweep_expired(&mut self, now_ms: i64) -> Vec<(i32, Vec<u8>, Vec<u8>)> {
-        let expired: Vec<LeaseKey> = self
-            .leases
-            .iter()
-            .filter(|(_, l)| l.deadline_ms <= now_ms)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut swept = Vec::with_capacity(expired.len());
-        for (db, key) in expired {
-            if let Some(l) = self.leases.remove(&(db, key.clone())) {
-                swept.push((db, key, l.tenant));
+        let mut swept = Vec::new();
+        while let Some((deadline, db, key)) = self.deadlines.first().cloned() {
+            if deadline > now_ms {
+                break;
             }
-        }
-        if !swept.is_empty() {
-            self.leases.shrink_if_sparse();
-            self.prune_fences();
+            match self.remove(db, &key) {
+                Some(l) => swept.push((db, key.into_vec(), l.tenant)),
+                // Never left behind: a deadline without its lease is dropped.
+                None => {
+                    self.deadlines.pop_first();
+                }
+            }
         }
         swept
     }
@@ -141,16 +180,14 @@ impl Leases {
         }
         self.next_token = self.next_token.wrapping_add(1);
         let token = format!("{:x}-{:x}", self.salt, self.next_token).into_bytes();
-        self.leases.insert(
-            (db, key.to_vec()),
-            Lease {
-                token: token.clone(),
-                granted_at_ms: now_ms,
-                deadline_ms: now_ms.saturating_add(length_ms),
-                granted_seq: self.seq,
-                tenant: tenant.to_vec(),
-            },
-        );
+        let lease = Lease {
+            token: token.clone(),
+            granted_at_ms: now_ms,
+            deadline_ms: now_ms.saturating_add(length_ms),
+            granted_seq: self.seq,
+            tenant: tenant.to_vec(),
+        };
+        self.insert(db, key, lease);
         Some(token)
     }
 
@@ -167,60 +204,53 @@ impl Leases {
         tags: &[Vec<u8>],
         now_ms: i64,
     ) -> Result<(Lease, Vec<Fence>), Refusal> {
-        let k = (db, key.to_vec());
-        match self.leases.get(&k) {
-            Some(l) if l.token == token && l.deadline_ms > now_ms => {}
+        let granted_seq = match self.get(db, key) {
+            Some(l) if l.token == token && l.deadline_ms > now_ms => l.granted_seq,
             _ => return Err(Refusal::NotCurrent),
-        }
-        let lease = self.leases.remove(&k).ok_or(Refusal::NotCurrent)?;
+        };
+        // Read the fences before the removal, which may prune them.
         let fences: Vec<Fence> = tags
             .iter()
             .filter_map(|t| self.tag_fences.get(t))
             .flatten()
-            .filter(|f| f.seq > lease.granted_seq)
+            .filter(|f| f.seq > granted_seq)
             .cloned()
             .collect();
-        self.leases.shrink_if_sparse();
-        self.prune_fences();
+        let lease = self.remove(db, key).ok_or(Refusal::NotCurrent)?;
         Ok((lease, fences))
     }
 
     /// Releases a lease held with `token`; returns its tenant, or None when it was not the
     /// current one.
     pub fn abandon(&mut self, db: i32, key: &[u8], token: &[u8], now_ms: i64) -> Option<Vec<u8>> {
-        let k = (db, key.to_vec());
-        if self
-            .leases
-            .get(&k)
-            .is_some_and(|l| l.token == token && l.deadline_ms > now_ms)
-        {
-            return self.remove(&k).map(|l| l.tenant);
+        if self.current(db, key, now_ms)?.token != token {
+            return None;
         }
-        None
+        self.remove(db, key).map(|l| l.tenant)
     }
 
     /// Voids the lease on one key (SET, DEL, invalidation); true when there was one.
     pub fn void(&mut self, db: i32, key: &[u8]) -> bool {
-        if self.leases.is_empty() {
+        if self.count == 0 {
             return false;
         }
-        self.remove(&(db, key.to_vec())).is_some()
+        self.remove(db, key).is_some()
     }
 
     /// The tenant recorded on the lease of a key (live or not).
     pub fn tenant_of(&self, db: i32, key: &[u8]) -> Option<&[u8]> {
-        if self.leases.is_empty() {
-            return None;
-        }
-        self.leases.get(&(db, key.to_vec())).map(|l| l.tenant.as_slice())
+        self.get(db, key).map(|l| l.tenant.as_slice())
     }
 
-    /// Keys (of `db`) that hold a lease, for pattern invalidations.
-    pub fn keys_in_db(&self, db: i32) -> Vec<Vec<u8>> {
-        self.leases
-            .keys()
-            .filter(|(d, _)| *d == db)
-            .map(|(_, k)| k.clone())
+    /// Keys of `db` holding a lease whose names start with `prefix`, in name order (for
+    /// pattern invalidations: only the pattern's literal-prefix range is walked).
+    pub fn leased_with_prefix(&self, db: i32, prefix: &[u8]) -> Vec<Vec<u8>> {
+        let Some(map) = self.leases.get(&db) else {
+            return Vec::new();
+        };
+        map.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.to_vec())
             .collect()
     }
 
@@ -228,7 +258,7 @@ impl Leases {
     /// carrying one of them with an older lease are refused where the fence applies.
     pub fn invalidate_tags(&mut self, tags: &[Vec<u8>], user: Option<&[u8]>) {
         self.seq = self.seq.wrapping_add(1);
-        if self.leases.is_empty() {
+        if self.count == 0 {
             // No lease can predate this call: nothing to remember.
             return;
         }
@@ -239,24 +269,28 @@ impl Leases {
             fences.retain(|f| f.user != fence.user);
             fences.push(fence.clone());
         }
+        self.prune_fences();
     }
 
-    /// Forgets fences no live lease can predate.
+    /// Forgets fences no live lease can predate: all of them once no lease is left, else (when
+    /// many tags are fenced) those older than the oldest live grant.
     fn prune_fences(&mut self) {
         if self.tag_fences.is_empty() {
             return;
         }
-        match self.leases.values().map(|l| l.granted_seq).min() {
+        match self.granted_seqs.first_key_value().map(|(seq, _)| *seq) {
             None => {
                 self.tag_fences.clear();
                 self.tag_fences.shrink_if_sparse();
+                self.prune_fences_over = FENCES_KEPT;
             }
-            Some(oldest) if self.tag_fences.len() > 1024 => {
+            Some(oldest) if self.tag_fences.len() > self.prune_fences_over.max(FENCES_KEPT) => {
                 self.tag_fences.retain(|_, fences| {
                     fences.retain(|f| f.seq > oldest);
                     !fences.is_empty()
                 });
                 self.tag_fences.shrink_if_sparse();
+                self.prune_fences_over = self.tag_fences.len().saturating_mul(2);
             }
             Some(_) => {}
         }
@@ -266,38 +300,46 @@ impl Leases {
         self.tag_fences.len()
     }
 
-    /// Parks waiter `id` on a key; returns how many wait on it now.
+    /// Parks waiter `id` (ids grow with time) on a key; returns how many wait on it now.
     pub fn add_waiter(&mut self, db: i32, key: &[u8], id: u64) -> usize {
-        let queue = self.waiters.entry((db, key.to_vec())).or_default();
-        queue.push_back(id);
+        let queue = self.waiters.entry(db).or_default().entry(key.into()).or_default();
+        if queue.insert(id) {
+            self.waiter_count = self.waiter_count.saturating_add(1);
+        }
         queue.len()
     }
 
     /// Removes a waiter (answered, timed out or gone); false when it was not queued.
     pub fn remove_waiter(&mut self, db: i32, key: &[u8], id: u64) -> bool {
-        let k = (db, key.to_vec());
-        let Some(queue) = self.waiters.get_mut(&k) else {
+        let Some(keys) = self.waiters.get_mut(&db) else {
             return false;
         };
-        let before = queue.len();
-        queue.retain(|w| *w != id);
-        let removed = queue.len() != before;
+        let Some(queue) = keys.get_mut(key) else {
+            return false;
+        };
+        let removed = queue.remove(&id);
         if queue.is_empty() {
-            self.waiters.remove(&k);
-            self.waiters.shrink_if_sparse();
+            keys.remove(key);
+            keys.shrink_if_sparse();
+            if keys.is_empty() {
+                self.waiters.remove(&db);
+            }
+        }
+        if removed {
+            self.waiter_count = self.waiter_count.saturating_sub(1);
         }
         removed
     }
 
     pub fn waiters_on(&self, db: i32, key: &[u8]) -> usize {
-        if self.waiters.is_empty() {
+        if self.waiter_count == 0 {
             return 0;
         }
-        self.waiters.get(&(db, key.to_vec())).map_or(0, VecDeque::len)
+        self.waiters.get(&db).and_then(|keys| keys.get(key)).map_or(0, BTreeSet::len)
     }
 
     pub fn total_waiters(&self) -> usize {
-        self.waiters.values().map(VecDeque::len).sum()
+        self.waiter_count
     }
 
     /// When the key has waiters and no live lease: grants a lease to the longest-waiting one,
@@ -307,11 +349,8 @@ impl Leases {
         if self.current(db, key, now_ms).is_some() {
             return None;
         }
-        let k = (db, key.to_vec());
-        let id = self.waiters.get_mut(&k)?.pop_front()?;
-        if self.waiters.get(&k).is_some_and(VecDeque::is_empty) {
-            self.waiters.remove(&k);
-        }
+        let id = *self.waiters.get(&db)?.get(key)?.first()?;
+        self.remove_waiter(db, key, id);
         let (length, tenant) = lease_of(id);
         let token = self.grant(db, key, now_ms, length, &tenant)?;
         self.handoffs.insert(id, token);
@@ -333,19 +372,26 @@ impl Leases {
     /// dataset reload). Returns those callers' ids, which stay marked until `take_released`.
     pub fn release_dbs(&mut self, dbs: Option<&[i32]>) -> Vec<u64> {
         let hit = |d: &i32| dbs.is_none_or(|list| list.contains(d));
-        self.leases.retain(|(d, _), _| !hit(d));
-        self.leases.shrink_if_sparse();
-        self.prune_fences();
+        let doomed: Vec<(i32, Name)> = self
+            .leases
+            .iter()
+            .filter(|(d, _)| hit(d))
+            .flat_map(|(d, map)| map.keys().map(move |k| (*d, k.clone())))
+            .collect();
+        for (db, key) in doomed {
+            self.remove(db, &key);
+        }
         let mut ids = Vec::new();
-        self.waiters.retain(|(d, _), queue| {
+        self.waiters.retain(|d, keys| {
             if hit(d) {
-                ids.extend(queue.drain(..));
+                ids.extend(keys.drain().flat_map(|(_, queue)| queue));
                 false
             } else {
                 true
             }
         });
         self.waiters.shrink_if_sparse();
+        self.waiter_count = self.waiter_count.saturating_sub(ids.len());
         for id in &ids {
             self.handoffs.remove(id);
             self.released.insert(*id);
@@ -455,7 +501,8 @@ mod tests {
         l.grant(5, b"k", 0, 100, b"t").unwrap();
         l.add_waiter(0, b"k", 3);
         l.add_waiter(5, b"k", 4);
-        assert_eq!(l.keys_in_db(5), vec![b"k".to_vec()]);
+        assert_eq!(l.leased_with_prefix(5, b""), vec![b"k".to_vec()]);
+        assert!(l.leased_with_prefix(5, b"x").is_empty());
         assert_eq!(l.release_dbs(Some(&[5, 7])), vec![4]);
         assert!(l.current(5, b"k", 1).is_none() && l.current(0, b"k", 1).is_some());
         assert!(l.take_released(4) && !l.take_released(4) && !l.take_released(3));
@@ -481,6 +528,29 @@ mod tests {
         assert_eq!(l.waiters_on(0, b"k"), 2);
         // At the new lease's deadline the next waiter takes over.
         assert_eq!(l.hand_over(0, b"k", 160, |_| (100, Vec::new())), Some(8));
+    }
+
+    #[test]
+    fn deadlines_and_counts_stay_consistent_at_scale() {
+        let mut l = Leases::default();
+        for i in 0..10_000i64 {
+            l.grant(i32::from(i % 3 == 0), format!("k{i}").as_bytes(), 0, 1 + i % 100, b"t").unwrap();
+        }
+        assert_eq!((l.len(), l.active(0)), (10_000, 10_000));
+        assert_eq!(l.active(50), 10_000 - 5000, "deadlines 1..=50 have passed");
+        let swept = l.sweep_expired(50);
+        assert_eq!((swept.len(), l.len(), l.active(50)), (5000, 5000, 5000));
+        assert!(swept.iter().all(|(_, k, t)| k.starts_with(b"k") && t == b"t"));
+        let expected = (0..10_000).filter(|i| i % 3 == 0 && 1 + i % 100 > 50 && format!("k{i}").starts_with("k99")).count();
+        assert_eq!(l.leased_with_prefix(1, b"k99").len(), expected, "db 1, live, prefix k99");
+        // Fences stay bounded while old leases live, and vanish with the last lease.
+        let _old = l.grant(0, b"old", 0, 1_000_000, b"t").unwrap();
+        for i in 0..5000 {
+            l.invalidate_tags(&[format!("tag{i}").into_bytes()], None);
+        }
+        assert!(l.remembered_tags() <= 5000);
+        l.release_dbs(None);
+        assert_eq!((l.len(), l.remembered_tags(), l.active(0)), (0, 0, 0));
     }
 
     #[test]

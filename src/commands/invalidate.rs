@@ -50,7 +50,7 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     });
     // Leases on matching keys are voided even when the key holds no value yet; a key without
     // an entry belongs to the tenant recorded on its lease.
-    let leased = with_state(|s| s.leases.keys_in_db(db));
+    let leased = with_state(|s| s.leases.leased_with_prefix(db, glob.literal_prefix()));
     let void: Vec<Vec<u8>> = leased
         .into_iter()
         .filter(|k| glob.matches(k))
