@@ -90,4 +90,38 @@ describe('cluster (3 primaries)', () => {
       }
     });
   }
+
+  for (const lib of ['ioredis', 'node-redis']) {
+    test(`S6.2 S7.1 L1 coherence on a cluster: tracking on every primary (${lib})`, async () => {
+      const ca = await clusterClient(lib, cluster.nodes);
+      const cb = await clusterClient(lib, cluster.nodes);
+      const a = createCache({ redis: ca.client, logger: silent, prefix: 'l1c:', l1: { maxEntries: 100, ttl: 60 } });
+      const b = createCache({ redis: cb.client, logger: silent, prefix: 'l1c:', l1: { maxEntries: 100, ttl: 60 } });
+      try {
+        await a.connect();
+        await b.connect();
+        const keys = tenants.map((t) => `k:{${t}}`);
+        for (const k of keys) await a.set(k, k, { ttl: 60, tags: ['ct'] });
+        const viaL1 = async (k) => {
+          const before = b.metrics().l1_hits;
+          await b.get(k);
+          return b.metrics().l1_hits === before + 1;
+        };
+        for (const k of keys) await waitFor(() => viaL1(k), { timeout: 2000, interval: 2, what: `L1 holds ${k}` });
+        assert.equal(await a.invalidateTags(['ct']), keys.length);
+        const t0 = Date.now();
+        await waitFor(async () => {
+          for (const k of keys) if (await viaL1(k)) return false;
+          return true;
+        }, { timeout: 100, interval: 2, what: 'every shard\'s invalidation reached L1' });
+        assert.ok(Date.now() - t0 <= 100);
+        for (const k of keys) assert.equal(await b.get(k), undefined);
+      } finally {
+        await a.close();
+        await b.close();
+        await ca.close();
+        await cb.close();
+      }
+    });
+  }
 });

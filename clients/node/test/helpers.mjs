@@ -24,13 +24,20 @@ export function freePort() {
 }
 
 const live = new Set();
-process.on('exit', () => {
+function killAll() {
   for (const p of live) {
     try {
       process.kill(p, 'SIGKILL');
     } catch {}
   }
-});
+}
+process.on('exit', killAll);
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.once(sig, () => {
+    killAll();
+    process.exit(130);
+  });
+}
 
 export async function waitFor(cond, { timeout = 10_000, interval = 10, what = 'condition' } = {}) {
   const deadline = Date.now() + timeout;
