@@ -287,7 +287,7 @@ def test_s2_1_four_processes_one_cold_key(server: Server, prefix: str) -> None:
     import workers
 
     procs = [
-        ctx.Process(target=workers.stampede_process, args=(server.url, prefix, "cold", 50, barrier, out))
+        ctx.Process(target=workers.stampede_process, args=(server.url, prefix, "cold", 250, barrier, out))
         for _ in range(4)
     ]
     for p in procs:
@@ -300,7 +300,7 @@ def test_s2_1_four_processes_one_cold_key(server: Server, prefix: str) -> None:
             if p.is_alive():
                 p.kill()
     assert [g[1] for g in got] == [[]] * 4
-    assert sum(g[0] for g in got) == 200
+    assert sum(g[0] for g in got) == 1000  # 4 processes x 250 threads, every one got the value
     assert int(server.client().get(prefix + "factory_calls")) == 1
 
 
@@ -616,3 +616,57 @@ def test_cache_keeps_working_in_a_forked_child(server: Server, prefix: str) -> N
         finally:
             p.join(10)
         assert c.get("child") == "from child"
+
+
+def test_s2_4_async_swr_serves_stale_and_refreshes_in_a_task(server: Server, prefix: str) -> None:
+    calls = Counter()
+
+    async def main() -> None:
+        async with AsyncCache(server.url, prefix=prefix) as c:
+            assert await c.get_or_set("k", lambda: "v1", ttl=0.2, grace=30) == "v1"
+            while await c.get("k") is not None:
+                await asyncio.sleep(0.02)
+
+            async def slow() -> str:
+                calls()
+                await asyncio.sleep(0.3)
+                return "v2"
+
+            t0 = time.monotonic()
+            assert await c.get_or_set("k", slow, ttl=60, grace=30) == "v1"
+            assert time.monotonic() - t0 < 0.25
+            for _ in range(500):
+                if await c.get("k") == "v2":
+                    break
+                await asyncio.sleep(0.02)
+            assert await c.get("k") == "v2"
+            assert c.metrics()["stale"] == 1
+
+    asyncio.run(main())
+    assert calls.n == 1
+
+
+def test_s2_3_async_lease_refused_fill_returns_value(module_server: Server, prefix: str) -> None:
+    async def main() -> None:
+        async with AsyncCache(module_server.url, prefix=prefix, ttl=60) as c, \
+                AsyncCache(module_server.url, prefix=prefix) as other:
+            async def factory() -> str:
+                assert await other.invalidate_tags(prefix + "products") == 0
+                return "computed"
+
+            assert await c.get_or_set("k", factory, tags=[prefix + "products"]) == "computed"
+            assert await c.get("k") is None
+            m = c.metrics()
+            assert (m["fills"], m["fills_rejected"], m["errors"]) == (0, 1, 0)
+
+    asyncio.run(main())
+
+
+def test_sync_cache_refuses_an_asyncio_client(module_server: Server) -> None:
+    import redis.asyncio as aredis
+
+    async def main() -> None:
+        with pytest.raises(TypeError):
+            Cache(aredis.Redis(port=module_server.port))  # type: ignore[arg-type]
+
+    asyncio.run(main())

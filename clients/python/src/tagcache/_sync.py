@@ -229,6 +229,9 @@ class Cache:
             self.is_cluster = False
             self._cmd = redis_or_url
         else:
+            if redis_or_url is not None and not isinstance(redis_or_url, str):
+                raise TypeError("Cache needs a redis.Redis / RedisCluster client or a URL "
+                                "(use AsyncCache for redis.asyncio clients)")
             url = redis_or_url or "redis://127.0.0.1:6379/0"
             self.is_cluster = cluster
             if cluster:
