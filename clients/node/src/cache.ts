@@ -313,6 +313,7 @@ export class TagCache extends EventEmitter {
   private readonly tenant: string | undefined;
   private readonly serializer: Serializer;
   private readonly log: Required<Logger>;
+  private readonly debugOn: boolean;
   private readonly o: {
     ttl: number | undefined;
     grace: number | undefined;
@@ -358,6 +359,7 @@ export class TagCache extends EventEmitter {
       warn: lg.warn?.bind(lg) ?? noop,
       error: lg.error?.bind(lg) ?? noop,
     };
+    this.debugOn = typeof lg.debug === 'function';
     this.prefix = options.prefix ?? '';
     this.tenant = options.tenant;
     this.serializer = options.serializer ?? jsonSerializer;
@@ -536,6 +538,12 @@ export class TagCache extends EventEmitter {
   }
 
   // ------------------------------------------------------------ helpers
+  /** Emit an event (only when somebody listens) and log it at debug level (only with a debug logger). */
+  private note(event: string, payload: Record<string, unknown>): void {
+    if (this.debugOn) this.log.debug(`${event} ${JSON.stringify(payload, (_k, v: unknown) => (v instanceof Error ? v.message : v))}`);
+    if (this.listenerCount(event) > 0) this.emit(event, payload);
+  }
+
   private k(key: string): string {
     return this.prefix + key;
   }
@@ -600,7 +608,7 @@ export class TagCache extends EventEmitter {
     if (l1) {
       this.m.hits++;
       this.m.l1_hits++;
-      if (this.listenerCount('hit') > 0) this.emit('hit', { key, l1: true });
+      this.note('hit', { key, l1: true });
       return Promise.resolve(l1.value as T);
     }
     const running = this.inflight.get(key);
@@ -624,7 +632,7 @@ export class TagCache extends EventEmitter {
       (mark) => {
         if (mark.kind === 'HIT' && !fresh) {
           this.m.hits++;
-          if (this.listenerCount('hit') > 0) this.emit('hit', { key });
+          this.note('hit', { key });
           return this.decode(mark.value) as T;
         }
         return this.settle(key, opts, mark, fresh, seq);
@@ -646,7 +654,7 @@ export class TagCache extends EventEmitter {
       switch (mark.kind) {
         case 'HIT': {
           this.m.hits++;
-          this.emit('hit', { key });
+          this.note('hit', { key });
           const v = this.decode(mark.value) as T;
           if (fresh) await this.l1Set(key, v, fresh, seq);
           return v;
@@ -654,14 +662,14 @@ export class TagCache extends EventEmitter {
         case 'STALE': {
           this.m.hits++;
           this.m.stale++;
-          this.emit('stale', { key, refreshing: mark.token !== undefined });
+          this.note('stale', { key, refreshing: mark.token !== undefined });
           const v = this.decode(mark.value) as T;
           if (!mark.token) return v;
           return this.produce(key, mark.token, opts, { value: v }, soft ?? 0, hard);
         }
         case 'MISS': {
           this.m.misses++;
-          this.emit('miss', { key });
+          this.note('miss', { key });
           const last = this.l1?.peekStale(key) as { value: T } | undefined;
           return this.produce(key, mark.token, opts, last, soft, hard);
         }
@@ -779,11 +787,10 @@ export class TagCache extends EventEmitter {
           this.l1?.delete(key);
           if (ok) {
             this.m.fills++;
-            this.emit('fill', { key });
+            this.note('fill', { key });
           } else {
             this.m.fills_rejected++;
-            this.log.debug(`fill of ${key} refused (LEASE): an invalidation or a newer write won`);
-            this.emit('fill_rejected', { key });
+            this.note('fill_rejected', { key });
           }
         } catch (e) {
           this.fail('fill', e, key);
@@ -851,7 +858,7 @@ export class TagCache extends EventEmitter {
     if (l1) {
       this.m.hits++;
       this.m.l1_hits++;
-      this.emit('hit', { key: k, l1: true });
+      this.note('hit', { key: k, l1: true });
       return l1.value as T;
     }
     const seq = this.invalidationSeq;
@@ -861,11 +868,11 @@ export class TagCache extends EventEmitter {
       const b = await be.get(k);
       if (b === null) {
         this.m.misses++;
-        this.emit('miss', { key: k });
+        this.note('miss', { key: k });
         return undefined;
       }
       this.m.hits++;
-      this.emit('hit', { key: k });
+      this.note('hit', { key: k });
       const v = this.decode(b) as T;
       await this.l1Set(k, v, fresh, seq);
       return v;
@@ -908,7 +915,7 @@ export class TagCache extends EventEmitter {
     try {
       const be = await this.be();
       const n = await be.invalidate(tenant, pattern, opts.soft ?? false);
-      this.emit('invalidate', { tenant, pattern, soft: opts.soft ?? false, count: n });
+      this.note('invalidate', { tenant, pattern, soft: opts.soft ?? false, count: n });
       return n;
     } catch (e) {
       this.fail('invalidate', e);
@@ -921,7 +928,7 @@ export class TagCache extends EventEmitter {
     try {
       const be = await this.be();
       const n = await be.invalidateTags(tags, opts.soft ?? false);
-      this.emit('invalidate', { tags, soft: opts.soft ?? false, count: n });
+      this.note('invalidate', { tags, soft: opts.soft ?? false, count: n });
       return n;
     } catch (e) {
       this.fail('invalidateTags', e);

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 const here = dirname(fileURLToPath(import.meta.url));
 export const MODULE = process.env.TAGCACHE_MODULE || resolve(here, '../../../target/debug/libtagcache.so');
 
-export const silent = { debug() {}, info() {}, warn() {}, error() {} };
+export const silent = { info() {}, warn() {}, error() {} }; // no debug: events are not formatted
 
 export function freePort() {
   return new Promise((res, rej) => {

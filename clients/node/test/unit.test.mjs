@@ -119,6 +119,17 @@ describe('with a real server', () => {
     await cache.close();
   });
 
+  test('S8.1 with a debug logger every event is a log line too', async () => {
+    const lines = [];
+    const cache = createCache({ redis: conn.client, prefix: 'dbg:', logger: { debug: (m) => lines.push(m) } });
+    await cache.getOrSet({ key: 'k', ttl: 10, factory: () => 1 });
+    await cache.getOrSet({ key: 'k', ttl: 10, factory: () => 1 });
+    await cache.invalidateTags(['nothing']);
+    assert.deepEqual(lines.map((l) => l.split(' ')[0]), ['miss', 'fill', 'hit', 'invalidate']);
+    assert.equal(lines[0], 'miss {"key":"dbg:k"}');
+    await cache.close();
+  });
+
   test('S8.1 the logger receives errors and circuit changes', async () => {
     const lines = [];
     const log = (lvl) => (m) => lines.push(`${lvl}: ${m}`);
