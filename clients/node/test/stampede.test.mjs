@@ -68,6 +68,38 @@ describe('stampede', () => {
     });
   }
 
+  for (const lib of ['ioredis', 'node-redis']) {
+    test(`S2.1 FILL never queues behind a parked wait: crossed leases between two instances complete at once (${lib})`, async () => {
+      // P holds A's lease and waits for B; Q holds B's lease and waits for A. Were a WAIT parked on
+      // the connection that carries the FILLs, both fills would queue behind the waits until
+      // maxWait (2 s) ran out.
+      const c1 = await makeClient(lib, server.url);
+      const c2 = await makeClient(lib, server.url);
+      const p = createCache({ redis: c1.client, logger: silent, prefix: `x-${lib}:`, maxWait: 2000 });
+      const q = createCache({ redis: c2.client, logger: silent, prefix: `x-${lib}:`, maxWait: 2000 });
+      try {
+        const calls = { A: 0, B: 0 };
+        const factory = (k) => async () => (calls[k]++, await sleep(100), `value-${k}`);
+        const t0 = Date.now();
+        const pa = p.getOrSet({ key: 'A', ttl: 60, factory: factory('A') });
+        const qb = q.getOrSet({ key: 'B', ttl: 60, factory: factory('B') });
+        await sleep(20); // both leases granted, factories running
+        const pb = p.getOrSet({ key: 'B', ttl: 60, factory: factory('B') });
+        const qa = q.getOrSet({ key: 'A', ttl: 60, factory: factory('A') });
+        assert.deepEqual(await Promise.all([pa, qb, pb, qa]), ['value-A', 'value-B', 'value-B', 'value-A']);
+        const took = Date.now() - t0;
+        assert.deepEqual(calls, { A: 1, B: 1 });
+        assert.ok(took < 1500, `took ${took} ms`);
+        assert.equal(p.metrics().fail_open + q.metrics().fail_open, 0);
+      } finally {
+        await p.close();
+        await q.close();
+        await c1.close();
+        await c2.close();
+      }
+    });
+  }
+
   async function crossProcess({ keys, callers, prefix }) {
     const libs = ['ioredis', 'node-redis', 'ioredis', 'node-redis'];
     const children = libs.map(() => fork(new URL('./fixtures/stampede-child.mjs', import.meta.url), { stdio: 'inherit' }));
