@@ -314,12 +314,12 @@ def test_s2_4_swr_serves_stale_and_refreshes_in_background(server: Server, prefi
         def slow() -> str:
             calls()
             started.set()
-            time.sleep(0.3)
+            time.sleep(1.0)
             return "v2"
 
         t0 = time.monotonic()
         assert c.get_or_set("k", slow, ttl=60, grace=30) == "v1"
-        assert time.monotonic() - t0 < 0.25  # not waiting for the 0.3 s refresh
+        assert time.monotonic() - t0 < 0.8  # not waiting for the 1 s refresh
         wait_until(lambda: c.get("k") == "v2", 10, "the background refresh")
         assert calls.n == 1
         assert c.metrics()["stale"] == 1
@@ -349,12 +349,12 @@ def test_s2_8_soft_timeout_serves_stale_and_fills_later(server: Server, prefix: 
         wait_until(lambda: server.client().exists(prefix + "k") == 0, 10, "expiry")
 
         def slow() -> str:
-            time.sleep(0.5)
+            time.sleep(1.0)
             return "new"
 
         t0 = time.monotonic()
         assert c.get_or_set("k", slow, ttl=60, timeout=0.05) == "old"
-        assert time.monotonic() - t0 < 0.4
+        assert time.monotonic() - t0 < 0.8
         wait_until(lambda: c.get("k") == "new", 10, "the late fill")
         assert c.metrics()["timeouts"] == 1
 
@@ -363,18 +363,19 @@ def test_s2_8_hard_timeout_abandons_and_raises(server: Server, prefix: str) -> N
     finished = threading.Event()
     with make(server, prefix) as c:
         def slow() -> str:
-            time.sleep(0.6)
+            time.sleep(1.0)
             finished.set()
             return "late"
 
         t0 = time.monotonic()
         with pytest.raises(CacheTimeoutError):
             c.get_or_set("k", slow, ttl=60, hard_timeout=0.1)
-        assert time.monotonic() - t0 < 0.5
-        # the lease is free: the next caller computes at once
+        assert time.monotonic() - t0 < 0.8
+        # the lease is free: the next caller computes at once (else it would wait out the
+        # 10 s lease)
         t1 = time.monotonic()
         assert c.get_or_set("k", lambda: "fast", ttl=60) == "fast"
-        assert time.monotonic() - t1 < 0.4
+        assert time.monotonic() - t1 < 0.8
         assert finished.wait(5)
         time.sleep(0.05)  # let the finished factory's thread return (it must not fill)
         assert c.get("k") == "fast"
@@ -629,12 +630,12 @@ def test_s2_4_async_swr_serves_stale_and_refreshes_in_a_task(server: Server, pre
 
             async def slow() -> str:
                 calls()
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(1.0)
                 return "v2"
 
             t0 = time.monotonic()
             assert await c.get_or_set("k", slow, ttl=60, grace=30) == "v1"
-            assert time.monotonic() - t0 < 0.25
+            assert time.monotonic() - t0 < 0.8
             for _ in range(500):
                 if await c.get("k") == "v2":
                     break

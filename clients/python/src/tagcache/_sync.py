@@ -675,6 +675,11 @@ class Cache:
         self._inflight = {}
         self._sf_lock = threading.Lock()
         self._wait_lock = threading.Lock()
+        # a lock held by another thread at fork time would stay held in the child
+        self._wait_slots = threading.BoundedSemaphore(max(1, self.wait_pool_size))
+        self._breaker._lock = threading.Lock()
+        self._metrics._lock = threading.Lock()
+        self._last._lock = threading.Lock()
         self._wait_client = None
         self._refresh_pool = cf.ThreadPoolExecutor(4, thread_name_prefix="tagcache-refresh")
 
