@@ -93,3 +93,31 @@ def test_s8_3_prometheus_label_escaping_and_merge() -> None:
     assert m == {"hits": 4, "misses": 1, "hit_ratio": 0.8, "keys": 3, "namespaces": {
         "a": {"hits": 4, "misses": 1, "keys": 2, "hit_ratio": 0.8},
         "b": {"hits": 0, "misses": 2, "keys": 0, "hit_ratio": 0.0}}}
+
+
+def test_s8_3_prometheus_text_reads_with_prometheus_client(module_server: Server) -> None:
+    """The official parser accepts the text, and a 3-line collector bridges it into a
+    prometheus_client registry (the package itself does not depend on prometheus_client)."""
+    import pytest
+
+    parser = pytest.importorskip("prometheus_client.parser")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    ten = "pc" + uuid.uuid4().hex[:8]
+    with Cache(module_server.url, ttl=60, tenant=ten) as c:
+        c.set("pc:1", 1)
+        c.get("pc:1")
+        text = c.prometheus()
+        families = {f.name: f for f in parser.text_string_to_metric_families(text)}
+        assert families["tagcache_keys"].type == "gauge"
+        tenant_hits = [s for s in families["tagcache_tenant_hits"].samples if s.labels == {"tenant": ten}]
+        assert [s.value for s in tenant_hits] == [1.0]
+
+        class TagcacheCollector:
+            def collect(self) -> Any:
+                yield from parser.text_string_to_metric_families(c.prometheus())
+
+        reg = CollectorRegistry()
+        reg.register(TagcacheCollector())  # type: ignore[arg-type]
+        out = generate_latest(reg).decode()
+        assert f'tagcache_tenant_keys{{tenant="{ten}"}} 1.0' in out
