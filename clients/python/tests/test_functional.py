@@ -671,3 +671,15 @@ def test_sync_cache_refuses_an_asyncio_client(module_server: Server) -> None:
             Cache(aredis.Redis(port=module_server.port))  # type: ignore[arg-type]
 
     asyncio.run(main())
+
+
+def test_resp3_clients_work_the_same(server: Server, prefix: str) -> None:
+    calls = Counter()
+    r3 = redis.Redis(host="127.0.0.1", port=server.port, protocol=3)
+    with Cache(r3, prefix=prefix, ttl=60) as c:
+        assert c.get_or_set("k", lambda: [calls(), b"\x00\xff".hex()]) == [1, "00ff"]
+        assert c.get_or_set("k", lambda: [calls()]) == [1, "00ff"]
+        assert c.set("b", b"\x00\xff", tags=[prefix + "t"]) and c.get("b") == b"\x00\xff"
+        assert c.invalidate_tags(prefix + "t") == 1
+        assert calls.n == 1 and c.mode == expected_mode(server)
+    r3.close()
