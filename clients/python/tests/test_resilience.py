@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pytest
 from redis import exceptions as rexc
@@ -219,3 +219,33 @@ def test_s4_async_kill_redis_mid_run_then_restart() -> None:
         asyncio.run(main())
     finally:
         s.cleanup()
+
+
+class NodeStyleLogger:
+    """debug/info/warn/error, as SPEC S8.1 names them (no ``warning``)."""
+
+    def __init__(self) -> None:
+        self.lines: List[Tuple[str, str]] = []
+
+    def debug(self, m: str) -> None:
+        self.lines.append(("debug", m))
+
+    def info(self, m: str) -> None:
+        self.lines.append(("info", m))
+
+    def warn(self, m: str) -> None:
+        self.lines.append(("warn", m))
+
+    def error(self, m: str) -> None:
+        self.lines.append(("error", m))
+
+
+def test_s8_1_logger_option_receives_errors_and_circuit_changes() -> None:
+    log = NodeStyleLogger()
+    c = Cache(down_url(), base_delay=0.001, breaker_threshold=2, breaker_cooldown=60, logger=log)
+    c.get("a")
+    c.get("b")
+    levels = [lvl for lvl, _ in log.lines]
+    assert levels.count("error") == 2 and levels.count("warn") == 1
+    assert any("circuit open" in m for lvl, m in log.lines if lvl == "warn")
+    c.close()

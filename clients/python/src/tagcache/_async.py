@@ -155,7 +155,7 @@ class AsyncCache:
         self._tracker: Optional[Tracker] = None
         if self._l1 is not None:
             if self.is_cluster:
-                self._events.logger.warning("tagcache: L1 is not supported on a cluster; disabled")
+                self._events.log("warning", "tagcache: L1 is not supported on a cluster; disabled")
                 self._l1 = None
             else:
                 import redis as sync_redis
@@ -172,7 +172,7 @@ class AsyncCache:
                 else:
                     cls = sync_redis.Connection
                 self._tracker = Tracker(self._l1, lambda: cls(socket_timeout=5, retry=no_retry(), protocol=2, **kw),
-                                        prefix, self._events.logger)
+                                        prefix, self._events.log)
                 self._tracker.start()
         if tenant is not None:
             self._tenants_seen[tenant] = None
@@ -305,7 +305,8 @@ class AsyncCache:
             mode = "fallback"
         if mode == "fallback" and not self._warned_fallback:
             self._warned_fallback = True
-            self._events.logger.warning(
+            self._events.log(
+                "warning",
                 "tagcache: the tagcache module is not loaded on this server; running in fallback "
                 "mode (SET PX values, SET NX lock + polling, tag sets, SCAN invalidation). Lost: "
                 "parked waiters, fenced fills, an exact tag index, O(matches) invalidation, "
@@ -647,7 +648,7 @@ class AsyncCache:
             try:
                 await self._produce(fkey, factory, bo, stale, token, mode)
             except Exception as e:
-                self._events.logger.info("tagcache: background refresh of %r failed: %s", fkey, e)
+                self._events.log("info", "tagcache: background refresh of %r failed: %s", fkey, e)
 
         self._spawn(run())
 

@@ -355,16 +355,26 @@ class Emitter:
         if handler in hs:
             hs.remove(handler)
 
-    def emit(self, event: str, data: Any) -> None:
+    def log(self, level: str, msg: str, *args: Any) -> None:
+        """``level`` is debug, info, warning or error; a logger with ``warn`` instead of
+        ``warning`` (the Node-style shape the spec names) works too. Never raises."""
+        fn = getattr(self.logger, level, None)
+        if fn is None and level == "warning":
+            fn = getattr(self.logger, "warn", None)
+        if fn is None:
+            return
         try:
-            if event == "error":
-                self.logger.error("tagcache: %s", data)
-            elif event in ("circuit_open", "circuit_close"):
-                self.logger.warning("tagcache: %s", event.replace("_", " "))
-            else:
-                self.logger.debug("tagcache: %s %s", event, data)
+            fn(msg % args if args else msg)
         except Exception:  # a broken logger must not break the cache
             pass
+
+    def emit(self, event: str, data: Any) -> None:
+        if event == "error":
+            self.log("error", "tagcache: %s", data)
+        elif event in ("circuit_open", "circuit_close"):
+            self.log("warning", "tagcache: %s", event.replace("_", " "))
+        else:
+            self.log("debug", "tagcache: %s %s", event, data)
         for h in list(self._handlers.get(event, ())):
             try:
                 h(data)

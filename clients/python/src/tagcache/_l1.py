@@ -86,12 +86,12 @@ class L1:
 class Tracker(threading.Thread):
     """Keeps ``l1`` coherent; reconnects with backoff; stops with ``stop()``."""
 
-    def __init__(self, l1: L1, connect: Callable[[], Any], prefix: str, logger: Any) -> None:
+    def __init__(self, l1: L1, connect: Callable[[], Any], prefix: str, log: Callable[..., None]) -> None:
         super().__init__(name="tagcache-l1-tracking", daemon=True)
         self.l1 = l1
         self.connect = connect
         self.prefix = prefix
-        self.logger = logger
+        self.log = log
         self._stop_ev = threading.Event()
         self.connections = 0  # successful (re)connections, for tests and metrics
         self.sub_client_id: Optional[int] = None
@@ -132,10 +132,7 @@ class Tracker(threading.Thread):
                         last_ping = time.monotonic()
             except Exception as e:  # noqa: BLE001 - any trouble: L1 is no longer coherent
                 if not self._stop_ev.is_set():
-                    try:
-                        self.logger.info("tagcache: L1 tracking connection lost (%s); L1 cleared", e)
-                    except Exception:
-                        pass
+                    self.log("info", "tagcache: L1 tracking connection lost (%s); L1 cleared", e)
             finally:
                 self.l1.coherent = False
                 self.l1.clear()

@@ -249,7 +249,7 @@ class Cache:
         self._tracker: Optional[Tracker] = None
         if self._l1 is not None:
             if self.is_cluster:
-                self._events.logger.warning("tagcache: L1 is not supported on a cluster; disabled")
+                self._events.log("warning", "tagcache: L1 is not supported on a cluster; disabled")
                 self._l1 = None
             else:
                 pool = self._cmd.connection_pool
@@ -257,7 +257,7 @@ class Cache:
                 kw.pop("protocol", None)
                 cls = pool.connection_class
                 self._tracker_connect = lambda: cls(socket_timeout=5, retry=no_retry(), protocol=2, **kw)
-                self._tracker = Tracker(self._l1, self._tracker_connect, prefix, self._events.logger)
+                self._tracker = Tracker(self._l1, self._tracker_connect, prefix, self._events.log)
                 self._tracker.start()
         if tenant is not None:
             self._tenants_seen[tenant] = None
@@ -386,7 +386,8 @@ class Cache:
             mode = "fallback"
         if mode == "fallback" and not self._warned_fallback:
             self._warned_fallback = True
-            self._events.logger.warning(
+            self._events.log(
+                "warning",
                 "tagcache: the tagcache module is not loaded on this server; running in fallback "
                 "mode (SET PX values, SET NX lock + polling, tag sets, SCAN invalidation). Lost: "
                 "parked waiters, fenced fills, an exact tag index, O(matches) invalidation, "
@@ -670,7 +671,7 @@ class Cache:
         self._pid = os.getpid()
         if self._l1 is not None and self._tracker is not None:  # the tracking thread stayed behind
             self._l1 = L1(self._l1.max_entries, self._l1.ttl)
-            self._tracker = Tracker(self._l1, self._tracker_connect, self.prefix, self._events.logger)
+            self._tracker = Tracker(self._l1, self._tracker_connect, self.prefix, self._events.log)
             self._tracker.start()
         self._inflight = {}
         self._sf_lock = threading.Lock()
@@ -760,7 +761,7 @@ class Cache:
             try:
                 self._produce(fkey, factory, bo, stale, token, mode)
             except Exception as e:
-                self._events.logger.info("tagcache: background refresh of %r failed: %s", fkey, e)
+                self._events.log("info", "tagcache: background refresh of %r failed: %s", fkey, e)
 
         try:
             self._refresh_pool.submit(contextvars.copy_context().run, run)
