@@ -59,8 +59,9 @@ test: lint build ## Everything: clippy, module tests, Node and Python packages; 
 	  bash scripts/total.sh target/test-rust.log target/test-node.log target/test-python.log; \
 	  exit $$status
 
-bench: release ## Benchmarks: ratios against native commands, measured side by side
-	$(CARGO) run --release --example bench -- $(BENCH_ARGS)
+bench: release ## Benchmarks: ratios against native commands, measured side by side (servers on core 0, client on core 1)
+	$(CARGO) build --release --example bench
+	TAGCACHE_MODULE=$(CURDIR)/$(RELEASE_SO) TAGCACHE_SERVER_CPUS=0 taskset -c 1 target/release/examples/bench $(BENCH_ARGS)
 
 clean: ## Remove build output (and the packages' installed dependencies)
 	$(CARGO) clean

@@ -2,11 +2,12 @@
 //! side in one run on one server, printed as ratios (absolute times drift on a shared machine;
 //! ratios hold). Server-side costs come from INFO commandstats (µs per call).
 //!
-//! Options: `--quick` (smaller sizes, for a smoke run), `--only NAME` (one row: get, set,
-//! invalidate, stampede).
+//! Options: `--quick` (smaller sizes, for a smoke run), `--only NAME` (one group: engine, get,
+//! set, invalidate, stampede).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod engine;
 
 use common::Server;
 use redis::Connection;
@@ -36,6 +37,9 @@ fn main() {
     println!("module: {}", std::env::var("TAGCACHE_MODULE").unwrap_or_default());
     println!();
     let want = |name: &str| opts.only.as_deref().is_none_or(|o| o == name);
+    if want("engine") {
+        engine::rows(opts.quick);
+    }
     if want("get") || want("set") {
         per_call_rows(&opts, want("get"), want("set"));
     }
@@ -135,9 +139,22 @@ fn row(name: &str, native: f64, module: f64) {
     println!("{name:<46} {native:>10.2} {module:>12.2} {:>7.2}x", module / native);
 }
 
-/// CACHE.INVALIDATE of one tenant's keys among many entries vs SCAN MATCH + UNLINK from a client.
+/// CACHE.INVALIDATE of one tenant's keys among N and 2N entries vs SCAN MATCH + UNLINK.
 fn invalidate_row(opts: &Opts) {
     let total: usize = if opts.quick { 100_000 } else { 1_000_000 };
+    let at_n = invalidate_among(total);
+    let at_2n = invalidate_among(2 * total);
+    println!(
+        "{:<46} {:>10.2}x  (target <= 1.3x from {total} to {} entries)",
+        "INVALIDATE cost growth when the keyspace doubles",
+        at_2n / at_n,
+        2 * total
+    );
+    println!();
+}
+
+/// Returns CACHE.INVALIDATE's median ms.
+fn invalidate_among(total: usize) -> f64 {
     let tenant_keys = 1000;
     let server = Server::start();
     let mut c = server.conn();
@@ -183,11 +200,11 @@ fn invalidate_row(opts: &Opts) {
     let (scan_ms, inval_ms) = (median(&mut scan_times), median(&mut inval_times));
     println!("{:<46} {:>10} {:>12} {:>8}", "row", "SCAN ms", "tagcache ms", "speedup");
     println!(
-        "{:<46} {scan_ms:>10.1} {inval_ms:>12.2} {:>7.0}x",
+        "{:<46} {scan_ms:>10.1} {inval_ms:>12.2} {:>7.0}x  (target >= 1000x)",
         "INVALIDATE t0 fmpa:list:* vs SCAN MATCH+UNLINK",
         scan_ms / inval_ms
     );
-    println!();
+    inval_ms
 }
 
 fn scan_unlink(c: &mut Connection, pattern: &str) -> usize {

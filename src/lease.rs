@@ -57,7 +57,8 @@ pub struct Leases {
     released: HashSet<u64>,
     random: u64,
     seq: u64,
-    tag_fences: HashMap<Vec<u8>, Vec<Fence>>,
+    /// Per (database, tag): INVALIDATETAGS acts on the selected database only.
+    tag_fences: HashMap<(i32, Vec<u8>), Vec<Fence>>,
     /// Prune the fences once there are more than this many tags fenced (doubles after a prune
     /// that kept many, so pruning stays amortized O(1) per fence).
     prune_fences_over: usize,
@@ -211,7 +212,7 @@ impl Leases {
         // Read the fences before the removal, which may prune them.
         let fences: Vec<Fence> = tags
             .iter()
-            .filter_map(|t| self.tag_fences.get(t))
+            .filter_map(|t| self.tag_fences.get(&(db, t.clone())))
             .flatten()
             .filter(|f| f.seq > granted_seq)
             .cloned()
@@ -254,9 +255,9 @@ impl Leases {
             .collect()
     }
 
-    /// Records an invalidation of `tags` by `user` (None: applies to every key): later FILLs
-    /// carrying one of them with an older lease are refused where the fence applies.
-    pub fn invalidate_tags(&mut self, tags: &[Vec<u8>], user: Option<&[u8]>) {
+    /// Records an invalidation of `tags` in `db` by `user` (None: applies to every key): later
+    /// FILLs in `db` carrying one of them with an older lease are refused where the fence applies.
+    pub fn invalidate_tags(&mut self, db: i32, tags: &[Vec<u8>], user: Option<&[u8]>) {
         self.seq = self.seq.wrapping_add(1);
         if self.count == 0 {
             // No lease can predate this call: nothing to remember.
@@ -264,7 +265,7 @@ impl Leases {
         }
         let fence = Fence { seq: self.seq, user: user.map(<[u8]>::to_vec) };
         for t in tags {
-            let fences = self.tag_fences.entry(t.clone()).or_default();
+            let fences = self.tag_fences.entry((db, t.clone())).or_default();
             // One fence per (tag, user): the newest covers every older lease the older one did.
             fences.retain(|f| f.user != fence.user);
             fences.push(fence.clone());
@@ -466,14 +467,14 @@ mod tests {
     #[test]
     fn tag_fences_set_after_the_grant_are_returned_with_their_user() {
         let mut l = Leases::default();
-        l.invalidate_tags(&tags(&["a"]), None); // before any lease: forgotten
+        l.invalidate_tags(0, &tags(&["a"]), None); // before any lease: forgotten
         let t = l.grant(0, b"k", 0, 1000, b"t").unwrap();
         let (lease, fences) = l.take_for_fill(0, b"k", &t, &tags(&["a"]), 1).unwrap();
         assert_eq!((lease.token, lease.granted_at_ms, fences.len()), (t, 0, 0));
         let t = l.grant(0, b"k", 2, 1000, b"t").unwrap();
-        l.invalidate_tags(&tags(&["b"]), Some(b"alice"));
-        l.invalidate_tags(&tags(&["b"]), Some(b"alice"));
-        l.invalidate_tags(&tags(&["c"]), None);
+        l.invalidate_tags(0, &tags(&["b"]), Some(b"alice"));
+        l.invalidate_tags(0, &tags(&["b"]), Some(b"alice"));
+        l.invalidate_tags(0, &tags(&["c"]), None);
         let (_, fences) = l.take_for_fill(0, b"k", &t, &tags(&["a", "b"]), 3).unwrap();
         assert_eq!(fences, vec![Fence { seq: 3, user: Some(b"alice".to_vec()) }], "one per (tag, user), newest");
         assert_eq!(l.remembered_tags(), 0, "no lease left: nothing remembered");
@@ -483,7 +484,7 @@ mod tests {
     fn lease_granted_after_tag_invalidation_may_fill() {
         let mut l = Leases::default();
         let _other = l.grant(0, b"other", 0, 1000, b"t").unwrap();
-        l.invalidate_tags(&tags(&["a"]), None);
+        l.invalidate_tags(0, &tags(&["a"]), None);
         let t = l.grant(0, b"k", 1, 1000, b"t").unwrap();
         assert!(l.take_for_fill(0, b"k", &t, &tags(&["a"]), 2).unwrap().1.is_empty());
     }
@@ -546,7 +547,7 @@ mod tests {
         // Fences stay bounded while old leases live, and vanish with the last lease.
         let _old = l.grant(0, b"old", 0, 1_000_000, b"t").unwrap();
         for i in 0..5000 {
-            l.invalidate_tags(&[format!("tag{i}").into_bytes()], None);
+            l.invalidate_tags(0, &[format!("tag{i}").into_bytes()], None);
         }
         assert!(l.remembered_tags() <= 5000);
         l.release_dbs(None);

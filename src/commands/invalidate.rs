@@ -110,7 +110,7 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     // The fence on in-flight fills carries the caller: it refuses only fills of keys that user
     // may write.
     let user = engine::current_user(ctx);
-    with_state(|s| s.leases.invalidate_tags(&tags, user.as_deref()));
+    with_state(|s| s.leases.invalidate_tags(db, &tags, user.as_deref()));
     let count = apply(ctx, db, &keys, soft);
     with_state(|s| s.stats.record_invalidation(None));
     log_if_large(ctx, count, started, || {

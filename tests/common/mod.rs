@@ -102,7 +102,16 @@ impl Server {
             args.extend(["--loadmodule".to_string(), module.display().to_string()]);
         }
         args.extend(extra.iter().cloned());
-        let child = Command::new("redis-server")
+        // Benchmarks pin servers to a core (`TAGCACHE_SERVER_CPUS=0`) and the client to another.
+        let mut command = match std::env::var("TAGCACHE_SERVER_CPUS") {
+            Ok(cpus) if !cpus.is_empty() => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpus, "redis-server"]);
+                c
+            }
+            _ => Command::new("redis-server"),
+        };
+        let child = command
             .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -231,12 +240,23 @@ impl Server {
         }
     }
 
-    /// Waits until `replica` has processed everything written to this primary so far.
+    /// Waits until `replica` has processed everything written to this primary so far. (WAIT
+    /// on a fresh connection would return at once: it waits for that connection's own writes.)
     pub fn wait_replicated(&self, replica: &Server) {
-        let mut c = self.conn();
-        let acked: i64 = redis::cmd("WAIT").arg(1).arg(5000).query(&mut c).expect("WAIT");
-        assert_eq!(acked, 1, "replica did not acknowledge");
-        let _ = replica;
+        let offset = |c: &mut redis::Connection, field: &str| -> i64 {
+            let info: String = redis::cmd("INFO").arg("replication").query(c).unwrap_or_default();
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(-1)
+        };
+        let target = offset(&mut self.conn(), "master_repl_offset");
+        let mut r = replica.conn();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while offset(&mut r, "slave_repl_offset") < target {
+            assert!(Instant::now() < deadline, "replica did not catch up:\n{}", replica.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -1,0 +1,243 @@
+//! The engine table (issue 9): tagcache against the userland it replaces, each row measured side
+//! by side in one run. Two servers (both with the module loaded, pinned together when
+//! `TAGCACHE_SERVER_CPUS` is set) receive alternating pipelined batches — the module side on
+//! one, the userland side on the other — so machine noise hits both alike. Cost is each server's
+//! main-thread CPU (INFO cpu) per logical operation; memory is `used_memory` growth per entry.
+
+use crate::common::Server;
+use redis::{Connection, Pipeline};
+use std::time::Instant;
+
+/// One printed row: what, the module side, the userland side, their ratio and the target.
+struct Row<'a> {
+    name: &'a str,
+    unit: &'a str,
+    module: f64,
+    native: f64,
+    target: &'a str,
+}
+
+fn print_header() {
+    println!("{:<58} {:>11} {:>11} {:>8}  target", "row", "tagcache", "userland", "ratio");
+}
+
+fn print(row: &Row) {
+    println!(
+        "{:<58} {:>8.2} {:<2} {:>8.2} {:<2} {:>7.2}x  {}",
+        row.name,
+        row.module,
+        row.unit,
+        row.native,
+        row.unit,
+        row.module / row.native,
+        row.target
+    );
+}
+
+fn info_field(c: &mut Connection, section: &str, field: &str) -> f64 {
+    let info: String = redis::cmd("INFO").arg(section).query(c).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Main-thread CPU seconds (user + sys) of a server.
+fn cpu(c: &mut Connection) -> f64 {
+    info_field(c, "cpu", "used_cpu_user_main_thread") + info_field(c, "cpu", "used_cpu_sys_main_thread")
+}
+
+fn used_memory(c: &mut Connection) -> f64 {
+    info_field(c, "memory", "used_memory")
+}
+
+/// The key, value and tags of entry `i` (issue 9's shapes).
+fn key(r: usize, i: usize) -> String {
+    format!("c:{r}:{{t{}}}:{i:08}", i % 1000)
+}
+
+const VALUE: [u8; 32] = [b'v'; 32];
+
+fn tags(i: usize) -> [String; 3] {
+    [format!("item:{i}"), format!("cat:{}", i % 100), "all".to_string()]
+}
+
+fn module_set(p: &mut Pipeline, r: usize, i: usize) {
+    let [a, b, c] = tags(i);
+    p.cmd("CACHE.SET").arg(key(r, i)).arg(&VALUE[..]).arg("PX").arg(3_600_000).arg("TAGS").arg(3).arg(a).arg(b).arg(c).ignore();
+}
+
+/// What a hand-written cache does for the same write: SET PX plus one SADD per tag set.
+fn userland_set(p: &mut Pipeline, r: usize, i: usize) {
+    let k = key(r, i);
+    p.cmd("SET").arg(&k).arg(&VALUE[..]).arg("PX").arg(3_600_000).ignore();
+    for t in tags(i) {
+        p.cmd("SADD").arg(format!("tag:{t}")).arg(&k).ignore();
+    }
+}
+
+/// Sends `n` logical operations to each side in alternating batches; returns the main-thread
+/// CPU µs per operation of (module side, userland side).
+fn alternate(
+    m: &mut Connection,
+    u: &mut Connection,
+    n: usize,
+    module: &dyn Fn(&mut Pipeline, usize),
+    userland: &dyn Fn(&mut Pipeline, usize),
+) -> (f64, f64) {
+    const BATCH: usize = 500;
+    let (mut m_cpu, mut u_cpu) = (0.0, 0.0);
+    for start in (0..n).step_by(BATCH) {
+        for (conn, build, total) in [(&mut *m, module, &mut m_cpu), (&mut *u, userland, &mut u_cpu)] {
+            let mut p = redis::pipe();
+            for i in start..(start + BATCH).min(n) {
+                build(&mut p, i);
+            }
+            let before = cpu(conn);
+            let _: () = p.query(conn).expect("pipeline");
+            *total += cpu(conn) - before;
+        }
+    }
+    let per = |s: f64| s * 1e6 / n as f64;
+    (per(m_cpu), per(u_cpu))
+}
+
+pub fn rows(quick: bool) {
+    let n = if quick { 20_000 } else { 200_000 };
+    println!("Engine table: {n} operations per side, pipelined 500, CPU = server main thread (INFO cpu) per operation");
+    print_header();
+    write_and_read_rows(n);
+    lease_rows(if quick { 20_000 } else { 100_000 });
+    restart_row(if quick { 100_000 } else { 1_000_000 });
+    println!();
+}
+
+fn write_and_read_rows(n: usize) {
+    let (ms, us) = (Server::start(), Server::start());
+    let (mut m, mut u) = (ms.conn(), us.conn());
+    let (m0, u0) = (used_memory(&mut m), used_memory(&mut u));
+    let (m_cpu, u_cpu) = alternate(&mut m, &mut u, n, &|p, i| module_set(p, 0, i), &|p, i| userland_set(p, 0, i));
+    let per_entry = |c: &mut Connection, base: f64| (used_memory(c) - base) / n as f64;
+    let (m_mem, u_mem) = (per_entry(&mut m, m0), per_entry(&mut u, u0));
+    print(&Row { name: "memory per entry: CACHE.SET 32 B + 3 tags vs SET PX + 3 SADD", unit: "B", module: m_mem, native: u_mem, target: "<= 0.8x" });
+    print(&Row { name: "CPU: CACHE.SET + 3 tags vs SET PX + 3 SADD", unit: "us", module: m_cpu, native: u_cpu, target: "<= 0.5x" });
+    let get = |p: &mut Pipeline, i: usize| {
+        p.cmd("GET").arg(key(0, i % n));
+    };
+    let (m_cpu, u_cpu) = alternate(&mut m, &mut u, n, &|p, i| {
+        p.cmd("CACHE.GET").arg(key(0, i % n));
+    }, &get);
+    print(&Row { name: "CPU: CACHE.GET hit vs GET hit", unit: "us", module: m_cpu, native: u_cpu, target: "<= 1.25x" });
+    let (m_cpu, u_cpu) = alternate(&mut m, &mut u, n, &|p, i| {
+        p.cmd("CACHE.GETORMARK").arg(key(0, i % n));
+    }, &get);
+    print(&Row { name: "CPU: CACHE.GETORMARK hit vs GET hit", unit: "us", module: m_cpu, native: u_cpu, target: "<= 1.35x" });
+}
+
+/// Grants `n` leases on distinct missing keys (tagged fills will follow), returning the tokens.
+fn grant(c: &mut Connection, prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    let mut tokens = Vec::with_capacity(n);
+    for start in (0..n).step_by(1000) {
+        let mut p = redis::pipe();
+        for i in start..(start + 1000).min(n) {
+            p.cmd("CACHE.GETORMARK").arg(format!("{prefix}:{{t{}}}:{i}", i % 1000)).arg("LEASE").arg(3_600_000);
+        }
+        let replies: Vec<(String, Vec<u8>)> = p.query(c).expect("getormark");
+        tokens.extend(replies.into_iter().map(|(_, t)| t));
+    }
+    tokens
+}
+
+fn usec_per_call(c: &mut Connection, command: &str) -> f64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(c).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:")))
+        .and_then(|f| f.split(',').find_map(|x| x.strip_prefix("usec_per_call=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// FILL and one-key INVALIDATE cost with many outstanding leases (a cold-start burst) vs few.
+fn lease_rows(many: usize) {
+    let few = 5_000;
+    let measured = 2_000;
+    let (big, small) = (Server::start(), Server::start());
+    let (mut b, mut s) = (big.conn(), small.conn());
+    grant(&mut b, "idle", many);
+    grant(&mut s, "idle", few);
+    // A tag invalidation leaves fences that every FILL must check.
+    for c in [&mut b, &mut s] {
+        let _: i64 = redis::cmd("CACHE.INVALIDATETAGS").arg(1).arg("all").query(c).expect("fence");
+    }
+    let (tb, ts) = (grant(&mut b, "fill", measured), grant(&mut s, "fill", measured));
+    for (c, tokens) in [(&mut b, &tb), (&mut s, &ts)] {
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(c).expect("resetstat");
+        let mut p = redis::pipe();
+        for (i, t) in tokens.iter().enumerate() {
+            p.cmd("CACHE.FILL").arg(format!("fill:{{t{}}}:{i}", i % 1000)).arg(&t[..]).arg(&VALUE[..]).arg("TAGS").arg(2).arg("all").arg(format!("cat:{}", i % 100)).ignore();
+        }
+        let _: () = p.query(c).expect("fill");
+    }
+    print(&Row {
+        name: &format!("CACHE.FILL with {many} outstanding leases vs {few}"),
+        unit: "us",
+        module: usec_per_call(&mut b, "cache.fill"),
+        native: usec_per_call(&mut s, "cache.fill"),
+        target: "<= 1.5x",
+    });
+    let (empty, mut e) = {
+        let server = Server::start();
+        let conn = server.conn();
+        (server, conn)
+    };
+    for c in [&mut b, &mut e] {
+        for i in 0..measured {
+            let _: () = redis::cmd("CACHE.SET").arg(format!("one:{{t{}}}:{i}", i % 1000)).arg("v").query(c).expect("set");
+        }
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(c).expect("resetstat");
+        let mut p = redis::pipe();
+        for i in 0..measured {
+            p.cmd("CACHE.INVALIDATE").arg(format!("t{}", i % 1000)).arg(format!("one:{{t{}}}:{i}", i % 1000)).ignore();
+        }
+        let _: () = p.query(c).expect("invalidate");
+    }
+    print(&Row {
+        name: &format!("one-key CACHE.INVALIDATE with {many} outstanding leases vs none"),
+        unit: "us",
+        module: usec_per_call(&mut b, "cache.invalidate"),
+        native: usec_per_call(&mut e, "cache.invalidate"),
+        target: "<= 1.5x",
+    });
+    drop(empty);
+}
+
+/// Restart cost: DEBUG RELOAD NOSAVE (flush, RDB load, index rebuild) of `n` tagged entries vs
+/// the same data as strings plus tag sets.
+fn restart_row(n: usize) {
+    let (ms, us) = (Server::start(), Server::start());
+    let (mut m, mut u) = (ms.conn(), us.conn());
+    for start in (0..n).step_by(10_000) {
+        let mut pm = redis::pipe();
+        let mut pu = redis::pipe();
+        for i in start..(start + 10_000).min(n) {
+            module_set(&mut pm, 0, i);
+            userland_set(&mut pu, 0, i);
+        }
+        let _: () = pm.query(&mut m).expect("populate");
+        let _: () = pu.query(&mut u).expect("populate");
+    }
+    let reload = |c: &mut Connection| {
+        let _: () = redis::cmd("SAVE").query(c).expect("save");
+        let t = Instant::now();
+        let _: () = redis::cmd("DEBUG").arg("RELOAD").arg("NOSAVE").query(c).expect("reload");
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    let (m_ms, u_ms) = (reload(&mut m), reload(&mut u));
+    print(&Row {
+        name: &format!("restart: RDB load + index rebuild, {n} tagged entries"),
+        unit: "ms",
+        module: m_ms,
+        native: u_ms,
+        target: "<= 1.0x",
+    });
+}
