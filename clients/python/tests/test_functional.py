@@ -683,3 +683,22 @@ def test_resp3_clients_work_the_same(server: Server, prefix: str) -> None:
         assert c.invalidate_tags(prefix + "t") == 1
         assert calls.n == 1 and c.mode == expected_mode(server)
     r3.close()
+
+
+def test_s2_2_a_factory_asking_for_its_own_key_does_not_deadlock(server: Server, prefix: str) -> None:
+    with make(server, prefix, ttl=60) as c:
+        def outer() -> str:
+            # the lease is ours: the inner call waits out its 0.3 s deadline, then fails open
+            return "outer+" + c.get_or_set("k", lambda: "inner", timeout=0.3)
+
+        assert c.get_or_set("k", outer) == "outer+inner"
+        assert c.get("k") == "outer+inner"
+
+    async def main() -> None:
+        async with AsyncCache(server.url, prefix=prefix, ttl=60) as ac:
+            async def aouter() -> str:
+                return "outer+" + await ac.get_or_set("ak", lambda: "inner", timeout=0.3)
+
+            assert await asyncio.wait_for(ac.get_or_set("ak", aouter), 10) == "outer+inner"
+
+    asyncio.run(main())

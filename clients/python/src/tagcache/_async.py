@@ -550,6 +550,8 @@ class AsyncCache:
         if not self.single_flight:
             return await self._lead(fkey, factory, o)
         fut = self._inflight.get(fkey)
+        if fut is not None and getattr(fut, "leader", None) is asyncio.current_task():
+            return await self._lead(fkey, factory, o)  # the factory asks for its own key
         while fut is not None:
             try:
                 return await asyncio.shield(fut)
@@ -559,6 +561,7 @@ class AsyncCache:
                 # the leader was cancelled (e.g. its request went away): lead or follow anew
                 fut = self._inflight.get(fkey)
         fut = asyncio.get_running_loop().create_future()
+        fut.leader = asyncio.current_task()  # type: ignore[attr-defined]
         self._inflight[fkey] = fut
         try:
             value = await self._lead(fkey, factory, o)

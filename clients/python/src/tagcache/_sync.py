@@ -643,14 +643,18 @@ class Cache:
         )
         if not self.single_flight:
             return self._lead(fkey, factory, o)
+        me = threading.get_ident()
         with self._sf_lock:
             fut = self._inflight.get(fkey)
             leader = fut is None
             if leader:
                 fut = cf.Future()
+                fut.leader = me  # type: ignore[attr-defined]
                 self._inflight[fkey] = fut
         assert fut is not None
         if not leader:
+            if getattr(fut, "leader", None) == me:  # the factory asks for its own key: no self-wait
+                return self._lead(fkey, factory, o)
             return fut.result()
         try:
             value = self._lead(fkey, factory, o)
