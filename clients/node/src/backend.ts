@@ -67,19 +67,21 @@ function writeArgs(w: WriteOpts): Arg[] {
 
 export function parseMark(reply: unknown): Mark {
   if (!Array.isArray(reply) || reply.length === 0) throw new Error(`unexpected GETORMARK reply: ${String(reply)}`);
-  const kind = str(reply[0]);
+  const k0: unknown = reply[0];
+  // The kind's first letter is enough (H, M, S, B): no decoding on the hot path.
+  const c = Buffer.isBuffer(k0) ? k0[0] : typeof k0 === 'string' ? k0.charCodeAt(0) : 0;
   const buf = (v: unknown): Buffer => (Buffer.isBuffer(v) ? v : Buffer.from(String(v)));
-  switch (kind) {
-    case 'HIT':
+  switch (c) {
+    case 72: // HIT
       return { kind: 'HIT', value: buf(reply[1]) };
-    case 'MISS':
+    case 77: // MISS
       return { kind: 'MISS', token: buf(reply[1]) };
-    case 'STALE':
+    case 83: // STALE
       return { kind: 'STALE', value: buf(reply[1]), token: reply.length > 2 && reply[2] != null ? buf(reply[2]) : undefined };
-    case 'BUSY':
+    case 66: // BUSY
       return { kind: 'BUSY', ms: Number(str(reply[1])) };
     default:
-      throw new Error(`unexpected GETORMARK reply kind: ${kind}`);
+      throw new Error(`unexpected GETORMARK reply kind: ${str(k0)}`);
   }
 }
 

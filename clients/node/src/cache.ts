@@ -161,32 +161,42 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 /**
- * Command timeouts without one timer per command: pending commands sit in a set that one unref'd
- * interval sweeps (resolution: a tenth of the timeout, at least 5 ms).
+ * Command timeouts without one timer per command. Every command has the same timeout, so deadlines
+ * arrive in order: a FIFO queue that one unref'd interval sweeps from the head (resolution: a
+ * tenth of the timeout, at least 5 ms). Settled entries are only flagged, never searched for.
  */
+interface Deadline {
+  at: number;
+  done: boolean;
+  reject: (e: Error) => void;
+}
+
 class Deadlines {
-  private pending = new Set<{ at: number; fail: () => void }>();
+  private q: Deadline[] = [];
+  private head = 0;
   private timer: NodeJS.Timeout | undefined;
   constructor(private readonly ms: number) {}
 
   /** Settles with `p`, or rejects after the timeout; `ok` runs on success before resolving. */
   run<T>(p: Promise<T>, ok?: () => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const entry = { at: Date.now() + this.ms, fail: () => reject(new Error(`Redis command timed out after ${this.ms} ms`)) };
-      this.pending.add(entry);
+      const e: Deadline = { at: Date.now() + this.ms, done: false, reject };
+      this.q.push(e);
       if (!this.timer) {
         this.timer = setInterval(() => this.sweep(), Math.max(5, Math.floor(this.ms / 10)));
         this.timer.unref();
       }
       p.then(
         (v) => {
-          this.pending.delete(entry);
+          if (e.done) return;
+          e.done = true;
           ok?.();
           resolve(v);
         },
-        (e: unknown) => {
-          this.pending.delete(entry);
-          reject(e);
+        (err: unknown) => {
+          if (e.done) return;
+          e.done = true;
+          reject(err);
         },
       );
     });
@@ -194,13 +204,20 @@ class Deadlines {
 
   private sweep(): void {
     const now = Date.now();
-    for (const e of this.pending) {
-      if (e.at <= now) {
-        this.pending.delete(e);
-        e.fail();
+    const q = this.q;
+    let h = this.head;
+    while (h < q.length) {
+      const e = q[h] as Deadline;
+      if (!e.done) {
+        if (e.at > now) break;
+        e.done = true;
+        e.reject(new Error(`Redis command timed out after ${this.ms} ms`));
       }
+      h++;
     }
-    if (this.pending.size === 0 && this.timer) {
+    this.q = h > 0 ? q.slice(h) : q;
+    this.head = 0;
+    if (this.q.length === 0 && this.timer) {
       clearInterval(this.timer);
       this.timer = undefined;
     }
@@ -613,31 +630,45 @@ export class TagCache extends EventEmitter {
     }
     const running = this.inflight.get(key);
     if (running) return running as Promise<T>;
+    // getOrSetRemote removes the entry when it settles (before its callers resume)
     const p = this.getOrSetRemote(key, opts);
     this.inflight.set(key, p);
-    const done = (): void => {
-      if (this.inflight.get(key) === p) this.inflight.delete(key);
-    };
-    p.then(done, done);
     return p;
   }
 
   private getOrSetRemote<T>(key: string, opts: GetOrSetOptions<T>): Promise<T> {
     const be = this.backend;
-    if (!this.initialized || !be) return this.ready.then(() => (this.backend ? this.getOrSetRemote(key, opts) : this.failOpen(key, opts, 'not connected')));
+    if (!this.initialized || !be) {
+      return this.ready.then(() => {
+        if (this.backend) return this.getOrSetRemote(key, opts);
+        this.inflight.delete(key);
+        return this.failOpen(key, opts, 'not connected');
+      });
+    }
     const seq = this.invalidationSeq;
     const fresh = this.freshFor(be, key);
     // Hot path (a HIT without L1) resolves in one `then`; everything else goes to `settle`.
     return be.getOrMark(key, this.o.leaseMs).then(
       (mark) => {
         if (mark.kind === 'HIT' && !fresh) {
+          this.inflight.delete(key);
           this.m.hits++;
           this.note('hit', { key });
           return this.decode(mark.value) as T;
         }
-        return this.settle(key, opts, mark, fresh, seq);
+        return this.settle(key, opts, mark, fresh, seq).then(
+          (v) => {
+            this.inflight.delete(key);
+            return v;
+          },
+          (e: unknown) => {
+            this.inflight.delete(key);
+            throw e;
+          },
+        );
       },
       (e: unknown) => {
+        this.inflight.delete(key);
         this.fail('getOrSet', e, key);
         return this.failOpen(key, opts, errorText(e));
       },
