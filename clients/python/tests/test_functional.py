@@ -702,3 +702,19 @@ def test_s2_2_a_factory_asking_for_its_own_key_does_not_deadlock(server: Server,
             assert await asyncio.wait_for(ac.get_or_set("ak", aouter), 10) == "outer+inner"
 
     asyncio.run(main())
+
+
+def test_early_refresh_while_still_fresh(module_server: Server, prefix: str) -> None:
+    """EARLY beta (XFetch): with a huge beta the next read is handed the refresh although the
+    value is fresh; it gets the current value at once and the refresh lands in the background."""
+    with make(module_server, prefix, ttl=60) as c:
+        def first() -> str:
+            time.sleep(0.05)  # the server measures this fill time (Δ)
+            return "v1"
+
+        assert c.get_or_set("k", first) == "v1"
+        assert c.get_or_set("k", lambda: "v2", early=1e9) == "v1"
+        wait_until(lambda: c.get("k") == "v2", 10, "the early refresh")
+        assert c.get_or_set("k", lambda: "v3") == "v2"  # no EARLY: a plain hit
+        m = c.metrics()
+        assert (m["factory_calls"], m["fills"], m["stale"]) == (2, 2, 1)

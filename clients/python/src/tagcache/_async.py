@@ -47,7 +47,7 @@ from ._common import (
     to_str,
     wants_ctx,
 )
-from ._sync import _Job, _Opts, _Produce, _Unavailable, check_decoding, conn_kwargs, no_retry
+from ._sync import _Job, _Opts, _Produce, _Unavailable, check_decoding, conn_kwargs, early_args, no_retry
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
@@ -75,6 +75,7 @@ class AsyncCache:
         lease: float = 10.0,
         wait: float = 2.0,
         wait_timeout: float = 15.0,
+        early: Optional[float] = None,
         wait_pool_size: int = 16,
         pool_size: int = 64,
         command_timeout: float = 2.0,
@@ -101,6 +102,7 @@ class AsyncCache:
         self.lease_ms = max(1, int(lease * 1000))
         self.wait_ms = max(0, int(wait * 1000))
         self.wait_timeout = wait_timeout
+        self.early = early
         self.wait_pool_size = max(1, wait_pool_size)
         self.pool_size = max(1, pool_size)
         self.retries = retries
@@ -530,6 +532,7 @@ class AsyncCache:
         timeout: Optional[float] = None,
         hard_timeout: Optional[float] = None,
         fail_safe: Optional[bool] = None,
+        early: Optional[float] = None,
     ) -> Any:
         """See ``Cache.get_or_set``; ``factory`` may be sync or async."""
         fkey = self._k(key)
@@ -546,6 +549,7 @@ class AsyncCache:
             timeout,
             hard_timeout,
             self.fail_safe if fail_safe is None else fail_safe,
+            self.early if early is None else early,
         )
         if not self.single_flight:
             return await self._lead(fkey, factory, o)
@@ -611,11 +615,12 @@ class AsyncCache:
             self._waiting_now += 1
             try:
                 reply = await self._exec(self._waiting_client(), "CACHE.GETORMARK", fkey, "LEASE",
-                                         self.lease_ms, "WAIT", wait_ms, wait=True)
+                                         self.lease_ms, "WAIT", wait_ms,
+                                         *early_args(o), wait=True)
             finally:
                 self._waiting_now -= 1
         else:
-            reply = await self._call("CACHE.GETORMARK", fkey, "LEASE", self.lease_ms)
+            reply = await self._call("CACHE.GETORMARK", fkey, "LEASE", self.lease_ms, *early_args(o))
         kind, a, b = parse_gom(reply)
         if kind == "HIT":
             self._metrics.inc("hits")
@@ -645,7 +650,7 @@ class AsyncCache:
 
     def _refresh_in_background(self, fkey: bytes, factory: Any, o: _Opts, stale: Any, token: Any,
                                mode: str) -> None:
-        bo = _Opts(o.ttl, o.grace, o.tags, o.tenant, None, None, False)
+        bo = _Opts(o.ttl, o.grace, o.tags, o.tenant, None, None, False, None)
 
         async def run() -> None:
             try:

@@ -97,11 +97,11 @@ def no_retry() -> Retry:
 
 
 class _Opts:
-    __slots__ = ("ttl", "grace", "tags", "tenant", "timeout", "hard_timeout", "fail_safe")
+    __slots__ = ("ttl", "grace", "tags", "tenant", "timeout", "hard_timeout", "fail_safe", "early")
 
     def __init__(self, ttl: Optional[float], grace: Optional[float], tags: Sequence[str],
                  tenant: Optional[str], timeout: Optional[float], hard_timeout: Optional[float],
-                 fail_safe: bool):
+                 fail_safe: bool, early: Optional[float] = None):
         self.ttl = ttl
         self.grace = grace
         self.tags = list(tags)
@@ -109,6 +109,13 @@ class _Opts:
         self.timeout = timeout
         self.hard_timeout = hard_timeout
         self.fail_safe = fail_safe
+        self.early = early
+
+
+def early_args(o: _Opts) -> List[Any]:
+    """``EARLY beta`` (XFetch): a caller may be handed the refresh while the value is still
+    fresh, with a probability that grows as the fresh time runs out (module mode only)."""
+    return ["EARLY", repr(float(o.early))] if o.early is not None and o.early > 0 else []
 
 
 class _Job:
@@ -167,6 +174,7 @@ class Cache:
         lease: float = 10.0,
         wait: float = 2.0,
         wait_timeout: float = 15.0,
+        early: Optional[float] = None,
         wait_pool_size: int = 16,
         pool_size: int = 64,
         command_timeout: float = 2.0,
@@ -194,6 +202,7 @@ class Cache:
         self.lease_ms = max(1, int(lease * 1000))
         self.wait_ms = max(0, int(wait * 1000))
         self.wait_timeout = wait_timeout
+        self.early = early
         self.wait_pool_size = wait_pool_size
         self.retries = retries
         self.base_delay = base_delay
@@ -620,6 +629,7 @@ class Cache:
         timeout: Optional[float] = None,
         hard_timeout: Optional[float] = None,
         fail_safe: Optional[bool] = None,
+        early: Optional[float] = None,
     ) -> Any:
         """The cached value, else the factory's (called once across every process however
         many callers ask at once). ``factory`` is a callable (taking a FactoryContext if it
@@ -640,6 +650,7 @@ class Cache:
             timeout,
             hard_timeout,
             self.fail_safe if fail_safe is None else fail_safe,
+            self.early if early is None else early,
         )
         if not self.single_flight:
             return self._lead(fkey, factory, o)
@@ -723,12 +734,13 @@ class Cache:
         if wait_ms > 0 and self._wait_slots.acquire(blocking=False):
             try:
                 reply = self._exec(self._waiting_client(), "CACHE.GETORMARK", fkey, "LEASE",
-                                   self.lease_ms, "WAIT", wait_ms, wait=True)
+                                   self.lease_ms, "WAIT", wait_ms,
+                                   *early_args(o), wait=True)
             finally:
                 self._wait_slots.release()
         else:
             # every waiting connection is busy: ask without WAIT; on BUSY retry after the hint
-            reply = self._call("CACHE.GETORMARK", fkey, "LEASE", self.lease_ms)
+            reply = self._call("CACHE.GETORMARK", fkey, "LEASE", self.lease_ms, *early_args(o))
         kind, a, b = parse_gom(reply)
         if kind == "HIT":
             self._metrics.inc("hits")
@@ -759,7 +771,7 @@ class Cache:
 
     def _refresh_in_background(self, fkey: bytes, factory: Any, o: _Opts, stale: Any, token: Any,
                                mode: str) -> None:
-        bo = _Opts(o.ttl, o.grace, o.tags, o.tenant, None, None, False)
+        bo = _Opts(o.ttl, o.grace, o.tags, o.tenant, None, None, False, None)
 
         def run() -> None:
             try:
