@@ -79,5 +79,35 @@ for (const lib of ['ioredis', 'node-redis']) {
       assert.ok(cache.metrics().hits >= 2);
       assert.deepEqual(unhandled, []);
     });
+
+    test('S4.2 a parked wait whose server dies answers from the factory at once (never re-sent)', async () => {
+      const srv = await startRedis();
+      const c1 = await makeClient(lib, srv.url);
+      const c2 = await makeClient(lib, srv.url);
+      const holder = createCache({ redis: c1.client, logger: silent, prefix: 'w:', commandTimeout: 300, retry: { retries: 0 } });
+      const waiter = createCache({ redis: c2.client, logger: silent, prefix: 'w:', commandTimeout: 300, retry: { retries: 0 }, maxWait: 10_000, waitTimeout: 20_000 });
+      try {
+        let release;
+        const gate = new Promise((r) => (release = r));
+        const ph = holder.getOrSet({ key: 'k', ttl: 60, factory: async () => (await gate, 'H') });
+        await waitFor(() => srv.cli('CACHE.INSPECT', 'w:k').includes('"active":true'), { what: 'lease held' });
+        const t0 = Date.now();
+        const pw = waiter.getOrSet({ key: 'k', ttl: 60, factory: async () => 'W' });
+        await waitFor(() => JSON.parse(srv.cli('CACHE.STATS')).waiters === 1, { what: 'a parked waiter' });
+        await srv.kill();
+        assert.equal(await pw, 'W', 'the waiter fell back to its factory');
+        assert.ok(Date.now() - t0 < 5000, `answered in ${Date.now() - t0} ms, not after the 10 s WAIT`);
+        assert.equal(waiter.metrics().fail_open, 1);
+        release();
+        assert.equal(await ph, 'H');
+        assert.deepEqual(unhandled, []);
+      } finally {
+        await holder.close();
+        await waiter.close();
+        await c1.close();
+        await c2.close();
+        await srv.stop();
+      }
+    });
   });
 }
