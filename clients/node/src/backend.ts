@@ -21,7 +21,8 @@ export type Exec = <T>(fn: () => Promise<T>) => Promise<T>;
 
 export interface Backend {
   readonly mode: 'module' | 'fallback';
-  getOrMark(key: string, leaseMs: number): Promise<Mark>;
+  /** `early`: XFetch beta (module mode: `EARLY beta`; ignored in fallback mode). */
+  getOrMark(key: string, leaseMs: number, early?: number): Promise<Mark>;
   /** A parked wait on a dedicated connection (module) or polling (fallback). */
   waitMark(key: string, leaseMs: number, waitMs: number, conn: Driver | undefined): Promise<Mark>;
   fill(key: string, token: Buffer, value: Buffer, w: WriteOpts): Promise<boolean>;
@@ -119,8 +120,10 @@ export class ModuleBackend implements Backend {
     private readonly exec: Exec,
   ) {}
 
-  getOrMark(key: string, leaseMs: number): Promise<Mark> {
-    return this.exec(() => this.driver.send(['CACHE.GETORMARK', key, 'LEASE', String(leaseMs)], key)).then(parseMark);
+  getOrMark(key: string, leaseMs: number, early?: number): Promise<Mark> {
+    const args: Arg[] = ['CACHE.GETORMARK', key, 'LEASE', String(leaseMs)];
+    if (early !== undefined && early > 0) args.push('EARLY', String(early));
+    return this.exec(() => this.driver.send(args, key)).then(parseMark);
   }
 
   async waitMark(key: string, leaseMs: number, waitMs: number, conn: Driver | undefined): Promise<Mark> {

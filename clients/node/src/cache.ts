@@ -42,6 +42,12 @@ export interface CacheOptions {
   hardTimeout?: number;
   /** Serve the last known value when the factory fails (default false). */
   failSafe?: boolean;
+  /**
+   * Early refresh (XFetch) beta sent as `GETORMARK … EARLY beta`: while still fresh, a caller may
+   * be handed the value plus a refresh lease with probability exp(−fresh left / (beta · last fill
+   * time)). 1 is the textbook value; unset = no early refresh.
+   */
+  early?: number;
   /** Lease length (ms) asked for on GETORMARK (default 10 000). */
   leaseMs?: number;
   /** Longest a getOrSet waits for another filler before calling the factory uncached (ms, default 10 000). */
@@ -83,6 +89,8 @@ export interface GetOrSetOptions<T> {
   timeout?: number;
   hardTimeout?: number;
   failSafe?: boolean;
+  /** Early refresh beta for this call (see CacheOptions.early). */
+  early?: number;
 }
 
 export interface SetOptions {
@@ -338,6 +346,7 @@ export class TagCache extends EventEmitter {
     hardTimeout: number | undefined;
     failSafe: boolean;
     leaseMs: number;
+    early: number | undefined;
     waitTimeout: number;
     maxWait: number;
     waitPoolSize: number;
@@ -388,6 +397,7 @@ export class TagCache extends EventEmitter {
       hardTimeout: options.hardTimeout,
       failSafe: options.failSafe ?? false,
       leaseMs: options.leaseMs ?? 10_000,
+      early: options.early,
       waitTimeout: options.waitTimeout ?? 10_000,
       maxWait: options.maxWait ?? 2_000,
       waitPoolSize: options.waitPoolSize ?? 8,
@@ -648,7 +658,7 @@ export class TagCache extends EventEmitter {
     const seq = this.invalidationSeq;
     const fresh = this.freshFor(be, key);
     // Hot path (a HIT without L1) resolves in one `then`; everything else goes to `settle`.
-    return be.getOrMark(key, this.o.leaseMs).then(
+    return be.getOrMark(key, this.o.leaseMs, opts.early ?? this.o.early).then(
       (mark) => {
         if (mark.kind === 'HIT' && !fresh) {
           this.inflight.delete(key);

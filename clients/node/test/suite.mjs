@@ -300,6 +300,19 @@ export function functionalSuite(lib, { module }) {
     });
 
     if (module) {
+      test('early refresh (EARLY beta): a fresh value is served while one caller refreshes it', async () => {
+        const c = fresh();
+        let calls = 0;
+        const factory = async () => (calls++, await sleep(20), `v${calls}`);
+        assert.equal(await c.getOrSet({ key: 'early', ttl: 60, factory }), 'v1');
+        // huge beta: the refresh probability is ~1 while the entry is still fresh
+        assert.equal(await c.getOrSet({ key: 'early', ttl: 60, early: 1e9, factory }), 'v1');
+        await waitFor(async () => (await c.get('early')) === 'v2', { what: 'early refresh filled' });
+        assert.equal(calls, 2);
+        assert.equal(await c.getOrSet({ key: 'early', ttl: 60, factory }), 'v2');
+        assert.equal(calls, 2);
+      });
+
       test('S3.3 stats() is the CACHE.STATS document; per tenant', async () => {
         const c = fresh();
         await c.set('st', 1, { tenant: 'tS' });
