@@ -363,19 +363,22 @@ export class FallbackBackend implements Backend {
   }
 
   async invalidate(tenant: string, pattern: string, soft: boolean): Promise<number> {
-    if (this.driver.cluster) throw new Error('pattern invalidation in fallback mode is not supported on a cluster');
-    let cursor = '0';
-    let n = 0;
-    do {
-      const r = (await this.send(['SCAN', cursor, 'MATCH', pattern, 'COUNT', '1000'])) as unknown[];
-      cursor = str(r[0]);
-      for (const k of r[1] as unknown[]) {
-        const key = str(k);
-        if (key.startsWith(FALLBACK_NS)) continue;
-        n += await this.drop(key, soft, tenant);
-      }
-    } while (cursor !== '0');
-    return n;
+    // SCAN every primary (a cluster node only scans its own slots); drop() routes by key.
+    const counts = await this.driver.eachPrimary(async (send) => {
+      let cursor = '0';
+      let n = 0;
+      do {
+        const r = (await this.exec(() => send(['SCAN', cursor, 'MATCH', pattern, 'COUNT', '1000']))) as unknown[];
+        cursor = str(r[0]);
+        for (const k of r[1] as unknown[]) {
+          const key = str(k);
+          if (key.startsWith(FALLBACK_NS)) continue;
+          n += await this.drop(key, soft, tenant);
+        }
+      } while (cursor !== '0');
+      return n;
+    });
+    return sum(counts);
   }
 
   async invalidateTags(tags: readonly string[], soft: boolean): Promise<number> {

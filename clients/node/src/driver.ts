@@ -11,6 +11,8 @@ export interface Driver {
   send(args: Arg[], key?: Arg, timeoutMs?: number): Promise<unknown>;
   /** Send one command to every primary (one element per primary; standalone: one). */
   sendToPrimaries(args: Arg[]): Promise<unknown[]>;
+  /** Run `fn` once per primary with a sender bound to that primary (SCAN needs a node's cursor). */
+  eachPrimary<T>(fn: (send: (args: Arg[]) => Promise<unknown>) => Promise<T>): Promise<T[]>;
   /** false once the connection is known to be down (after it had been up). */
   isReady(): boolean;
   /** Connect a lazy client / wait until it is ready. */
@@ -93,6 +95,12 @@ export class IoredisDriver implements Driver {
     if (!this.cluster) return [await this.send(args)];
     const nodes: Loose[] = this.client.nodes('master');
     return Promise.all(nodes.map((n) => (n.callBuffer as AnyFn).apply(n, args as unknown[]) as Promise<unknown>));
+  }
+
+  eachPrimary<T>(fn: (send: (args: Arg[]) => Promise<unknown>) => Promise<T>): Promise<T[]> {
+    if (!this.cluster) return Promise.all([fn((args) => this.send(args))]);
+    const nodes: Loose[] = this.client.nodes('master');
+    return Promise.all(nodes.map((n) => fn((args) => (n.callBuffer as AnyFn).apply(n, args as unknown[]) as Promise<unknown>)));
   }
 
   isReady(): boolean {
@@ -213,6 +221,17 @@ export class NodeRedisDriver implements Driver {
       masters.map(async (m) => {
         const c: Loose = await this.client.nodeClient(m);
         return c.sendCommand(args, { typeMapping: BUFFER_MAPPING }) as Promise<unknown>;
+      }),
+    );
+  }
+
+  eachPrimary<T>(fn: (send: (args: Arg[]) => Promise<unknown>) => Promise<T>): Promise<T[]> {
+    if (!this.cluster) return Promise.all([fn((args) => this.send(args))]);
+    const masters: Loose[] = this.client.masters;
+    return Promise.all(
+      masters.map(async (m) => {
+        const c: Loose = await this.client.nodeClient(m);
+        return fn((args) => c.sendCommand(args, { typeMapping: BUFFER_MAPPING }) as Promise<unknown>);
       }),
     );
   }

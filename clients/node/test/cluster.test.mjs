@@ -124,4 +124,40 @@ describe('cluster (3 primaries)', () => {
       }
     });
   }
+
+  describe('fallback mode on a cluster without the module', () => {
+    let plain;
+    before(async () => {
+      plain = await startCluster({ module: false });
+    });
+    after(async () => {
+      await plain?.stop();
+    });
+    for (const lib of ['ioredis', 'node-redis']) {
+      test(`S5.1 S7.1 fallback on 3 primaries: getOrSet, tags, pattern invalidation by SCAN on every primary (${lib})`, async () => {
+        for (const s of plain.servers) s.cli('FLUSHALL');
+        const conn = await clusterClient(lib, plain.nodes);
+        const cache = createCache({ redis: conn.client, logger: silent, prefix: 'fb:' });
+        try {
+          await cache.connect();
+          assert.equal(cache.mode, 'fallback');
+          for (const t of tenants) await cache.set(`item:{${t}}`, t, { ttl: 60, tags: ['all'] });
+          assert.equal(plain.servers.filter((s) => Number(s.cli('DBSIZE')) > 0).length, 3);
+          let calls = 0;
+          const vals = await Promise.all(Array.from({ length: 50 }, () => cache.getOrSet({ key: 'g:{tA}', ttl: 60, factory: async () => (calls++, await sleep(30), 'v') })));
+          assert.equal(calls, 1);
+          assert.ok(vals.every((v) => v === 'v'));
+          assert.equal(await cache.invalidate({ tenant: 'tB', pattern: 'item:*' }), 1);
+          assert.equal(await cache.invalidate({ tenant: '*', pattern: 'item:*' }), tenants.length - 1);
+          for (const t of tenants) await cache.set(`item:{${t}}`, t, { ttl: 60, tags: ['again'] });
+          assert.equal(await cache.invalidateTags(['again']), tenants.length);
+          for (const t of tenants) assert.equal(await cache.get(`item:{${t}}`), undefined);
+          assert.equal(await cache.get('g:{tA}'), 'v');
+        } finally {
+          await cache.close();
+          await conn.close();
+        }
+      });
+    }
+  });
 });
