@@ -155,3 +155,61 @@ def test_s7_async_cluster(cluster: Cluster) -> None:
 
     asyncio.run(main())
     assert calls[0] == 1
+
+
+@pytest.fixture(scope="module")
+def plain_cluster() -> Iterator[Cluster]:
+    c = Cluster(module=False)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.cleanup()
+
+
+def test_s5_s7_fallback_mode_on_a_cluster_without_the_module(plain_cluster: Cluster) -> None:
+    p = uuid.uuid4().hex[:8]
+    rc = RedisCluster(host="127.0.0.1", port=plain_cluster.ports[0])
+    errors: List[Any] = []
+    calls = [0]
+    lock = threading.Lock()
+    with Cache(rc, prefix=p + ":", ttl=60) as c:
+        c.on("error", errors.append)
+        assert c.get_or_set("a", lambda: 1) == 1 and c.get("a") == 1
+        assert c.mode == "fallback"
+        for i in range(20):
+            assert c.set(f"x:{i}", i, tags=[p + "T"])
+        for i in range(5):
+            assert c.set(f"u:{{{p}acme}}:{i}", i)
+        holding = [len(s.client().keys(f"{p}:x:*")) for s in plain_cluster.servers]
+        assert sum(holding) == 20 and all(h > 0 for h in holding)
+        assert c.invalidate_tags(p + "T") == 20
+        assert c.invalidate(f"{p}acme", "u:*") == 5
+        assert c.invalidate("*", "a") == 1
+
+        def factory() -> str:
+            with lock:
+                calls[0] += 1
+            time.sleep(0.05)
+            return "v"
+
+        res: List[Any] = []
+        ts = [threading.Thread(target=lambda: res.append(c.get_or_set("cold", factory))) for _ in range(100)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert res == ["v"] * 100 and calls[0] == 1
+    assert errors == []
+    rc.close()
+
+    async def main() -> None:
+        arc = acluster.RedisCluster(host="127.0.0.1", port=plain_cluster.ports[1])
+        async with AsyncCache(arc, prefix=p + ":", ttl=60) as ac:
+            assert await ac.get_or_set("b", lambda: 2) == 2 and ac.mode == "fallback"
+            for i in range(10):
+                await ac.set(f"y:{i}", i, tags=[p + "T2"])
+            assert await ac.invalidate_tags(p + "T2") == 10
+        await arc.aclose()
+
+    asyncio.run(main())

@@ -37,6 +37,7 @@ from ._common import (
     is_lease_error,
     is_transient,
     make_key_builder,
+    means_no_module,
     merge_stats,
     now_ms,
     parse_gom,
@@ -297,12 +298,8 @@ class AsyncCache:
         try:
             await self._call("CACHE.GET", b"__tagcache_probe__")
             mode = "module"
-        except rexc.ResponseError as e:
-            if "unknown command" not in str(e).lower():
-                raise
-            mode = "fallback"
-        except rexc.RedisClusterException as e:
-            if isinstance(e, rexc.ConnectionError):
+        except rexc.RedisError as e:
+            if not means_no_module(e):
                 raise
             mode = "fallback"
         if mode == "fallback" and not self._warned_fallback:

@@ -191,10 +191,18 @@ def is_transient(e: BaseException) -> bool:
 
 
 def is_availability_error(e: BaseException) -> bool:
-    """Errors that say the server is not answering (they feed the circuit breaker)."""
-    return is_transient(e) or isinstance(e, rexc.RedisError) and not isinstance(
-        e, rexc.ResponseError
-    )
+    """Errors that say the server is not answering (they feed the circuit breaker); a command
+    error (WRONGTYPE, an unknown command…) does not."""
+    return is_transient(e)
+
+
+def means_no_module(e: BaseException) -> bool:
+    """The probe's error when the server has no CACHE.* commands: the server's "unknown
+    command", or redis-py's cluster client refusing a command it cannot route."""
+    if isinstance(e, (rexc.ConnectionError, rexc.TimeoutError)):
+        return False
+    msg = str(e).lower()
+    return "unknown command" in msg or "doesn't exist" in msg or "does not exist" in msg
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:

@@ -39,6 +39,7 @@ from ._common import (
     is_lease_error,
     is_transient,
     make_key_builder,
+    means_no_module,
     merge_stats,
     now_ms,
     parse_gom,
@@ -385,12 +386,8 @@ class Cache:
         try:
             self._call("CACHE.GET", b"__tagcache_probe__")
             mode = "module"
-        except rexc.ResponseError as e:
-            if "unknown command" not in str(e).lower():
-                raise
-            mode = "fallback"
-        except rexc.RedisClusterException as e:
-            if isinstance(e, rexc.ConnectionError):
+        except rexc.RedisError as e:
+            if not means_no_module(e):
                 raise
             mode = "fallback"
         if mode == "fallback" and not self._warned_fallback:
