@@ -1009,12 +1009,21 @@ export class TagCache extends EventEmitter {
     return renderPrometheus(global, per, this.metrics());
   }
 
-  /** Wait for background refreshes/fills, close the package's own connections. */
+  /** Wait (at most 5 s) for background refreshes/fills, close the package's own connections. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.breaker.stop();
-    await Promise.all([...this.background]);
+    // background refreshes get a bounded time to land their fills (a hung factory must not hang close)
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([...this.background]),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, Math.max(this.o.commandTimeout * 5, 5_000));
+        timer.unref();
+      }),
+    ]);
+    if (timer) clearTimeout(timer);
     await this.ready;
     this.tracker?.stop();
     await this.pool?.close();
