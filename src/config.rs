@@ -82,3 +82,9 @@ pub fn get(setting: &AtomicI64) -> i64 {
 pub const MAX_MS: i64 = 86_400_000;
 /// Upper bound of `max-tags`.
 pub const MAX_TAGS_LIMIT: i64 = 4096;
+
+/// The tenant of a key named without an explicit TENANT, under the current `tenant-regex`.
+pub fn derived_tenant(key: &[u8]) -> Vec<u8> {
+    let re = TENANT_REGEX.get();
+    policy::tenant_from_key(key, re.as_ref().as_ref()).to_vec()
+}

@@ -3,14 +3,15 @@
 
 use crate::commands::args::{err, Expiry, Source, WriteOptions};
 use crate::config;
-use crate::entry::{canonical_set, Entry, Piece};
+use crate::entry::Entry;
+use crate::ffi;
+use crate::ffi::notify::Class;
 use crate::keyspace::{self, Key, Kind};
 use crate::parking;
 use crate::policy;
 use crate::state::with_state;
 use crate::stats::Event;
-use redis_module::{raw, Context, RedisError, RedisString};
-use std::os::raw::c_int;
+use redis_module::{Context, RedisError, RedisString};
 
 /// When a write's entry stops being fresh, and how long it may then be served stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +60,7 @@ pub fn resolve_tenant(key: &[u8], explicit: Option<&RedisString>) -> (Vec<u8>, b
     }
 }
 
-pub fn derived_tenant(key: &[u8]) -> Vec<u8> {
-    let re = config::TENANT_REGEX.get();
-    policy::tenant_from_key(key, re.as_ref().as_ref()).to_vec()
-}
+pub use config::derived_tenant;
 
 /// A keyspace notification the module emits for a key it wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,20 +78,12 @@ pub enum Notice {
 /// Emits a keyspace notification, skipping all work when its class is not enabled.
 pub fn notify(ctx: &Context, notice: Notice, key: &RedisString) {
     let (class, event) = match notice {
-        Notice::Set => (raw::REDISMODULE_NOTIFY_MODULE, c"cache.set"),
-        Notice::Fill => (raw::REDISMODULE_NOTIFY_MODULE, c"cache.fill"),
-        Notice::Invalidate => (raw::REDISMODULE_NOTIFY_MODULE, c"cache.invalidate"),
-        Notice::Del => (raw::REDISMODULE_NOTIFY_GENERIC, c"del"),
+        Notice::Set => (Class::Module, c"cache.set"),
+        Notice::Fill => (Class::Module, c"cache.fill"),
+        Notice::Invalidate => (Class::Module, c"cache.invalidate"),
+        Notice::Del => (Class::Generic, c"del"),
     };
-    let (Some(enabled), Some(emit)) = (api!(RedisModule_GetNotifyKeyspaceEvents), api!(RedisModule_NotifyKeyspaceEvent)) else {
-        return;
-    };
-    // SAFETY: plain calls with live arguments.
-    unsafe {
-        if enabled() & class != 0 {
-            emit(ctx.ctx, class, event.as_ptr(), key.inner);
-        }
-    }
+    ffi::notify::notify(ctx, class, event, key);
 }
 
 /// The tenant every statistic of a key is counted under, so that no key's counters are split:
@@ -118,8 +108,7 @@ pub fn record(event: Event, tenant: &[u8], key: &[u8]) {
 }
 
 fn is_from_primary_or_loading(ctx: &Context) -> bool {
-    let flags = keyspace::context_flags(ctx.ctx);
-    flags & (raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING) != 0
+    keyspace::is_replayed(ctx)
 }
 
 /// Whether the running command comes from a client (held to local limits) or is replayed.
@@ -205,70 +194,9 @@ pub fn store(
     Ok(())
 }
 
-/// Replicates a write as its canonical CACHE.SET with an absolute deadline. The key, value,
-/// tags and tenant are the client's own string objects (Redis only bumps their refcount), so
-/// a large value is never copied for replication.
+/// Replicates a write as its canonical CACHE.SET with an absolute deadline.
 fn replicate_set(ctx: &Context, key: &RedisString, value: &RedisString, opts: &WriteOptions, deadline: Deadline) {
-    let (Some(replicate), Some(from_number), Some(free)) = (
-        api!(RedisModule_Replicate),
-        api!(RedisModule_CreateStringFromLongLong),
-        api!(RedisModule_FreeString),
-    ) else {
-        return;
-    };
-    let mut numbers: Vec<*mut raw::RedisModuleString> = Vec::with_capacity(3);
-    let args = canonical_set(
-        key.inner,
-        value.inner,
-        deadline.fresh_until,
-        deadline.stale_ms,
-        opts.tags.iter().map(|t| t.inner).collect(),
-        opts.tenant.map(|t| t.inner),
-        |piece| match piece {
-            Piece::Keyword(k) => keyword(k),
-            Piece::Number(n) => {
-                // SAFETY: creates a string owned by us, freed below.
-                let s = unsafe { from_number(ctx.ctx, n) };
-                numbers.push(s);
-                s
-            }
-        },
-    );
-    if args.iter().all(|a| !a.is_null()) {
-        // SAFETY: every pointer is a live string for the duration of the call; "v" takes an
-        // array and its length, and Redis takes its own references.
-        unsafe {
-            replicate(ctx.ctx, c"CACHE.SET".as_ptr(), c"v".as_ptr(), args.as_ptr(), args.len());
-        }
-    }
-    for s in numbers {
-        // SAFETY: created above, freed once.
-        unsafe { free(ctx.ctx, s) };
-    }
-}
-
-const KEYWORDS: [&[u8]; 5] = [b"PXAT", b"NOEXPIRE", b"STALE", b"TAGS", b"TENANT"];
-
-static KEYWORD_STRINGS: std::sync::OnceLock<[usize; 5]> = std::sync::OnceLock::new();
-
-/// Creates the keyword strings of the canonical CACHE.SET once (at load); Redis only bumps
-/// their refcount when it propagates them.
-pub fn create_keywords() {
-    let Some(create) = api!(RedisModule_CreateString) else {
-        return;
-    };
-    let strings = KEYWORDS.map(|k| {
-        // SAFETY: a NULL context makes a string that lives until freed; it is kept forever.
-        unsafe { create(std::ptr::null_mut(), k.as_ptr().cast(), k.len()) as usize }
-    });
-    let _ = KEYWORD_STRINGS.set(strings);
-}
-
-fn keyword(k: &'static [u8]) -> *mut raw::RedisModuleString {
-    KEYWORD_STRINGS
-        .get()
-        .and_then(|strings| KEYWORDS.iter().position(|w| *w == k).and_then(|i| strings.get(i)))
-        .map_or(std::ptr::null_mut(), |s| *s as *mut raw::RedisModuleString)
+    ffi::replicate::canonical_set_command(ctx, key, value, deadline.fresh_until, deadline.stale_ms, opts.tags, opts.tenant);
 }
 
 /// Deletes entries (never keys of other types); returns the names removed. Replicated as one
@@ -325,55 +253,12 @@ pub fn current_user(ctx: &Context) -> Option<Vec<u8>> {
     if is_from_primary_or_loading(ctx) {
         return None;
     }
-    let user_name = api!(RedisModule_GetCurrentUserName)?;
-    // SAFETY: ctx is the command's context.
-    let name = unsafe { user_name(ctx.ctx) };
-    if name.is_null() {
-        return None;
-    }
-    let name = RedisString::new(std::ptr::NonNull::new(ctx.ctx), name);
-    Some(name.as_slice().to_vec())
-}
-
-/// Runs `check(user, key)` for the ACL user `user_name`: true when every key passes. A user
-/// that no longer exists may write nothing.
-fn acl_check_keys(ctx: &Context, user_name: &[u8], keys: &[Vec<u8>], mut on_denied: impl FnMut(&[u8])) -> bool {
-    let (Some(get_user), Some(check), Some(free_user)) = (
-        api!(RedisModule_GetModuleUserFromUserName),
-        api!(RedisModule_ACLCheckKeyPermissions),
-        api!(RedisModule_FreeModuleUser),
-    ) else {
-        return true;
-    };
-    let name = keyspace::string(ctx, user_name);
-    // SAFETY: name is a live string.
-    let user = unsafe { get_user(name.inner) };
-    if user.is_null() {
-        if let Some(k) = keys.first() {
-            on_denied(k);
-        }
-        return false;
-    }
-    let flags = (raw::REDISMODULE_CMD_KEY_DELETE | raw::REDISMODULE_CMD_KEY_UPDATE) as c_int;
-    let denied = keys.iter().find(|k| {
-        let key = keyspace::string(ctx, k);
-        // SAFETY: user and key are live for this call.
-        unsafe { check(user, key.inner, flags) != raw::REDISMODULE_OK as c_int }
-    });
-    // SAFETY: user was returned by GetModuleUserFromUserName and is freed once.
-    unsafe { free_user(user) };
-    match denied {
-        Some(k) => {
-            on_denied(k);
-            false
-        }
-        None => true,
-    }
+    ffi::acl::current_user_name(ctx)
 }
 
 /// Whether ACL user `user_name` may delete/overwrite `key`.
 pub fn user_may_write(ctx: &Context, user_name: &[u8], key: &[u8]) -> bool {
-    acl_check_keys(ctx, user_name, &[key.to_vec()], |_| {})
+    ffi::acl::first_unwritable(ctx, user_name, &[key.to_vec()]).is_none()
 }
 
 /// Checks that the calling user may delete/overwrite every key; `NOPERM` names the first that
@@ -385,12 +270,11 @@ pub fn check_write_permission(ctx: &Context, keys: &[Vec<u8>]) -> Result<(), Red
     let Some(user) = current_user(ctx) else {
         return Ok(());
     };
-    let mut denied = Vec::new();
-    if acl_check_keys(ctx, &user, keys, |k| denied = k.to_vec()) {
-        return Ok(());
+    match ffi::acl::first_unwritable(ctx, &user, keys) {
+        None => Ok(()),
+        Some(denied) => Err(crate::commands::args::coded(
+            "NOPERM",
+            &format!("this user has no permissions to access the '{}' key", crate::commands::args::shown(denied)),
+        )),
     }
-    Err(crate::commands::args::coded(
-        "NOPERM",
-        &format!("this user has no permissions to access the '{}' key", crate::commands::args::shown(&denied)),
-    ))
 }

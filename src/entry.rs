@@ -4,18 +4,11 @@
 //! window`, so an entry is fresh while `PTTL > stale_ms`. Native EXPIRE/PERSIST therefore move
 //! the fresh deadline too, and the TTL needs no copy in the entry (Redis persists and replicates it).
 
-use crate::events;
 use crate::mem;
-use redis_module::native_types::RedisType;
-use redis_module::raw;
 use std::borrow::Cow;
-use std::ffi::CString;
-use std::os::raw::{c_int, c_void};
 
 /// Encoding version of the RDB layout (bump on layout changes, never the type name).
 pub const ENCODING_VERSION: i32 = 1;
-
-const FLAG_TENANT_EXPLICIT: u64 = 1;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
@@ -63,144 +56,6 @@ pub fn normalize_tags(mut tags: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     tags.sort_unstable();
     tags.dedup();
     tags
-}
-
-pub static TAGCACHE_TYPE: RedisType = RedisType::new(
-    "tagcache0",
-    ENCODING_VERSION,
-    raw::RedisModuleTypeMethods {
-        version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
-        rdb_load: Some(rdb_load),
-        rdb_save: Some(rdb_save),
-        aof_rewrite: Some(aof_rewrite),
-        mem_usage: Some(mem_usage),
-        digest: Some(digest),
-        free: Some(free),
-        aux_load: None,
-        aux_save: None,
-        aux_save2: None,
-        aux_save_triggers: 0,
-        free_effort: None,
-        unlink: None,
-        copy: Some(copy),
-        defrag: None,
-        copy2: None,
-        free_effort2: None,
-        mem_usage2: None,
-        unlink2: Some(events::on_unlink),
-    },
-);
-
-/// The registered type handle (null before the module is loaded).
-pub fn raw_type() -> *mut raw::RedisModuleType {
-    *TAGCACHE_TYPE.raw_type.borrow()
-}
-
-unsafe extern "C" fn free(value: *mut c_void) {
-    if !value.is_null() {
-        drop(Box::from_raw(value.cast::<Entry>()));
-    }
-}
-
-unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
-    value
-        .cast::<Entry>()
-        .as_ref()
-        .map_or(0, Entry::memory_bytes)
-}
-
-unsafe extern "C" fn copy(
-    _from: *mut raw::RedisModuleString,
-    to: *mut raw::RedisModuleString,
-    value: *const c_void,
-) -> *mut c_void {
-    let Some(entry) = value.cast::<Entry>().as_ref() else {
-        return std::ptr::null_mut();
-    };
-    let mut copied = entry.clone();
-    if !copied.tenant_explicit {
-        copied.tenant = crate::engine::derived_tenant(string_bytes(to));
-    }
-    Box::into_raw(Box::new(copied)).cast()
-}
-
-unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
-    let Some(e) = value.cast::<Entry>().as_ref() else {
-        return;
-    };
-    raw::save_unsigned(rdb, if e.tenant_explicit { FLAG_TENANT_EXPLICIT } else { 0 });
-    raw::save_slice(rdb, &e.value);
-    raw::save_slice(rdb, &e.tenant);
-    raw::save_unsigned(rdb, e.tags.len() as u64);
-    for tag in &e.tags {
-        raw::save_slice(rdb, tag);
-    }
-    raw::save_signed(rdb, e.stale_ms);
-    raw::save_signed(rdb, e.fill_ms);
-}
-
-unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
-    if encver > ENCODING_VERSION {
-        return std::ptr::null_mut();
-    }
-    match load_entry(rdb) {
-        Ok(entry) => Box::into_raw(Box::new(entry)).cast(),
-        Err(_) => std::ptr::null_mut(),
-    }
-}
-
-fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Entry, redis_module::error::Error> {
-    let flags = raw::load_unsigned(rdb)?;
-    let value = raw::load_string_buffer(rdb)?.as_ref().to_vec();
-    let tenant = raw::load_string_buffer(rdb)?.as_ref().to_vec();
-    let count = raw::load_unsigned(rdb)?;
-    let mut tags = Vec::new();
-    for _ in 0..count {
-        tags.push(raw::load_string_buffer(rdb)?.as_ref().to_vec());
-    }
-    Ok(Entry {
-        value,
-        tenant,
-        tenant_explicit: flags & FLAG_TENANT_EXPLICIT != 0,
-        tags: normalize_tags(tags),
-        stale_ms: raw::load_signed(rdb)?,
-        fill_ms: raw::load_signed(rdb)?,
-    })
-}
-
-/// Emits `CACHE.SET key value NOEXPIRE STALE s TAGS n … [TENANT t]`; Redis appends the key's
-/// PEXPIREAT itself, which restores the TTL (and with it the fresh deadline).
-unsafe extern "C" fn aof_rewrite(
-    aof: *mut raw::RedisModuleIO,
-    key: *mut raw::RedisModuleString,
-    value: *mut c_void,
-) {
-    let Some(e) = value.cast::<Entry>().as_ref() else {
-        return;
-    };
-    let args = set_command_args(string_bytes(key), e, None);
-    let ctx = api!(RedisModule_GetContextFromIO).map_or(std::ptr::null_mut(), |f| f(aof));
-    let strings: Vec<*mut raw::RedisModuleString> = args
-        .iter()
-        .map(|a| api!(RedisModule_CreateString).map_or(std::ptr::null_mut(), |f| {
-            f(ctx, a.as_ptr().cast(), a.len())
-        }))
-        .collect();
-    if strings.iter().any(|s| s.is_null()) {
-        return;
-    }
-    if let (Some(emit), Ok(cmd), Ok(fmt)) = (
-        api!(RedisModule_EmitAOF),
-        CString::new("CACHE.SET"),
-        CString::new("v"),
-    ) {
-        emit(aof, cmd.as_ptr(), fmt.as_ptr(), strings.as_ptr(), strings.len());
-    }
-    if let Some(free) = api!(RedisModule_FreeString) {
-        for s in strings {
-            free(ctx, s);
-        }
-    }
 }
 
 /// A piece of a canonical CACHE.SET that is not taken from the entry or the client.
@@ -260,41 +115,6 @@ pub fn set_command_args<'a>(key: &'a [u8], e: &'a Entry, fresh_until: Option<i64
             Piece::Number(n) => Cow::Owned(n.to_string().into_bytes()),
         },
     )
-}
-
-unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
-    let Some(e) = value.cast::<Entry>().as_ref() else {
-        return;
-    };
-    let (Some(add), Some(add_ll), Some(end)) = (
-        api!(RedisModule_DigestAddStringBuffer),
-        api!(RedisModule_DigestAddLongLong),
-        api!(RedisModule_DigestEndSequence),
-    ) else {
-        return;
-    };
-    add(md, e.value.as_ptr().cast(), e.value.len());
-    add(md, e.tenant.as_ptr().cast(), e.tenant.len());
-    add_ll(md, i64::from(e.tenant_explicit));
-    for tag in &e.tags {
-        add(md, tag.as_ptr().cast(), tag.len());
-    }
-    add_ll(md, e.stale_ms);
-    end(md);
-}
-
-/// The bytes of a Redis string (empty for null).
-pub fn string_bytes<'a>(s: *const raw::RedisModuleString) -> &'a [u8] {
-    if s.is_null() {
-        return &[];
-    }
-    let mut len = 0usize;
-    let ptr = raw::string_ptr_len(s, &mut len);
-    if ptr.is_null() {
-        return &[];
-    }
-    // SAFETY: Redis guarantees `len` readable bytes at `ptr` for the string's lifetime.
-    unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }
 }
 
 #[cfg(test)]

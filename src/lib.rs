@@ -16,26 +16,17 @@
     )
 )]
 
-/// Reads a Redis module API function pointer (a `static mut` filled by Redis at load time).
-macro_rules! api {
-    ($name:ident) => {{
-        #[allow(unused_unsafe)]
-        // SAFETY: written once by RedisModule_Init before any command or callback runs.
-        let f = unsafe { redis_module::raw::$name };
-        f
-    }};
-}
+#![deny(unsafe_code)]
 
-pub mod command_docs;
 pub mod commands;
-pub mod compat;
 pub mod config;
 pub mod engine;
 pub mod entry;
 pub mod events;
+#[allow(unsafe_code)]
+pub mod ffi;
 pub mod glob;
 pub mod index;
-pub mod keyspace;
 pub mod lease;
 pub mod mem;
 pub mod parking;
@@ -48,8 +39,9 @@ use config::{
     DEFAULT_STALE, DEFAULT_TTL, LEASE_MS, LOG_INVALIDATIONS_OVER, MAX_MS, MAX_TAGS, MAX_TAGS_LIMIT,
     MAX_WAITERS, MAX_WAIT_MS, NAMESPACE_SEPARATOR, TENANT_REGEX, TTL_RULES,
 };
-use compat::SERVER_GATE;
-use entry::TAGCACHE_TYPE;
+pub use ffi::keyspace;
+use ffi::datatype::TAGCACHE_TYPE;
+use ffi::gate::SERVER_GATE;
 use policy::MAX_SECONDS;
 use redis_module::configuration::{ConfigurationContext, ConfigurationFlags};
 use redis_module::{redis_module, Context, InfoContext, RedisResult, RedisString, Status};
@@ -75,13 +67,13 @@ fn info_section(ctx: &InfoContext, for_crash_report: bool) {
 }
 
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
-    if !events::subscribe_server_events(ctx) {
+    if !ffi::events::subscribe(ctx, events::hooks()) {
         ctx.log_warning("tagcache: could not subscribe to server events");
         return Status::Err;
     }
     state::with_state(|s| s.leases = lease::Leases::with_salt(keyspace::now_ms() as u64));
-    engine::create_keywords();
-    if !command_docs::register(ctx, &commands::docs::all()) {
+    ffi::replicate::create_keywords();
+    if !ffi::command_info::register(ctx, &commands::docs::all()) {
         return Status::Err;
     }
     Status::Ok

@@ -1,21 +1,19 @@
 //! Parking GETORMARK callers inside the server (glue over the lease table).
 //!
-//! Callers block on the key with `BlockClientOnKeys`. A FILL or SET signals the key and every
-//! parked caller re-evaluates in `on_ready` (HIT, or keep waiting). Redis 7.0 serves module
-//! clients only when the key exists, so when a lease ends without a value (ABANDON, deadline,
-//! invalidation) the module itself picks exactly one caller, grants it a lease and unblocks it:
-//! for key-blocked clients Redis runs the timeout callback, which answers `MISS token`.
-// The raw pointers taken by these functions are handles Redis passes to callbacks.
-#![allow(clippy::not_unsafe_ptr_arg_deref)]
+//! Callers block on the key. A FILL or SET signals the key and every parked caller re-evaluates
+//! in `on_ready` (HIT, or keep waiting). Redis 7.0 serves module clients only when the key
+//! exists, so when a lease ends without a value (ABANDON, deadline, invalidation) the module
+//! itself picks exactly one caller, grants it a lease and unblocks it: Redis then runs its
+//! timeout callback, which answers `MISS token`.
 
 use crate::commands::lease::{evaluate, reply_busy, reply_miss, retry_ms, GetOptions, Verdict};
 use crate::engine;
+use crate::ffi::blocking::{self, Handle, Parkable};
 use crate::keyspace::{self, now_ms};
 use crate::mem::Shrink;
 use crate::state::{with_state, ParkedClient};
 use crate::stats::Event;
-use redis_module::{raw, Context, RedisString};
-use std::os::raw::{c_int, c_void};
+use redis_module::{Context, RedisString};
 
 /// What a parked caller carries through the blocking callbacks.
 struct Parked {
@@ -29,133 +27,92 @@ struct Parked {
 
 /// Blocks the caller on `key` for at most `wait_ms`. Returns false when Redis refused to block.
 pub fn park(ctx: &Context, key: &RedisString, opts: GetOptions, tenant: Vec<u8>, wait_ms: i64) -> bool {
-    let Some(block) = api!(RedisModule_BlockClientOnKeys) else {
-        return false;
-    };
     let db = keyspace::selected_db(ctx.ctx);
     let id = with_state(|s| {
         s.next_waiter_id = s.next_waiter_id.wrapping_add(1);
         s.next_waiter_id
     });
     let lease_ms = opts.lease_ms;
-    let parked = Box::into_raw(Box::new(Parked {
-        id,
-        db,
-        key: key.as_slice().to_vec(),
-        opts,
-        tenant: tenant.clone(),
-    }));
-    let mut keys = [key.inner];
-    // SAFETY: ctx is the command's context; keys outlives the call (Redis copies the names);
-    // privdata is ours until free_parked runs.
-    let handle = unsafe {
-        block(
-            ctx.ctx,
-            Some(on_ready),
-            Some(on_timeout),
-            Some(free_parked),
-            wait_ms,
-            keys.as_mut_ptr(),
-            1,
-            parked.cast(),
-        )
-    };
-    if handle.is_null() {
-        // SAFETY: Redis did not take the privdata.
-        drop(unsafe { Box::from_raw(parked) });
+    let parked = Parked { id, db, key: key.as_slice().to_vec(), opts, tenant: tenant.clone() };
+    let Some(handle) = blocking::block_on_key(ctx, key, wait_ms, parked) else {
         return false;
-    }
+    };
     let name = key.as_slice();
     with_state(|s| {
         s.leases.add_waiter(db, name, id);
-        s.parked.insert(id, ParkedClient { handle: handle as usize, lease_ms, tenant: tenant.clone() });
+        s.parked.insert(id, ParkedClient { handle, lease_ms, tenant: tenant.clone() });
     });
     engine::record(Event::Wait, &tenant, name);
     arm_lease_timer(ctx, db, name);
     true
 }
 
-fn parked_of<'a>(ctx: *mut raw::RedisModuleCtx) -> Option<&'a Parked> {
-    let get = api!(RedisModule_GetBlockedClientPrivateData)?;
-    // SAFETY: the privdata of our blocked clients is always a Box<Parked>, alive until free_parked.
-    unsafe { get(ctx).cast::<Parked>().as_ref() }
-}
-
-/// The key was signalled (a FILL or SET landed): answer, or return an error status to keep waiting.
-unsafe extern "C" fn on_ready(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::RedisModuleString, _argc: c_int) -> c_int {
-    let Some(p) = parked_of(ctx) else {
-        return raw::REDISMODULE_ERR as c_int;
-    };
-    let context = Context::new(ctx);
-    let key = keyspace::string(&context, &p.key);
-    match evaluate(&context, &key, p.db, &p.opts) {
-        Verdict::Busy(_) => raw::REDISMODULE_ERR as c_int,
-        Verdict::WrongType => {
-            context.reply(Err(crate::commands::args::wrongtype()));
-            leave(p, Event::WaitServed);
-            raw::REDISMODULE_OK as c_int
+impl Parkable for Parked {
+    /// The key was signalled (a FILL or SET landed): answer, or keep waiting.
+    fn on_ready(&self, ctx: &Context) -> bool {
+        let key = keyspace::string(ctx, &self.key);
+        match evaluate(ctx, &key, self.db, &self.opts) {
+            Verdict::Busy(_) => false,
+            Verdict::WrongType => {
+                ctx.reply(Err(crate::commands::args::wrongtype()));
+                self.leave(Event::WaitServed);
+                true
+            }
+            Verdict::Replied => {
+                self.leave(Event::WaitServed);
+                true
+            }
         }
-        Verdict::Replied => {
-            leave(p, Event::WaitServed);
-            raw::REDISMODULE_OK as c_int
+    }
+
+    /// The wait ended: the module handed this caller a lease (→ MISS token), released it after
+    /// a flush or swap (→ BUSY 1), or its WAIT elapsed (→ BUSY).
+    fn on_timeout(&self, ctx: &Context) {
+        let (handoff, released) = with_state(|s| (s.leases.take_handoff(self.id), s.leases.take_released(self.id)));
+        match handoff {
+            Some(token) => {
+                reply_miss(ctx, &token);
+                engine::record(Event::LeaseGranted, &self.tenant, &self.key);
+                engine::record(Event::Miss, &self.tenant, &self.key);
+                self.leave(Event::WaitServed);
+            }
+            // Its database was flushed, swapped or reloaded: retry at once against what is there now.
+            None if released => {
+                reply_busy(ctx, 1);
+                engine::record(Event::Miss, &self.tenant, &self.key);
+                self.leave(Event::WaitServed);
+            }
+            None => {
+                let retry = with_state(|s| retry_ms(&s.leases, self.db, &self.key, now_ms()));
+                reply_busy(ctx, retry);
+                engine::record(Event::Miss, &self.tenant, &self.key);
+                self.leave(Event::WaitTimeout);
+            }
+        }
+    }
+
+    /// Redis is done with the blocked client (answered, timed out or disconnected). A lease
+    /// handed to a caller that vanished before it could be told is released again.
+    fn on_free(self, ctx: Option<&Context>) {
+        let now = now_ms();
+        let orphaned = with_state(|s| {
+            s.leases.remove_waiter(self.db, &self.key, self.id);
+            s.leases.take_released(self.id);
+            s.parked.remove(&self.id);
+            s.parked.shrink_if_sparse();
+            s.leases.take_handoff(self.id).and_then(|token| s.leases.abandon(self.db, &self.key, &token, now))
+        });
+        if let (Some(_), Some(ctx)) = (orphaned, ctx) {
+            hand_over(ctx, self.db, &self.key);
         }
     }
 }
 
-/// The wait ended: either the module handed this caller a lease (→ MISS token) or its WAIT
-/// elapsed (→ BUSY).
-unsafe extern "C" fn on_timeout(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::RedisModuleString, _argc: c_int) -> c_int {
-    let Some(p) = parked_of(ctx) else {
-        return raw::REDISMODULE_OK as c_int;
-    };
-    let context = Context::new(ctx);
-    let (handoff, released) = with_state(|s| (s.leases.take_handoff(p.id), s.leases.take_released(p.id)));
-    match handoff {
-        Some(token) => {
-            reply_miss(&context, &token);
-            engine::record(Event::LeaseGranted, &p.tenant, &p.key);
-            engine::record(Event::Miss, &p.tenant, &p.key);
-            leave(p, Event::WaitServed);
-        }
-        // Its database was flushed, swapped or reloaded: retry at once against what is there now.
-        None if released => {
-            reply_busy(&context, 1);
-            engine::record(Event::Miss, &p.tenant, &p.key);
-            leave(p, Event::WaitServed);
-        }
-        None => {
-            let retry = with_state(|s| retry_ms(&s.leases, p.db, &p.key, now_ms()));
-            reply_busy(&context, retry);
-            engine::record(Event::Miss, &p.tenant, &p.key);
-            leave(p, Event::WaitTimeout);
-        }
-    }
-    raw::REDISMODULE_OK as c_int
-}
-
-/// Takes an answered caller out of the queue and counts how its wait ended.
-fn leave(p: &Parked, how: Event) {
-    with_state(|s| s.leases.remove_waiter(p.db, &p.key, p.id));
-    engine::record(how, &p.tenant, &p.key);
-}
-
-/// Redis is done with the blocked client (answered, timed out or disconnected).
-unsafe extern "C" fn free_parked(ctx: *mut raw::RedisModuleCtx, privdata: *mut c_void) {
-    if privdata.is_null() {
-        return;
-    }
-    let p = Box::from_raw(privdata.cast::<Parked>());
-    let now = now_ms();
-    // A lease handed to a caller that vanished before it could be told is released again.
-    let orphaned = with_state(|s| {
-        s.leases.remove_waiter(p.db, &p.key, p.id);
-        s.leases.take_released(p.id);
-        s.parked.remove(&p.id);
-        s.parked.shrink_if_sparse();
-        s.leases.take_handoff(p.id).and_then(|token| s.leases.abandon(p.db, &p.key, &token, now))
-    });
-    if orphaned.is_some() && !ctx.is_null() {
-        hand_over(&Context::new(ctx), p.db, &p.key);
+impl Parked {
+    /// Takes an answered caller out of the queue and counts how its wait ended.
+    fn leave(&self, how: Event) {
+        with_state(|s| s.leases.remove_waiter(self.db, &self.key, self.id));
+        engine::record(how, &self.tenant, &self.key);
     }
 }
 
@@ -178,10 +135,7 @@ pub fn hand_over(ctx: &Context, db: i32, key: &[u8]) {
     let Some(handle) = chosen else {
         return;
     };
-    if let Some(unblock) = api!(RedisModule_UnblockClient) {
-        // SAFETY: the handle stays valid until free_parked, which removes it from `parked`.
-        unsafe { unblock(handle as *mut raw::RedisModuleBlockedClient, std::ptr::null_mut()) };
-    }
+    blocking::unblock(handle);
     arm_lease_timer(ctx, db, key);
 }
 
@@ -189,28 +143,19 @@ pub fn hand_over(ctx: &Context, db: i32, key: &[u8]) {
 /// `BUSY 1` and drops those databases' leases: after FLUSHDB, FLUSHALL, SWAPDB or a dataset
 /// reload the value they waited for no longer belongs there, and a retry sees what does.
 pub fn release_dbs(dbs: Option<&[i32]>) {
-    let handles: Vec<usize> = with_state(|s| {
+    let handles: Vec<Handle> = with_state(|s| {
         let ids = s.leases.release_dbs(dbs);
         ids.iter().filter_map(|id| s.parked.get(id)).map(|p| p.handle).collect()
     });
-    let Some(unblock) = api!(RedisModule_UnblockClient) else {
-        return;
-    };
     for handle in handles {
-        // SAFETY: the handle stays valid until free_parked, which removes it from `parked`;
-        // Redis answers it from on_timeout, which sees it released.
-        unsafe { unblock(handle as *mut raw::RedisModuleBlockedClient, std::ptr::null_mut()) };
+        blocking::unblock(handle);
     }
 }
 
 /// Wakes the callers parked on a key that just received a value.
 pub fn signal_ready(ctx: &Context, db: i32, key: &RedisString) {
-    if with_state(|s| s.leases.waiters_on(db, key.as_slice())) == 0 {
-        return;
-    }
-    if let Some(signal) = api!(RedisModule_SignalKeyAsReady) {
-        // SAFETY: ctx and key are live for this call.
-        unsafe { signal(ctx.ctx, key.inner) };
+    if with_state(|s| s.leases.waiters_on(db, key.as_slice())) > 0 {
+        blocking::signal_key_ready(ctx, key);
     }
 }
 
@@ -225,21 +170,13 @@ pub fn arm_lease_timer(ctx: &Context, db: i32, key: &[u8]) {
         }
         Some(deadline.saturating_sub(now).saturating_add(1).max(1))
     });
-    let (Some(delay), Some(create)) = (delay, api!(RedisModule_CreateTimer)) else {
-        return;
-    };
-    let data = Box::into_raw(Box::new((db, key.to_vec())));
-    // SAFETY: the timer owns `data` until on_lease_deadline takes it back.
-    unsafe { create(ctx.ctx, delay, Some(on_lease_deadline), data.cast()) };
+    if let Some(delay) = delay {
+        blocking::start_timer(ctx, delay, (db, key.to_vec()), on_lease_deadline);
+    }
 }
 
-unsafe extern "C" fn on_lease_deadline(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
-    if data.is_null() {
-        return;
-    }
-    let (db, key) = *Box::from_raw(data.cast::<(i32, Vec<u8>)>());
+fn on_lease_deadline(ctx: &Context, (db, key): (i32, Vec<u8>)) {
     with_state(|s| s.timers.remove(&(db, key.clone())));
-    let context = Context::new(ctx);
-    hand_over(&context, db, &key);
-    arm_lease_timer(&context, db, &key);
+    hand_over(ctx, db, &key);
+    arm_lease_timer(ctx, db, &key);
 }

@@ -14,8 +14,8 @@ use std::sync::{Mutex, PoisonError};
 /// A client parked by GETORMARK … WAIT.
 #[derive(Debug, Clone)]
 pub struct ParkedClient {
-    /// The RedisModuleBlockedClient handle, valid until its free_privdata callback runs.
-    pub handle: usize,
+    /// The blocked client, valid until its `on_free` runs (which removes this record).
+    pub handle: crate::ffi::blocking::Handle,
     /// The LEASE length the caller asked for, used if a lease is handed to it.
     pub lease_ms: i64,
     /// The tenant its events (and a lease handed to it) are counted under.

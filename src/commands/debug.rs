@@ -1,8 +1,7 @@
 //! CACHE.DEBUG INDEXCHECK: compares the index with the entries in the keyspace (O(N)).
 
 use super::args::{err, is, wrong_arity};
-use crate::entry::string_bytes;
-use crate::events::for_each_key;
+use crate::ffi::events::for_each_key;
 use crate::index::{show, Indexed};
 use crate::keyspace::{self, Key};
 use crate::state::with_state;
@@ -22,14 +21,14 @@ pub fn debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 fn index_check(ctx: &Context) -> RedisResult {
     let mut live: HashMap<(i32, Vec<u8>), Indexed> = HashMap::new();
-    for_each_key(ctx.ctx, |c, name| {
+    for_each_key(ctx, |c, name| {
         let mut key = Key::peek(c, name);
         if let Some(e) = key.entry() {
             let indexed = Indexed {
                 tenant: e.tenant.clone(),
                 tags: e.tags.clone(),
             };
-            live.insert((keyspace::selected_db(c), string_bytes(name).to_vec()), indexed);
+            live.insert((keyspace::selected_db(c.ctx), name.as_slice().to_vec()), indexed);
         }
     });
     let problem = with_state(|s| -> Option<String> {

@@ -1,6 +1,6 @@
 //! What COMMAND INFO and COMMAND DOCS say about each command (registered at load).
 
-use crate::command_docs::{
+use crate::ffi::command_info::{
     block, double, flag, integer, key, one_of, pattern, string, unix_time, Arg, Doc, KeyAccess, KeySpec,
 };
 

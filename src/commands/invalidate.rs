@@ -28,7 +28,7 @@ fn parse_soft(rest: &[RedisString]) -> Result<bool, redis_module::RedisError> {
 
 /// `CACHE.INVALIDATE tenant pattern [SOFT]` → entries invalidated.
 pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    if super::read::answered_key_positions(ctx, &args, crate::command_docs::KeyAccess::Delete) {
+    if super::read::answered_key_positions(ctx, &args, crate::ffi::command_info::KeyAccess::Delete) {
         return Ok(RedisValue::NoReply);
     }
     let (Some(tenant), Some(pattern)) = (args.get(1), args.get(2)) else {

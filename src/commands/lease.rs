@@ -9,7 +9,8 @@ use crate::lease::Leases;
 use crate::parking;
 use crate::state::with_state;
 use crate::stats::Event;
-use redis_module::{raw, Context, RedisError, RedisResult, RedisString, RedisValue};
+use crate::ffi;
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 /// Longest BUSY retry suggestion, whatever is left on the lease.
 const MAX_RETRY_MS: i64 = 1000;
@@ -34,12 +35,7 @@ pub enum Verdict {
 }
 
 fn reply_tagged(ctx: &Context, tag: &std::ffi::CStr, items: &[&[u8]]) {
-    let len = i64::try_from(items.len()).unwrap_or(0).saturating_add(1);
-    raw::reply_with_array(ctx.ctx, len);
-    raw::reply_with_simple_string(ctx.ctx, tag.as_ptr());
-    for item in items {
-        raw::reply_with_string_buffer(ctx.ctx, item.as_ptr().cast(), item.len());
-    }
+    ffi::reply::tagged(ctx, tag, items);
 }
 
 pub fn reply_miss(ctx: &Context, token: &[u8]) {
@@ -47,9 +43,7 @@ pub fn reply_miss(ctx: &Context, token: &[u8]) {
 }
 
 pub fn reply_busy(ctx: &Context, retry_ms: i64) {
-    raw::reply_with_array(ctx.ctx, 2);
-    raw::reply_with_simple_string(ctx.ctx, c"BUSY".as_ptr());
-    raw::reply_with_long_long(ctx.ctx, retry_ms);
+    ffi::reply::tagged_number(ctx, c"BUSY", retry_ms);
 }
 
 /// Suggested retry delay: time left on the current lease, capped.
@@ -168,11 +162,7 @@ fn parse_get_options(args: &[RedisString]) -> Result<(GetOptions, i64), RedisErr
 }
 
 fn can_block(ctx: &Context) -> bool {
-    let flags = keyspace::context_flags(ctx.ctx);
-    let deny = raw::REDISMODULE_CTX_FLAGS_MULTI
-        | raw::REDISMODULE_CTX_FLAGS_LUA
-        | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
-    flags & deny == 0
+    keyspace::may_block(ctx)
 }
 
 /// `CACHE.GETORMARK key [LEASE ms] [WAIT ms] [EARLY beta] [TENANT t]`

@@ -9,19 +9,7 @@ pub mod read;
 pub mod stats;
 pub mod write;
 
-use redis_module::{raw, Context, RedisValue};
-
-/// Replies with a bulk string straight from borrowed bytes (no copy into a RedisValue).
-pub fn reply_bytes(ctx: &Context, bytes: &[u8]) -> RedisValue {
-    raw::reply_with_string_buffer(ctx.ctx, bytes.as_ptr().cast(), bytes.len());
-    RedisValue::NoReply
-}
-
-/// Replies `+OK` (without the allocation the crate's simple-string reply makes).
-pub fn reply_ok(ctx: &Context) -> RedisValue {
-    raw::reply_with_simple_string(ctx.ctx, c"OK".as_ptr());
-    RedisValue::NoReply
-}
+pub use crate::ffi::reply::{bytes as reply_bytes, ok as reply_ok};
 
 /// JSON text of a binary name: the string itself when it is UTF-8, else with `\xNN` escapes.
 pub fn json_name(bytes: &[u8]) -> serde_json::Value {

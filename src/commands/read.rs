@@ -2,7 +2,7 @@
 
 use super::args::{int_in, is, wrong_arity, wrongtype, err};
 use super::{json_name, reply_bytes};
-use crate::command_docs::KeyAccess;
+use crate::ffi::command_info::KeyAccess;
 use crate::engine;
 use crate::glob::Glob;
 use crate::keyspace::{self, Key, Kind};
@@ -97,18 +97,8 @@ pub fn inspect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// says, unless it is `*`, which names no key and so runs on whichever primary receives it.
 /// True when this was such a request.
 pub fn answered_key_positions(ctx: &Context, args: &[RedisString], access: KeyAccess) -> bool {
-    let (Some(is_request), Some(key_at)) = (api!(RedisModule_IsKeysPositionRequest), api!(RedisModule_KeyAtPosWithFlags)) else {
-        return false;
-    };
-    // SAFETY: plain calls on the command's context.
-    if unsafe { is_request(ctx.ctx) } == 0 {
-        return false;
-    }
-    if args.get(1).is_some_and(|tenant| tenant.as_slice() != b"*") {
-        // SAFETY: position 1 exists (checked just above).
-        unsafe { key_at(ctx.ctx, 1, access.key_flags()) };
-    }
-    true
+    let tenant_is_key = args.get(1).is_some_and(|tenant| tenant.as_slice() != b"*");
+    crate::ffi::command_info::answer_key_positions(ctx, tenant_is_key, access)
 }
 
 /// A tenant argument: `*` (every tenant), `{t}` or `t`.

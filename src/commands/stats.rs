@@ -4,7 +4,8 @@ use super::args::{err, is};
 use crate::keyspace::now_ms;
 use crate::state::{with_state, State};
 use crate::stats::{self, Figure};
-use redis_module::{raw, Context, InfoContext, RedisResult, RedisString, RedisValue};
+use crate::ffi::{self, reply::InfoFigure};
+use redis_module::{Context, InfoContext, RedisResult, RedisString, RedisValue};
 
 /// Server-wide gauges (all databases).
 fn global_gauges(s: &State, now: i64) -> Vec<(&'static str, u64)> {
@@ -82,15 +83,14 @@ pub fn info(ctx: &InfoContext, for_crash_report: bool) {
     }
     let now = now_ms();
     let figures = with_state(|s| stats::report(&s.stats.global, &global_gauges(s, now)));
-    raw::add_info_section(ctx.ctx, None);
-    for (name, figure) in figures {
-        match figure {
-            Figure::Count(v) => {
-                raw::add_info_field_unsigned_long_long(ctx.ctx, name, v);
-            }
-            Figure::Ratio(r) => {
-                raw::add_info_field_double(ctx.ctx, name, r);
-            }
-        }
-    }
+    ffi::reply::info_section(
+        ctx,
+        figures.into_iter().map(|(name, figure)| {
+            let figure = match figure {
+                Figure::Count(v) => InfoFigure::Count(v),
+                Figure::Ratio(r) => InfoFigure::Ratio(r),
+            };
+            (name, figure)
+        }),
+    );
 }

@@ -1,10 +1,8 @@
-//! A thin, safe wrapper over raw module keys. The crate's key types cannot read a key's TTL and
+//! A thin, safe wrapper over raw module keys and strings. The crate's key types cannot read a key's TTL and
 //! refuse to replace a value of another type, and `RedisModule_GetExpire` on a NULL key crashes
 //! 7.0: this wrapper checks every pointer before use.
-// The raw pointers taken by these functions are handles Redis passes to commands and callbacks.
-#![allow(clippy::not_unsafe_ptr_arg_deref)]
-
-use crate::entry::{raw_type, Entry};
+use super::datatype::raw_type;
+use crate::entry::Entry;
 use redis_module::{raw, Context, RedisString};
 use std::os::raw::c_int;
 
@@ -29,12 +27,8 @@ impl Key {
     }
 
     /// Opens for reading without touching the LRU/LFU clock (for checks and scans).
-    pub fn peek(ctx: *mut raw::RedisModuleCtx, name: *mut raw::RedisModuleString) -> Key {
-        Self::open(ctx, name, raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH)
-    }
-
-    pub fn open_raw_write(ctx: *mut raw::RedisModuleCtx, name: *mut raw::RedisModuleString) -> Key {
-        Self::open(ctx, name, raw::REDISMODULE_READ | raw::REDISMODULE_WRITE)
+    pub fn peek(ctx: &Context, name: &RedisString) -> Key {
+        Self::open(ctx.ctx, name.inner, raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH)
     }
 
     fn open(ctx: *mut raw::RedisModuleCtx, name: *mut raw::RedisModuleString, mode: u32) -> Key {
@@ -149,6 +143,7 @@ pub fn string(ctx: &Context, bytes: &[u8]) -> RedisString {
 
 /// Milliseconds since the epoch, from Redis's clock (cached per command, as Redis itself uses).
 pub fn now_ms() -> i64 {
+    // SAFETY: a plain clock getter.
     api!(RedisModule_Milliseconds).map_or(0, |f| unsafe { f() })
 }
 
@@ -161,6 +156,17 @@ pub fn selected_db(ctx: *mut raw::RedisModuleCtx) -> i32 {
     }
 }
 
+/// True for commands replayed from the primary (replication) or the AOF/RDB while loading.
+pub fn is_replayed(ctx: &Context) -> bool {
+    context_flags(ctx.ctx) & (raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING) != 0
+}
+
+/// False inside MULTI/EXEC, scripts and other contexts that must not block a client.
+pub fn may_block(ctx: &Context) -> bool {
+    let deny = raw::REDISMODULE_CTX_FLAGS_MULTI | raw::REDISMODULE_CTX_FLAGS_LUA | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
+    context_flags(ctx.ctx) & deny == 0
+}
+
 /// Raw context flags (REDISMODULE_CTX_FLAGS_*).
 pub fn context_flags(ctx: *mut raw::RedisModuleCtx) -> u32 {
     match api!(RedisModule_GetContextFlags) {
@@ -168,4 +174,18 @@ pub fn context_flags(ctx: *mut raw::RedisModuleCtx) -> u32 {
         Some(f) if !ctx.is_null() => unsafe { f(ctx) as u32 },
         _ => 0,
     }
+}
+
+/// The bytes of a Redis string (empty for null).
+pub fn string_bytes<'a>(s: *const raw::RedisModuleString) -> &'a [u8] {
+    if s.is_null() {
+        return &[];
+    }
+    let mut len = 0usize;
+    let ptr = raw::string_ptr_len(s, &mut len);
+    if ptr.is_null() {
+        return &[];
+    }
+    // SAFETY: Redis guarantees `len` readable bytes at `ptr` for the string's lifetime.
+    unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }
 }

@@ -264,3 +264,21 @@ pub fn register(ctx: &Context, docs: &[Doc]) -> bool {
         ok
     })
 }
+
+/// When Redis asks a `getkeys-api` command for its key positions (cluster routing, ACL):
+/// reports argument 1 as a key accessed as `access` when `tenant_is_key`, and returns true.
+/// False when this is an ordinary call.
+pub fn answer_key_positions(ctx: &Context, tenant_is_key: bool, access: KeyAccess) -> bool {
+    let (Some(is_request), Some(key_at)) = (api!(RedisModule_IsKeysPositionRequest), api!(RedisModule_KeyAtPosWithFlags)) else {
+        return false;
+    };
+    // SAFETY: plain calls on the command's context.
+    if unsafe { is_request(ctx.ctx) } == 0 {
+        return false;
+    }
+    if tenant_is_key {
+        // SAFETY: position 1 exists (the caller checked the argument).
+        unsafe { key_at(ctx.ctx, 1, access.key_flags()) };
+    }
+    true
+}

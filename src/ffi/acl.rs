@@ -1,0 +1,44 @@
+//! ACL questions: who is calling, and may a user write a key.
+
+use super::keyspace;
+use redis_module::{raw, Context, RedisString};
+use std::os::raw::c_int;
+
+/// The ACL user name of the client running the command (None when Redis gives none).
+pub fn current_user_name(ctx: &Context) -> Option<Vec<u8>> {
+    let user_name = api!(RedisModule_GetCurrentUserName)?;
+    // SAFETY: ctx is the command's context.
+    let name = unsafe { user_name(ctx.ctx) };
+    if name.is_null() {
+        return None;
+    }
+    let name = RedisString::new(std::ptr::NonNull::new(ctx.ctx), name);
+    Some(name.as_slice().to_vec())
+}
+
+/// The first of `keys` that ACL user `user_name` may not delete/overwrite; a user that no longer
+/// exists may write nothing. None when every key is writable (or the server cannot tell).
+pub fn first_unwritable<'k>(ctx: &Context, user_name: &[u8], keys: &'k [Vec<u8>]) -> Option<&'k [u8]> {
+    let (Some(get_user), Some(check), Some(free_user)) = (
+        api!(RedisModule_GetModuleUserFromUserName),
+        api!(RedisModule_ACLCheckKeyPermissions),
+        api!(RedisModule_FreeModuleUser),
+    ) else {
+        return None;
+    };
+    let name = keyspace::string(ctx, user_name);
+    // SAFETY: name is a live string.
+    let user = unsafe { get_user(name.inner) };
+    if user.is_null() {
+        return keys.first().map(Vec::as_slice);
+    }
+    let flags = (raw::REDISMODULE_CMD_KEY_DELETE | raw::REDISMODULE_CMD_KEY_UPDATE) as c_int;
+    let denied = keys.iter().find(|k| {
+        let key = keyspace::string(ctx, k);
+        // SAFETY: user and key are live for this call.
+        unsafe { check(user, key.inner, flags) != raw::REDISMODULE_OK as c_int }
+    });
+    // SAFETY: user was returned by GetModuleUserFromUserName and is freed once.
+    unsafe { free_user(user) };
+    denied.map(Vec::as_slice)
+}

@@ -1,0 +1,179 @@
+//! The `tagcache0` native type's callbacks: RDB save/load (versioned), AOF rewrite, digest,
+//! memory usage, copy, free and unlink. The entry itself is `crate::entry`.
+
+use super::keyspace::string_bytes;
+use crate::entry::{normalize_tags, set_command_args, Entry, ENCODING_VERSION};
+use redis_module::native_types::RedisType;
+use redis_module::raw;
+use std::ffi::CString;
+use std::os::raw::{c_int, c_void};
+
+const FLAG_TENANT_EXPLICIT: u64 = 1;
+
+pub static TAGCACHE_TYPE: RedisType = RedisType::new(
+    "tagcache0",
+    ENCODING_VERSION,
+    raw::RedisModuleTypeMethods {
+        version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
+        rdb_load: Some(rdb_load),
+        rdb_save: Some(rdb_save),
+        aof_rewrite: Some(aof_rewrite),
+        mem_usage: Some(mem_usage),
+        digest: Some(digest),
+        free: Some(free),
+        aux_load: None,
+        aux_save: None,
+        aux_save2: None,
+        aux_save_triggers: 0,
+        free_effort: None,
+        unlink: None,
+        copy: Some(copy),
+        defrag: None,
+        copy2: None,
+        free_effort2: None,
+        mem_usage2: None,
+        unlink2: Some(super::events::on_unlink),
+    },
+);
+
+/// The registered type handle (null before the module is loaded).
+pub fn raw_type() -> *mut raw::RedisModuleType {
+    *TAGCACHE_TYPE.raw_type.borrow()
+}
+
+/// SAFETY: Redis passes a value this type created (a boxed Entry), once, possibly on the
+/// lazy-free thread: no Redis API call here.
+unsafe extern "C" fn free(value: *mut c_void) {
+    if !value.is_null() {
+        drop(Box::from_raw(value.cast::<Entry>()));
+    }
+}
+
+/// SAFETY: Redis passes a live value of this type.
+unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
+    value
+        .cast::<Entry>()
+        .as_ref()
+        .map_or(0, Entry::memory_bytes)
+}
+
+/// SAFETY: Redis passes a live value of this type and the destination name.
+unsafe extern "C" fn copy(
+    _from: *mut raw::RedisModuleString,
+    to: *mut raw::RedisModuleString,
+    value: *const c_void,
+) -> *mut c_void {
+    let Some(entry) = value.cast::<Entry>().as_ref() else {
+        return std::ptr::null_mut();
+    };
+    let mut copied = entry.clone();
+    if !copied.tenant_explicit {
+        copied.tenant = crate::config::derived_tenant(string_bytes(to));
+    }
+    Box::into_raw(Box::new(copied)).cast()
+}
+
+/// SAFETY: Redis passes a live IO handle and a value of this type.
+unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
+    let Some(e) = value.cast::<Entry>().as_ref() else {
+        return;
+    };
+    raw::save_unsigned(rdb, if e.tenant_explicit { FLAG_TENANT_EXPLICIT } else { 0 });
+    raw::save_slice(rdb, &e.value);
+    raw::save_slice(rdb, &e.tenant);
+    raw::save_unsigned(rdb, e.tags.len() as u64);
+    for tag in &e.tags {
+        raw::save_slice(rdb, tag);
+    }
+    raw::save_signed(rdb, e.stale_ms);
+    raw::save_signed(rdb, e.fill_ms);
+}
+
+/// SAFETY: Redis passes a live IO handle; an unreadable entry returns NULL (Redis fails the load).
+unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
+    if encver > ENCODING_VERSION {
+        return std::ptr::null_mut();
+    }
+    match load_entry(rdb) {
+        Ok(entry) => Box::into_raw(Box::new(entry)).cast(),
+        Err(_) => std::ptr::null_mut(),
+    }
+}
+
+fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Entry, redis_module::error::Error> {
+    let flags = raw::load_unsigned(rdb)?;
+    let value = raw::load_string_buffer(rdb)?.as_ref().to_vec();
+    let tenant = raw::load_string_buffer(rdb)?.as_ref().to_vec();
+    let count = raw::load_unsigned(rdb)?;
+    let mut tags = Vec::new();
+    for _ in 0..count {
+        tags.push(raw::load_string_buffer(rdb)?.as_ref().to_vec());
+    }
+    Ok(Entry {
+        value,
+        tenant,
+        tenant_explicit: flags & FLAG_TENANT_EXPLICIT != 0,
+        tags: normalize_tags(tags),
+        stale_ms: raw::load_signed(rdb)?,
+        fill_ms: raw::load_signed(rdb)?,
+    })
+}
+
+/// Emits `CACHE.SET key value NOEXPIRE STALE s TAGS n … [TENANT t]`; Redis appends the key's
+/// PEXPIREAT itself, which restores the TTL (and with it the fresh deadline).
+/// SAFETY: Redis passes a live AOF IO handle, the key name and a value of this type.
+unsafe extern "C" fn aof_rewrite(
+    aof: *mut raw::RedisModuleIO,
+    key: *mut raw::RedisModuleString,
+    value: *mut c_void,
+) {
+    let Some(e) = value.cast::<Entry>().as_ref() else {
+        return;
+    };
+    let args = set_command_args(string_bytes(key), e, None);
+    let ctx = api!(RedisModule_GetContextFromIO).map_or(std::ptr::null_mut(), |f| f(aof));
+    let strings: Vec<*mut raw::RedisModuleString> = args
+        .iter()
+        .map(|a| api!(RedisModule_CreateString).map_or(std::ptr::null_mut(), |f| {
+            f(ctx, a.as_ptr().cast(), a.len())
+        }))
+        .collect();
+    if strings.iter().any(|s| s.is_null()) {
+        return;
+    }
+    if let (Some(emit), Ok(cmd), Ok(fmt)) = (
+        api!(RedisModule_EmitAOF),
+        CString::new("CACHE.SET"),
+        CString::new("v"),
+    ) {
+        emit(aof, cmd.as_ptr(), fmt.as_ptr(), strings.as_ptr(), strings.len());
+    }
+    if let Some(free) = api!(RedisModule_FreeString) {
+        for s in strings {
+            free(ctx, s);
+        }
+    }
+}
+
+/// SAFETY: Redis passes a live digest and a value of this type.
+unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
+    let Some(e) = value.cast::<Entry>().as_ref() else {
+        return;
+    };
+    let (Some(add), Some(add_ll), Some(end)) = (
+        api!(RedisModule_DigestAddStringBuffer),
+        api!(RedisModule_DigestAddLongLong),
+        api!(RedisModule_DigestEndSequence),
+    ) else {
+        return;
+    };
+    add(md, e.value.as_ptr().cast(), e.value.len());
+    add(md, e.tenant.as_ptr().cast(), e.tenant.len());
+    add_ll(md, i64::from(e.tenant_explicit));
+    for tag in &e.tags {
+        add(md, tag.as_ptr().cast(), tag.len());
+    }
+    add_ll(md, e.stale_ms);
+    end(md);
+}
+
