@@ -17,7 +17,7 @@ export interface WriteOpts {
 }
 
 /** Runs a command with the cache's timeout, retries and circuit breaker. */
-export type Exec = <T>(fn: () => Promise<T>) => Promise<T>;
+export type Exec = <T, R = T>(fn: () => Promise<T>, map?: (v: T) => R) => Promise<R>;
 
 export interface Backend {
   readonly mode: 'module' | 'fallback';
@@ -123,7 +123,7 @@ export class ModuleBackend implements Backend {
   getOrMark(key: string, leaseMs: number, early?: number): Promise<Mark> {
     const args: Arg[] = ['CACHE.GETORMARK', key, 'LEASE', String(leaseMs)];
     if (early !== undefined && early > 0) args.push('EARLY', String(early));
-    return this.exec(() => this.driver.send(args, key)).then(parseMark);
+    return this.exec(() => this.driver.send(args, key), parseMark);
   }
 
   async waitMark(key: string, leaseMs: number, waitMs: number, conn: Driver | undefined): Promise<Mark> {

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import {
   type Backend,
+  type Exec,
   type Mark,
   type StatsDoc,
   type WriteOpts,
@@ -185,9 +186,12 @@ class Deadlines {
   private timer: NodeJS.Timeout | undefined;
   constructor(private readonly ms: number) {}
 
-  /** Settles with `p`, or rejects after the timeout; `ok` runs on success before resolving. */
-  run<T>(p: Promise<T>, ok?: () => void): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
+  /**
+   * Settles with `map(value of p)`, with `onError(error)` when `p` fails, or rejects after the
+   * timeout. One promise per command (the hit path's cost is mostly promises).
+   */
+  run<T, R>(p: Promise<T>, map: (v: T) => R, onError: (e: unknown) => Promise<R>): Promise<R> {
+    return new Promise<R>((resolve, reject) => {
       const e: Deadline = { at: Date.now() + this.ms, done: false, reject };
       this.q.push(e);
       if (!this.timer) {
@@ -198,13 +202,16 @@ class Deadlines {
         (v) => {
           if (e.done) return;
           e.done = true;
-          ok?.();
-          resolve(v);
+          try {
+            resolve(map(v));
+          } catch (err) {
+            reject(err);
+          }
         },
         (err: unknown) => {
           if (e.done) return;
           e.done = true;
-          reject(err);
+          resolve(onError(err));
         },
       );
     });
@@ -440,7 +447,7 @@ export class TagCache extends EventEmitter {
     const r = this.options.redis;
     this.driver = typeof r === 'string' ? await driverFromUrl(r) : driverFor(r);
     const driver = this.driver;
-    const exec = <T>(fn: () => Promise<T>): Promise<T> => this.exec(fn);
+    const exec: Exec = (fn, map) => this.exec(fn, map);
     try {
       await driver.connect(this.o.connectTimeout);
     } catch (e) {
@@ -523,29 +530,36 @@ export class TagCache extends EventEmitter {
     await withTimeout(d.send(['PING']), this.o.commandTimeout, 'PING');
   }
 
-  /** Timeout, retries with exponential backoff and full jitter, circuit breaker. */
-  private readonly onSuccess = (): void => this.breaker.success();
-
-  private exec<T>(fn: () => Promise<T>, attempt = 0): Promise<T> {
+  /**
+   * Timeout, retries with exponential backoff and full jitter, circuit breaker; `map` turns the
+   * reply into the result (a throw there is the caller's error, not a Redis failure).
+   */
+  private exec<T, R = T>(fn: () => Promise<T>, map?: (v: T) => R, attempt = 0): Promise<R> {
     // Not async on purpose: the hit path stays one promise deep.
     if (!this.breaker.allow()) return Promise.reject(new CircuitOpenError());
     if (this.driver && !this.driver.isReady()) {
       this.breaker.failure();
       return Promise.reject(new Error('Redis connection is down'));
     }
-    return this.deadlines.run(fn(), this.onSuccess).catch(
-      async (e: unknown) => {
+    const breaker = this.breaker;
+    return this.deadlines.run(
+      fn(),
+      (v: T): R => {
+        breaker.success();
+        return map ? map(v) : (v as unknown as R);
+      },
+      async (e: unknown): Promise<R> => {
         if (isServerReply(e)) {
-          this.breaker.success(); // the server answered
+          breaker.success(); // the server answered
           throw e;
         }
         if (attempt >= this.o.retries) {
-          this.breaker.failure();
+          breaker.failure();
           throw e;
         }
         this.m.retries++;
         await sleep(backoffDelay(attempt, this.o.baseDelay, this.o.maxDelay));
-        return this.exec(fn, attempt + 1);
+        return this.exec(fn, map, attempt + 1);
       },
     );
   }
