@@ -100,6 +100,11 @@ export function functionalSuite(lib, { module }) {
       assert.equal(calls, 1);
       const m = c.metrics();
       assert.equal(m.factory_calls, 1);
+      assert.equal(m.factory_latency.count, 1);
+      assert.ok(m.factory_latency.sum_ms >= 25 && m.factory_latency.max_ms === m.factory_latency.sum_ms, JSON.stringify(m.factory_latency));
+      assert.equal(m.l1_hits, 0);
+      assert.equal(m.errors, 0);
+      assert.equal(m.circuit, 'closed');
       assert.equal(m.fills, 1);
       assert.equal(m.misses, 1);
       assert.equal(m.hits, 1);
@@ -138,11 +143,14 @@ export function functionalSuite(lib, { module }) {
         await gate;
         return 'new';
       };
+      const staleEvents = [];
+      c.on('stale', (e) => staleEvents.push(e.refreshing));
       const vals = await Promise.all(Array.from({ length: 20 }, () => c.getOrSet({ key: 'swr', ttl: 10, factory })));
       assert.deepEqual(new Set(vals), new Set(['old']));
       // the refresh is still running: another caller is told STALE without a token
       assert.equal(await c.getOrSet({ key: 'swr', ttl: 10, factory }), 'old');
       assert.equal(calls, 1);
+      assert.deepEqual(staleEvents, [true, false], 'one refresher, then a stale read without a token');
       release();
       await waitFor(async () => (await c.get('swr')) === 'new', { what: 'refreshed value' });
       assert.equal(calls, 1);

@@ -119,6 +119,19 @@ describe('with a real server', () => {
     await cache.close();
   });
 
+  test('a URL creates (and close() closes) the package\'s own client', async () => {
+    const cache = createCache({ redis: server.url, logger: silent, prefix: 'url:' });
+    await cache.connect();
+    assert.equal(cache.mode, 'module');
+    assert.equal(await cache.getOrSet({ key: 'k', ttl: 10, factory: () => 'v' }), 'v');
+    assert.equal(await conn.client.call('CACHE.GET', 'url:k'), '"v"');
+    const clients = () => server.cli('CLIENT', 'LIST').split('\n').length;
+    const before = clients();
+    await cache.close();
+    const { waitFor } = await import('./helpers.mjs');
+    await waitFor(() => clients() === before - 1, { what: 'own connection closed' });
+  });
+
   test('S8.1 with a debug logger every event is a log line too', async () => {
     const lines = [];
     const cache = createCache({ redis: conn.client, prefix: 'dbg:', logger: { debug: (m) => lines.push(m) } });
