@@ -335,6 +335,7 @@ export class TagCache extends EventEmitter {
   private readonly l1: L1Cache | undefined;
   private tracker: Tracker | undefined;
   private invalidationSeq = 0;
+  private trackerDown = false;
   private pool: WaitPool | undefined;
   private readonly deadlines: Deadlines;
   private initialized = false;
@@ -473,8 +474,7 @@ export class TagCache extends EventEmitter {
       }
     }
     if (mode === 'fallback') {
-      this.log.warn(FALLBACK_WARNING);
-      this.backend = new FallbackBackend(driver, exec, this.o.fallbackTtlMs);
+      this.useFallback();
     } else {
       this.backend = new ModuleBackend(driver, exec);
       this.pool = new WaitPool(async () => {
@@ -488,14 +488,21 @@ export class TagCache extends EventEmitter {
         return d;
       }, this.o.waitPoolSize);
     }
-    this.m.mode = mode;
+    if (this.backend) this.m.mode = this.backend.mode;
     if (this.l1) {
       this.tracker = new Tracker(
         () => driver.primaries(),
         this.prefix,
         (keys) => this.onInvalidatePush(keys),
         (up, err) => {
-          if (!up && err) this.log.warn(`L1 tracking connection failed: ${errorText(err)}`);
+          // one line per outage, not one per reconnect attempt
+          if (up) {
+            if (this.trackerDown) this.log.info('L1 tracking connected again');
+            this.trackerDown = false;
+          } else if (!this.trackerDown) {
+            this.trackerDown = true;
+            this.log.warn(`L1 tracking connection lost${err ? `: ${errorText(err)}` : ''}; L1 bypassed until it is back`);
+          }
         },
       );
       try {
@@ -504,6 +511,16 @@ export class TagCache extends EventEmitter {
         this.log.warn(`L1 disabled until tracking connects: ${errorText(e)}`);
       }
     }
+  }
+
+  private useFallback(): void {
+    if (!this.driver || this.backend?.mode === 'fallback') return;
+    this.log.warn(FALLBACK_WARNING);
+    const exec: Exec = (fn, map) => this.exec(fn, map);
+    this.backend = new FallbackBackend(this.driver, exec, this.o.fallbackTtlMs);
+    this.m.mode = 'fallback';
+    void this.pool?.close();
+    this.pool = undefined;
   }
 
   private onInvalidatePush(keys: string[] | null): void {
@@ -574,6 +591,10 @@ export class TagCache extends EventEmitter {
     if (e instanceof CircuitOpenError) return; // skipped on purpose: reported once as circuit_open
     this.m.errors++;
     const msg = errorText(e);
+    if (this.backend?.mode === 'module' && (this.options.mode ?? 'auto') === 'auto' && /unknown command .?cache\./i.test(msg)) {
+      // detection was impossible at connect (server down) and the server has no module after all
+      this.useFallback();
+    }
     this.log.error(`${op} failed: ${msg}`, key ? { key } : undefined);
     if (this.listenerCount('error') > 0) this.emit('error', { op, key, error: e });
   }

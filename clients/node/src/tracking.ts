@@ -9,6 +9,7 @@ export class Tracker {
   private connected = 0;
   private wanted = 0;
   private timer: NodeJS.Timeout | undefined;
+  private retryDelay = 100;
 
   constructor(
     private readonly endpoints: () => Promise<Endpoint[]>,
@@ -41,7 +42,11 @@ export class Tracker {
         // Invalidations may have been missed: everything in L1 is suspect.
         this.onKeys(null);
         this.onState(false);
-        if (!this.stopped) this.timer = setTimeout(() => void this.open(ep).catch(() => {}), 200).unref();
+        if (!this.stopped) {
+          // reconnect with backoff (100 ms doubling to 5 s) while the server is away
+          this.retryDelay = Math.min(5_000, this.retryDelay * 2);
+          this.timer = setTimeout(() => void this.open(ep).catch(() => {}), this.retryDelay).unref();
+        }
       },
     );
     this.conns.push(conn);
@@ -54,6 +59,7 @@ export class Tracker {
       if (this.prefix) args.push('PREFIX', this.prefix);
       await conn.command(args);
       up = true;
+      this.retryDelay = 100;
       this.connected++;
       this.onKeys(null); // anything cached before tracking was (re)established is suspect
       this.onState(true);

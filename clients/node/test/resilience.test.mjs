@@ -111,3 +111,41 @@ for (const lib of ['ioredis', 'node-redis']) {
     });
   });
 }
+
+describe('late detection', () => {
+  test('S5.1 Redis down at start (mode unknown), then up without the module: the cache switches to fallback mode', async () => {
+    const { freePort } = await import('./helpers.mjs');
+    const { Redis } = await import('ioredis');
+    const port = await freePort();
+    const redis = new Redis({ host: '127.0.0.1', port, lazyConnect: true, retryStrategy: () => 100 });
+    redis.on('error', () => {});
+    const warns = [];
+    const cache = createCache({
+      redis,
+      logger: { ...silent, warn: (m) => warns.push(m) },
+      connectTimeout: 300,
+      commandTimeout: 300,
+      retry: { retries: 0 },
+      circuitBreaker: { threshold: 2, cooldown: 100 },
+    });
+    let server;
+    try {
+      await cache.connect();
+      assert.equal(cache.mode, 'module', 'assumed while the server could not be asked');
+      assert.equal(await cache.getOrSet({ key: 'k', ttl: 60, factory: () => 'f' }), 'f');
+      server = await startRedis({ module: false, port });
+      await waitFor(async () => {
+        await cache.set('k', 'v');
+        return cache.mode === 'fallback';
+      }, { timeout: 20_000, what: 'fallback mode' });
+      assert.equal(warns.filter((w) => w.includes('fallback mode')).length, 1);
+      assert.equal(await cache.set('k', 'v'), true);
+      assert.equal(await cache.get('k'), 'v');
+      assert.deepEqual(unhandled, []);
+    } finally {
+      await cache.close();
+      redis.disconnect();
+      await server?.stop();
+    }
+  });
+});
