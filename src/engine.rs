@@ -1,7 +1,7 @@
 //! Operations shared by several commands: storing an entry with its index and replication,
 //! removing or soft-expiring entries, ACL checks. Command modules parse and reply; this does.
 
-use crate::commands::args::{err, Expiry, Source, WriteOptions};
+use crate::commands::args::{err, CmdError, Expiry, Source, WriteOptions};
 use crate::config;
 use crate::entry::Entry;
 use crate::ffi;
@@ -272,9 +272,10 @@ pub fn check_write_permission(ctx: &Context, keys: &[Vec<u8>]) -> Result<(), Red
     };
     match ffi::acl::first_unwritable(ctx, &user, keys) {
         None => Ok(()),
-        Some(denied) => Err(crate::commands::args::coded(
-            "NOPERM",
-            &format!("this user has no permissions to access the '{}' key", crate::commands::args::shown(denied)),
-        )),
+        Some(denied) => Err(CmdError::NoPerm(format!(
+            "this user has no permissions to access the '{}' key",
+            crate::commands::args::shown(denied)
+        ))
+        .into()),
     }
 }

@@ -6,14 +6,38 @@ use crate::entry::normalize_tags;
 use crate::policy::MAX_SECONDS;
 use redis_module::{RedisError, RedisString};
 
-/// An `ERR …` error reply.
-pub fn err(msg: impl Into<String>) -> RedisError {
-    coded("ERR", &msg.into())
+/// A command's error: each variant is one reply code. Every error is raised before anything
+/// changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CmdError {
+    /// `ERR <message>`: bad input.
+    Err(String),
+    /// `ERR wrong number of arguments for '<command>' command`.
+    WrongArity(&'static str),
+    /// `WRONGTYPE …`: the key holds a value of another type.
+    WrongType,
+    /// `LEASE lease is no longer valid`.
+    Lease,
+    /// `NOPERM <message>`.
+    NoPerm(String),
 }
 
-/// An error reply with its own code (`WRONGTYPE`, `NOPERM`, `LEASE`).
-pub fn coded(code: &str, msg: &str) -> RedisError {
-    RedisError::String(ascii_only(&format!("{code} {msg}")))
+impl From<CmdError> for RedisError {
+    fn from(e: CmdError) -> RedisError {
+        let text = match e {
+            CmdError::Err(msg) => format!("ERR {msg}"),
+            CmdError::WrongArity(command) => format!("ERR wrong number of arguments for '{command}' command"),
+            CmdError::WrongType => "WRONGTYPE Operation against a key holding the wrong kind of value".to_string(),
+            CmdError::Lease => "LEASE lease is no longer valid".to_string(),
+            CmdError::NoPerm(msg) => format!("NOPERM {msg}"),
+        };
+        RedisError::String(ascii_only(&text))
+    }
+}
+
+/// An `ERR …` error reply.
+pub fn err(msg: impl Into<String>) -> RedisError {
+    CmdError::Err(msg.into()).into()
 }
 
 /// The crate sends error text byte by byte (each char cut to a u8), so anything beyond ASCII
@@ -34,12 +58,12 @@ pub fn shown(arg: &[u8]) -> String {
     format!("{}{more}", head.escape_ascii())
 }
 
-pub fn wrong_arity(command: &str) -> RedisError {
-    err(format!("wrong number of arguments for '{command}' command"))
+pub fn wrong_arity(command: &'static str) -> RedisError {
+    CmdError::WrongArity(command).into()
 }
 
 pub fn wrongtype() -> RedisError {
-    coded("WRONGTYPE", "Operation against a key holding the wrong kind of value")
+    CmdError::WrongType.into()
 }
 
 /// Parses a base-10 i64 exactly (no spaces, no '+', no overflow).
@@ -52,15 +76,83 @@ pub fn parse_i64(arg: &[u8]) -> Option<i64> {
 }
 
 /// An integer in `min..=max`, or an error naming the option.
-pub fn int_in(arg: &[u8], what: &str, min: i64, max: i64) -> Result<i64, RedisError> {
+pub fn int_in(arg: &[u8], what: &str, min: i64, max: i64) -> Result<i64, CmdError> {
     match parse_i64(arg) {
         Some(v) if (min..=max).contains(&v) => Ok(v),
-        _ => Err(err(format!("{what} must be an integer from {min} to {max}"))),
+        _ => Err(CmdError::Err(format!("{what} must be an integer from {min} to {max}"))),
     }
 }
 
 pub fn is(arg: &[u8], name: &str) -> bool {
     arg.eq_ignore_ascii_case(name.as_bytes())
+}
+
+/// The one argument reader every command parses with: positional arguments, then named
+/// options (each at most once, case-insensitive), each consuming its own values.
+pub struct Cursor<'a> {
+    args: &'a [RedisString],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// Reads `args` from position `from` (after the command name and positional arguments).
+    pub fn new(args: &'a [RedisString], from: usize) -> Cursor<'a> {
+        Cursor { args, pos: from }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.pos >= self.args.len()
+    }
+
+    /// The next argument, consumed.
+    pub fn next_arg(&mut self) -> Option<&'a RedisString> {
+        let arg = self.args.get(self.pos)?;
+        self.pos = self.pos.saturating_add(1);
+        Some(arg)
+    }
+
+    /// The value of option `name`, consumed.
+    pub fn value_of(&mut self, name: &str) -> Result<&'a RedisString, CmdError> {
+        self.next_arg().ok_or_else(|| CmdError::Err(format!("{name} needs a value")))
+    }
+
+    /// The integer value of option `name`, in `min..=max`.
+    pub fn int_of(&mut self, name: &str, min: i64, max: i64) -> Result<i64, CmdError> {
+        int_in(self.value_of(name)?.as_slice(), name, min, max)
+    }
+
+    /// The next `n` arguments, consumed, or an error saying `what` is larger than what is left.
+    pub fn take(&mut self, n: usize, what: &str) -> Result<&'a [RedisString], CmdError> {
+        let end = self.pos.saturating_add(n);
+        let taken = self
+            .args
+            .get(self.pos..end)
+            .ok_or_else(|| CmdError::Err(format!("{what} is larger than the number of arguments given")))?;
+        self.pos = end;
+        Ok(taken)
+    }
+
+    /// Reads named options until the end: `names` lists them; `apply(index in names, cursor)`
+    /// consumes each one's values. An unknown option or one given twice is an error.
+    pub fn options(
+        &mut self,
+        names: &[&str],
+        mut apply: impl FnMut(usize, &mut Cursor<'a>) -> Result<(), CmdError>,
+    ) -> Result<(), CmdError> {
+        let mut seen = vec![false; names.len()];
+        while let Some(arg) = self.next_arg() {
+            let name = arg.as_slice();
+            let Some(slot) = names.iter().position(|n| is(name, n)) else {
+                return Err(CmdError::Err(format!("unknown option '{}'", shown(name))));
+            };
+            match seen.get_mut(slot) {
+                Some(seen) if !*seen => *seen = true,
+                _ => return Err(CmdError::Err(format!("option {} given twice", names.get(slot).unwrap_or(&"")))),
+            }
+            apply(slot, self)?;
+        }
+        Ok(())
+    }
 }
 
 /// How a write sets the entry's fresh deadline.
@@ -96,8 +188,6 @@ impl WriteOptions<'_> {
 /// Largest absolute deadline accepted (year ~2286 in ms), so later additions cannot overflow.
 const MAX_UNIX_MS: i64 = 9_999_999_999_999;
 
-const ONE_EXPIRY: &str = "only one of EX, PX, EXAT, PXAT and NOEXPIRE may be given";
-
 /// Who sent a write: a client is held to this server's limits (`tagcache.max-tags`, reserved
 /// names); a write replayed from the primary or the AOF/RDB already happened and is never refused
 /// by a local limit (valkey-bloom's `must_obey_client`).
@@ -107,82 +197,56 @@ pub enum Source {
     Replayed,
 }
 
+const ONE_EXPIRY: &str = "only one of EX, PX, EXAT, PXAT and NOEXPIRE may be given";
+
+const WRITE_OPTIONS: [&str; 8] = ["EX", "PX", "EXAT", "PXAT", "NOEXPIRE", "STALE", "TAGS", "TENANT"];
+
 /// Parses `[EX s | PX ms | EXAT s | PXAT ms | NOEXPIRE] [STALE s] [TAGS n tag…] [TENANT t]`.
-pub fn parse_write_options(args: &[RedisString], source: Source) -> Result<WriteOptions<'_>, RedisError> {
+pub fn parse_write_options(mut cursor: Cursor<'_>, source: Source) -> Result<WriteOptions<'_>, CmdError> {
     let mut opts = WriteOptions {
         expiry: Expiry::Default,
         stale_s: None,
         tags: &[],
         tenant: None,
     };
-    let mut seen_tags = false;
-    let mut i = 0usize;
-    let value_of = |i: usize, name: &str| -> Result<&RedisString, RedisError> {
-        args.get(i.saturating_add(1))
-            .ok_or_else(|| err(format!("{name} needs a value")))
-    };
-    while let Some(arg) = args.get(i) {
-        let name = arg.as_slice();
-        let ttl_unit = ["EX", "PX", "EXAT", "PXAT"].into_iter().find(|n| is(name, n));
-        if let Some(unit) = ttl_unit {
-            if opts.expiry != Expiry::Default {
-                return Err(err(ONE_EXPIRY));
+    cursor.options(&WRITE_OPTIONS, |slot, c| {
+        let unit = WRITE_OPTIONS.get(slot).copied().unwrap_or_default();
+        match slot {
+            0..=4 if opts.expiry != Expiry::Default => return Err(CmdError::Err(ONE_EXPIRY.into())),
+            0..=3 => {
+                let bad = || CmdError::Err(format!("invalid expire time for {unit}: must be a positive integer in range"));
+                let v = parse_i64(c.value_of(unit)?.as_slice()).filter(|v| *v > 0).ok_or_else(bad)?;
+                opts.expiry = match unit {
+                    "EX" if v <= MAX_SECONDS => Expiry::In(v.saturating_mul(1000)),
+                    "PX" if v <= MAX_SECONDS.saturating_mul(1000) => Expiry::In(v),
+                    "EXAT" if v <= MAX_UNIX_MS / 1000 => Expiry::At(v.saturating_mul(1000)),
+                    "PXAT" if v <= MAX_UNIX_MS => Expiry::At(v),
+                    _ => return Err(bad()),
+                };
             }
-            let bad = || err(format!("invalid expire time for {unit}: must be a positive integer in range"));
-            let v = parse_i64(value_of(i, unit)?.as_slice()).filter(|v| *v > 0).ok_or_else(bad)?;
-            opts.expiry = match unit {
-                "EX" if v <= MAX_SECONDS => Expiry::In(v.saturating_mul(1000)),
-                "PX" if v <= MAX_SECONDS.saturating_mul(1000) => Expiry::In(v),
-                "EXAT" if v <= MAX_UNIX_MS / 1000 => Expiry::At(v.saturating_mul(1000)),
-                "PXAT" if v <= MAX_UNIX_MS => Expiry::At(v),
-                _ => return Err(bad()),
-            };
-            i = i.saturating_add(2);
-        } else if is(name, "NOEXPIRE") {
-            if opts.expiry != Expiry::Default {
-                return Err(err(ONE_EXPIRY));
+            4 => opts.expiry = Expiry::Never,
+            5 => opts.stale_s = Some(c.int_of("STALE", 0, MAX_SECONDS)?),
+            6 => {
+                let max = config::get(&config::MAX_TAGS);
+                let n = parse_i64(c.value_of("TAGS")?.as_slice())
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| CmdError::Err("TAGS count must be a non-negative integer".into()))?;
+                if n > max && source == Source::Client {
+                    return Err(CmdError::Err(format!("too many tags: {n} > tagcache.max-tags ({max})")));
+                }
+                let n = usize::try_from(n).map_err(|_| CmdError::Err("TAGS count out of range".into()))?;
+                opts.tags = c.take(n, "TAGS count")?;
             }
-            opts.expiry = Expiry::Never;
-            i = i.saturating_add(1);
-        } else if is(name, "STALE") {
-            if opts.stale_s.is_some() {
-                return Err(err("option STALE given twice"));
+            _ => {
+                let tenant = c.value_of("TENANT")?;
+                if tenant.as_slice() == b"*" && source == Source::Client {
+                    return Err(CmdError::Err("TENANT * is reserved: in CACHE.INVALIDATE and CACHE.KEYS it means every tenant".into()));
+                }
+                opts.tenant = Some(tenant);
             }
-            opts.stale_s = Some(int_in(value_of(i, "STALE")?.as_slice(), "STALE", 0, MAX_SECONDS)?);
-            i = i.saturating_add(2);
-        } else if is(name, "TAGS") {
-            if seen_tags {
-                return Err(err("option TAGS given twice"));
-            }
-            seen_tags = true;
-            let max = config::get(&config::MAX_TAGS);
-            let n = parse_i64(value_of(i, "TAGS")?.as_slice())
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| err("TAGS count must be a non-negative integer"))?;
-            if n > max && source == Source::Client {
-                return Err(err(format!("too many tags: {n} > tagcache.max-tags ({max})")));
-            }
-            let n = usize::try_from(n).map_err(|_| err("TAGS count out of range"))?;
-            let start = i.saturating_add(2);
-            let end = start.saturating_add(n);
-            opts.tags = args
-                .get(start..end)
-                .ok_or_else(|| err("TAGS count is larger than the number of tags given"))?;
-            i = end;
-        } else if is(name, "TENANT") {
-            if opts.tenant.is_some() {
-                return Err(err("option TENANT given twice"));
-            }
-            let tenant = value_of(i, "TENANT")?;
-            if tenant.as_slice() == b"*" && source == Source::Client {
-                return Err(err("TENANT * is reserved: in CACHE.INVALIDATE and CACHE.KEYS it means every tenant"));
-            }
-            opts.tenant = Some(tenant);
-            i = i.saturating_add(2);
-        } else {
-            return Err(err(format!("unknown option '{}'", shown(name))));
         }
-    }
+        Ok(())
+    })?;
     Ok(opts)
 }
 
@@ -196,7 +260,7 @@ mod tests {
             let RedisError::String(text) = err(msg) else { panic!() };
             assert!(text.is_ascii() && text.starts_with("ERR "), "{text}");
         }
-        let RedisError::String(text) = coded("LEASE", "lease is no longer valid") else { panic!() };
+        let RedisError::String(text) = RedisError::from(CmdError::Lease) else { panic!() };
         assert_eq!(text, "LEASE lease is no longer valid");
         assert_eq!(shown(b"a\xff\r\n"), "a\\xff\\r\\n");
         assert!(shown(&[b'x'; 100]).ends_with("..."));

@@ -1,6 +1,6 @@
 //! CACHE.INVALIDATE and CACHE.INVALIDATETAGS.
 
-use super::args::{err, int_in, is, wrong_arity};
+use super::args::{wrong_arity, CmdError, Cursor};
 use super::read::tenant_scope;
 use crate::config;
 use crate::engine;
@@ -15,15 +15,13 @@ use redis_module::{Context, RedisResult, RedisString, RedisValue};
 use std::time::Instant;
 
 /// Parses a trailing `[SOFT]`.
-fn parse_soft(rest: &[RedisString]) -> Result<bool, redis_module::RedisError> {
-    match rest {
-        [] => Ok(false),
-        [opt] if is(opt.as_slice(), "SOFT") => Ok(true),
-        [opt, ..] => Err(err(format!(
-            "unknown option '{}'",
-            super::args::shown(opt.as_slice())
-        ))),
-    }
+fn parse_soft(mut cursor: Cursor<'_>) -> Result<bool, CmdError> {
+    let mut soft = false;
+    cursor.options(&["SOFT"], |_, _| {
+        soft = true;
+        Ok(())
+    })?;
+    Ok(soft)
 }
 
 /// `CACHE.INVALIDATE tenant pattern [SOFT]` → entries invalidated.
@@ -34,7 +32,7 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (Some(tenant), Some(pattern)) = (args.get(1), args.get(2)) else {
         return Err(wrong_arity("cache.invalidate"));
     };
-    let soft = parse_soft(args.get(3..).unwrap_or_default())?;
+    let soft = parse_soft(Cursor::new(&args, 3))?;
     let started = Instant::now();
     let scope = tenant_scope(tenant.as_slice());
     let glob = Glob::new(pattern.as_slice());
@@ -82,19 +80,14 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// `CACHE.INVALIDATETAGS numtags tag [tag …] [SOFT]` → entries invalidated (each once).
 pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let Some(count_arg) = args.get(1) else {
+    if args.len() < 2 {
         return Err(wrong_arity("cache.invalidatetags"));
-    };
-    let n = int_in(count_arg.as_slice(), "numtags", 1, config::MAX_TAGS_LIMIT * 1024)?;
-    let n = usize::try_from(n).map_err(|_| err("numtags out of range"))?;
-    let end = n.saturating_add(2);
-    let tags: Vec<Vec<u8>> = args
-        .get(2..end)
-        .ok_or_else(|| err("numtags is larger than the number of tags given"))?
-        .iter()
-        .map(|t| t.as_slice().to_vec())
-        .collect();
-    let soft = parse_soft(args.get(end..).unwrap_or_default())?;
+    }
+    let mut cursor = Cursor::new(&args, 1);
+    let n = cursor.int_of("numtags", 1, config::MAX_TAGS_LIMIT * 1024)?;
+    let n = usize::try_from(n).map_err(|_| CmdError::Err("numtags out of range".into()))?;
+    let tags: Vec<Vec<u8>> = cursor.take(n, "numtags")?.iter().map(|t| t.as_slice().to_vec()).collect();
+    let soft = parse_soft(cursor)?;
     let started = Instant::now();
     let db = keyspace::selected_db(ctx.ctx);
     let keys: Vec<Vec<u8>> = with_state(|s| {

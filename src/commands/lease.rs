@@ -1,6 +1,6 @@
 //! CACHE.GETORMARK, CACHE.FILL and CACHE.ABANDON: stampede protection.
 
-use super::args::{err, int_in, is, parse_write_options, shown, wrong_arity, wrongtype};
+use super::args::{parse_write_options, wrong_arity, wrongtype, CmdError, Cursor};
 use crate::config::{self, MAX_MS};
 use crate::engine;
 use crate::entry::Entry;
@@ -124,40 +124,28 @@ fn early_refresh(entry: &Entry, ttl: Option<i64>, db: i32, key: &[u8], now: i64,
     }
 }
 
-fn parse_get_options(args: &[RedisString]) -> Result<(GetOptions, i64), RedisError> {
+fn parse_get_options(mut cursor: Cursor<'_>) -> Result<(GetOptions, i64), CmdError> {
     let mut opts = GetOptions {
         lease_ms: config::get(&config::LEASE_MS),
         early_beta: None,
         tenant: None,
     };
-    let (mut wait, mut seen) = (0i64, [false; 4]);
-    let mut i = 0usize;
-    while let Some(arg) = args.get(i) {
-        let name = arg.as_slice();
-        let value = args.get(i.saturating_add(1)).map(|v| v.as_slice());
-        let slot = ["LEASE", "WAIT", "EARLY", "TENANT"].iter().position(|n| is(name, n));
-        let Some(slot) = slot else {
-            return Err(err(format!("unknown option '{}'", shown(name))));
-        };
-        let seen_before = seen.get_mut(slot).map(|s| std::mem::replace(s, true));
-        if seen_before != Some(false) {
-            return Err(err(format!("option {} given twice", shown(name).to_uppercase())));
-        }
-        let value = value.ok_or_else(|| err(format!("{} needs a value", shown(name).to_uppercase())))?;
+    let mut wait = 0i64;
+    cursor.options(&["LEASE", "WAIT", "EARLY", "TENANT"], |slot, c| {
         match slot {
-            0 => opts.lease_ms = int_in(value, "LEASE", 1, MAX_MS)?,
-            1 => wait = int_in(value, "WAIT", 0, MAX_MS)?,
-            3 => opts.tenant = Some(crate::policy::tenant_argument(value).to_vec()),
-            _ => {
-                let beta = std::str::from_utf8(value).ok().and_then(|v| v.parse::<f64>().ok());
+            0 => opts.lease_ms = c.int_of("LEASE", 1, MAX_MS)?,
+            1 => wait = c.int_of("WAIT", 0, MAX_MS)?,
+            2 => {
+                let beta = std::str::from_utf8(c.value_of("EARLY")?.as_slice()).ok().and_then(|v| v.parse::<f64>().ok());
                 match beta {
                     Some(b) if b.is_finite() && b > 0.0 => opts.early_beta = Some(b),
-                    _ => return Err(err("EARLY must be a positive number")),
+                    _ => return Err(CmdError::Err("EARLY must be a positive number".into())),
                 }
             }
+            _ => opts.tenant = Some(crate::policy::tenant_argument(c.value_of("TENANT")?.as_slice()).to_vec()),
         }
-        i = i.saturating_add(2);
-    }
+        Ok(())
+    })?;
     Ok((opts, wait.min(config::get(&config::MAX_WAIT_MS))))
 }
 
@@ -170,7 +158,7 @@ pub fn getormark(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let Some(key) = args.get(1) else {
         return Err(wrong_arity("cache.getormark"));
     };
-    let (opts, wait_ms) = parse_get_options(args.get(2..).unwrap_or_default())?;
+    let (opts, wait_ms) = parse_get_options(Cursor::new(&args, 2))?;
     let db = keyspace::selected_db(ctx.ctx);
     match evaluate(ctx, key, db, &opts) {
         Verdict::Replied => Ok(RedisValue::NoReply),
@@ -191,7 +179,7 @@ pub fn getormark(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 fn lease_error() -> RedisError {
-    super::args::coded("LEASE", "lease is no longer valid")
+    super::args::CmdError::Lease.into()
 }
 
 /// `CACHE.FILL key token value [SET options]`
@@ -199,7 +187,7 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (Some(key), Some(token), Some(value)) = (args.get(1), args.get(2), args.get(3)) else {
         return Err(wrong_arity("cache.fill"));
     };
-    let opts = parse_write_options(args.get(4..).unwrap_or_default(), engine::source(ctx))?;
+    let opts = parse_write_options(Cursor::new(&args, 4), engine::source(ctx))?;
     let name = key.as_slice();
     let db = keyspace::selected_db(ctx.ctx);
     let now = now_ms();

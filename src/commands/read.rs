@@ -1,6 +1,6 @@
 //! CACHE.GET, CACHE.INSPECT and CACHE.KEYS.
 
-use super::args::{int_in, is, wrong_arity, wrongtype, err};
+use super::args::{wrong_arity, wrongtype, Cursor};
 use super::{json_name, reply_bytes};
 use crate::ffi::command_info::KeyAccess;
 use crate::engine;
@@ -15,14 +15,14 @@ use serde_json::json;
 /// `CACHE.GET key [TENANT t]` → the value when fresh, else nil. TENANT names whom a miss on a
 /// key without an entry is counted for.
 pub fn get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let (key, hint) = match args.as_slice() {
-        [_, key] => (key, None),
-        [_, key, opt, tenant] if is(opt.as_slice(), "TENANT") => (key, Some(policy::tenant_argument(tenant.as_slice()))),
-        [_, _, opt, ..] if !is(opt.as_slice(), "TENANT") => {
-            return Err(err(format!("unknown option '{}'", super::args::shown(opt.as_slice()))))
-        }
-        _ => return Err(wrong_arity("cache.get")),
+    let Some(key) = args.get(1) else {
+        return Err(wrong_arity("cache.get"));
     };
+    let mut hint = None;
+    Cursor::new(&args, 2).options(&["TENANT"], |_, c| {
+        hint = Some(policy::tenant_argument(c.value_of("TENANT")?.as_slice()));
+        Ok(())
+    })?;
     let name = key.as_slice();
     let mut handle = Key::read(ctx, key);
     match handle.kind() {
@@ -114,16 +114,11 @@ pub fn keys(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (Some(tenant), Some(pattern)) = (args.get(1), args.get(2)) else {
         return Err(wrong_arity("cache.keys"));
     };
-    let limit = match args.get(3..).unwrap_or_default() {
-        [] => usize::MAX,
-        [opt, n] if is(opt.as_slice(), "LIMIT") => {
-            usize::try_from(int_in(n.as_slice(), "LIMIT", 1, i64::MAX)?).unwrap_or(usize::MAX)
-        }
-        [opt, ..] if is(opt.as_slice(), "LIMIT") => return Err(err("syntax error: LIMIT n")),
-        [opt, ..] => {
-            return Err(err(format!("unknown option '{}'", super::args::shown(opt.as_slice()))))
-        }
-    };
+    let mut limit = usize::MAX;
+    Cursor::new(&args, 3).options(&["LIMIT"], |_, c| {
+        limit = usize::try_from(c.int_of("LIMIT", 1, i64::MAX)?).unwrap_or(usize::MAX);
+        Ok(())
+    })?;
     let scope = tenant_scope(tenant.as_slice());
     let glob = Glob::new(pattern.as_slice());
     let db = keyspace::selected_db(ctx.ctx);

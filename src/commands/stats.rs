@@ -1,6 +1,6 @@
 //! CACHE.STATS and the `tagcache` INFO section.
 
-use super::args::{err, is};
+use super::args::Cursor;
 use crate::keyspace::now_ms;
 use crate::state::{with_state, State};
 use crate::stats::{self, Figure};
@@ -38,22 +38,13 @@ fn tenant_gauges(s: &State, tenant: &[u8]) -> Vec<(&'static str, u64)> {
 /// `CACHE.STATS [TENANT t] [RESET]` → JSON; RESET zeroes the counters after taking the snapshot.
 pub fn stats(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (mut tenant, mut reset) = (None, false);
-    let mut i = 1usize;
-    while let Some(arg) = args.get(i) {
-        if is(arg.as_slice(), "TENANT") && tenant.is_none() {
-            let name = args.get(i.saturating_add(1)).ok_or_else(|| err("TENANT needs a tenant name"))?;
-            tenant = Some(crate::policy::tenant_argument(name.as_slice()).to_vec());
-            i = i.saturating_add(2);
-        } else if is(arg.as_slice(), "RESET") && !reset {
-            reset = true;
-            i = i.saturating_add(1);
-        } else {
-            return Err(err(format!(
-                "unknown or repeated option '{}' (CACHE.STATS [TENANT t] [RESET])",
-                super::args::shown(arg.as_slice())
-            )));
+    Cursor::new(&args, 1).options(&["TENANT", "RESET"], |slot, c| {
+        match slot {
+            0 => tenant = Some(crate::policy::tenant_argument(c.value_of("TENANT")?.as_slice()).to_vec()),
+            _ => reset = true,
         }
-    }
+        Ok(())
+    })?;
     let now = now_ms();
     let doc = with_state(|s| {
         let doc = match &tenant {

@@ -1,6 +1,6 @@
 //! CACHE.SET and CACHE.DEL.
 
-use super::args::{parse_write_options, wrong_arity};
+use super::args::{parse_write_options, wrong_arity, Cursor};
 use crate::engine;
 use crate::entry::Entry;
 use crate::keyspace;
@@ -13,7 +13,7 @@ pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (Some(key), Some(value)) = (args.get(1), args.get(2)) else {
         return Err(wrong_arity("cache.set"));
     };
-    let opts = parse_write_options(args.get(3..).unwrap_or_default(), engine::source(ctx))?;
+    let opts = parse_write_options(Cursor::new(&args, 3), engine::source(ctx))?;
     let name = key.as_slice();
     let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant);
     let deadline = engine::resolve_deadline(name, &opts, keyspace::now_ms());
