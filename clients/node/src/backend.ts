@@ -189,11 +189,10 @@ export class ModuleBackend implements Backend {
   }
 
   async stats(tenant: string | undefined): Promise<StatsDoc> {
-    if (tenant !== undefined && tenant !== '*') {
-      const r = await this.exec(() => this.driver.send(['CACHE.STATS', 'TENANT', tenant], `{${tenant}}`));
-      return JSON.parse(str(r)) as StatsDoc;
-    }
-    const rs = await this.exec(() => this.driver.sendToPrimaries(['CACHE.STATS']));
+    // Counters are per server, and a tenant given explicitly (TENANT t) may own keys on several
+    // shards: ask every primary and merge, with or without a tenant.
+    const args: Arg[] = tenant !== undefined && tenant !== '*' ? ['CACHE.STATS', 'TENANT', tenant] : ['CACHE.STATS'];
+    const rs = await this.exec(() => this.driver.sendToPrimaries(args));
     return mergeStats(rs.map((r) => JSON.parse(str(r)) as StatsDoc));
   }
 }

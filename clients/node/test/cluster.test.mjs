@@ -49,6 +49,11 @@ describe('cluster (3 primaries)', () => {
         assert.equal(primariesWithKeys(), 3, 'the keys are spread over the 3 primaries');
         const st = await cache.stats();
         assert.equal(st.keys, 18, 'stats() merged over primaries');
+        for (const t of tenants) assert.equal((await cache.stats({ tenant: t })).keys, 2, `stats of tenant ${t}`);
+        // a tenant given explicitly owns keys on several shards: its stats add up over primaries
+        for (const t of tenants) await cache.set(`explicit:{${t}}`, 1, { ttl: 60, tenant: 'spread' });
+        assert.equal((await cache.stats({ tenant: 'spread' })).keys, tenants.length);
+        assert.equal(await cache.invalidate({ tenant: '*', pattern: 'explicit:*' }), tenants.length);
         assert.equal(typeof st.hit_ratio, 'number');
         assert.equal(await cache.invalidateTags(['other']), 9);
         assert.equal(await cache.invalidateTags(['shared']), 9);
