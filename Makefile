@@ -25,8 +25,9 @@ release: deps ## Release build of the module (target/release/libtagcache.so)
 run: release ## Build the release module and run redis-server redis.conf (127.0.0.1:6379)
 	redis-server redis.conf
 
-lint: deps ## clippy with -D warnings (the lib forbids unwrap/expect/panic/indexing/overflow)
+lint: deps ## clippy -D warnings (no unwrap/expect/panic/indexing/overflow, unsafe only in src/ffi), no import cycles
 	$(CARGO) clippy --all-targets -- -D warnings
+	python3 scripts/module_cycles.py src
 
 unit: deps ## Unit tests of the pure core
 	$(CARGO) test --lib

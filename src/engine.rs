@@ -61,6 +61,7 @@ pub fn resolve_tenant(key: &[u8], explicit: Option<&RedisString>) -> (Vec<u8>, b
 }
 
 pub use config::derived_tenant;
+pub use crate::accounting::{record, stats_tenant};
 
 /// A keyspace notification the module emits for a key it wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,26 +87,6 @@ pub fn notify(ctx: &Context, notice: Notice, key: &RedisString) {
     ffi::notify::notify(ctx, class, event, key);
 }
 
-/// The tenant every statistic of a key is counted under, so that no key's counters are split:
-/// the tenant of its entry when it has one, else the tenant recorded on its lease, else the
-/// caller's `TENANT` hint, else the tenant derived from its name.
-pub fn stats_tenant(db: i32, key: &[u8], hint: Option<&[u8]>) -> Vec<u8> {
-    let known = with_state(|s| {
-        s.index
-            .db(db)
-            .and_then(|ix| ix.tenant_of(key))
-            .or_else(|| s.leases.tenant_of(db, key))
-            .map(<[u8]>::to_vec)
-    });
-    known
-        .or_else(|| hint.map(<[u8]>::to_vec))
-        .unwrap_or_else(|| derived_tenant(key))
-}
-
-pub fn record(event: Event, tenant: &[u8], key: &[u8]) {
-    let sep = config::NAMESPACE_SEPARATOR.get();
-    with_state(|s| s.stats.record(event, tenant, policy::namespace(key, &sep)));
-}
 
 fn is_from_primary_or_loading(ctx: &Context) -> bool {
     keyspace::is_replayed(ctx)

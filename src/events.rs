@@ -3,7 +3,7 @@
 //! keyspace writes from these callbacks); `ffi::events` calls in.
 
 use crate::config;
-use crate::engine::derived_tenant;
+use crate::config::derived_tenant;
 use crate::ffi::events::{for_each_key, Hooks, Loading};
 use crate::keyspace::{self, Key};
 use crate::state::with_state;
@@ -111,6 +111,6 @@ fn sweep_leases(_ctx: &Context) {
         s.leases.sweep_expired(now)
     });
     for (_, key, tenant) in swept {
-        crate::engine::record(crate::stats::Event::LeaseExpired, &tenant, &key);
+        crate::accounting::record(crate::stats::Event::LeaseExpired, &tenant, &key);
     }
 }

@@ -18,6 +18,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod accounting;
 pub mod commands;
 pub mod config;
 pub mod engine;
@@ -32,6 +33,7 @@ pub mod mem;
 pub mod parking;
 pub mod policy;
 pub mod state;
+pub mod stampede;
 pub mod stats;
 
 use commands::{debug, invalidate, lease as leasing, read, stats as statistics, write};

@@ -6,8 +6,8 @@
 //! itself picks exactly one caller, grants it a lease and unblocks it: Redis then runs its
 //! timeout callback, which answers `MISS token`.
 
-use crate::commands::lease::{evaluate, reply_busy, reply_miss, retry_ms, GetOptions, Verdict};
-use crate::engine;
+use crate::accounting::record;
+use crate::stampede::{evaluate, reply_busy, reply_miss, retry_ms, GetOptions, Verdict};
 use crate::ffi::blocking::{self, Handle, Parkable};
 use crate::keyspace::{self, now_ms};
 use crate::mem::Shrink;
@@ -42,7 +42,7 @@ pub fn park(ctx: &Context, key: &RedisString, opts: GetOptions, tenant: Vec<u8>,
         s.leases.add_waiter(db, name, id);
         s.parked.insert(id, ParkedClient { handle, lease_ms, tenant: tenant.clone() });
     });
-    engine::record(Event::Wait, &tenant, name);
+    record(Event::Wait, &tenant, name);
     arm_lease_timer(ctx, db, name);
     true
 }
@@ -72,20 +72,20 @@ impl Parkable for Parked {
         match handoff {
             Some(token) => {
                 reply_miss(ctx, &token);
-                engine::record(Event::LeaseGranted, &self.tenant, &self.key);
-                engine::record(Event::Miss, &self.tenant, &self.key);
+                record(Event::LeaseGranted, &self.tenant, &self.key);
+                record(Event::Miss, &self.tenant, &self.key);
                 self.leave(Event::WaitServed);
             }
             // Its database was flushed, swapped or reloaded: retry at once against what is there now.
             None if released => {
                 reply_busy(ctx, 1);
-                engine::record(Event::Miss, &self.tenant, &self.key);
+                record(Event::Miss, &self.tenant, &self.key);
                 self.leave(Event::WaitServed);
             }
             None => {
                 let retry = with_state(|s| retry_ms(&s.leases, self.db, &self.key, now_ms()));
                 reply_busy(ctx, retry);
-                engine::record(Event::Miss, &self.tenant, &self.key);
+                record(Event::Miss, &self.tenant, &self.key);
                 self.leave(Event::WaitTimeout);
             }
         }
@@ -112,7 +112,7 @@ impl Parked {
     /// Takes an answered caller out of the queue and counts how its wait ended.
     fn leave(&self, how: Event) {
         with_state(|s| s.leases.remove_waiter(self.db, &self.key, self.id));
-        engine::record(how, &self.tenant, &self.key);
+        record(how, &self.tenant, &self.key);
     }
 }
 
@@ -130,7 +130,7 @@ pub fn hand_over(ctx: &Context, db: i32, key: &[u8]) {
         (expired, id.and_then(|id| s.parked.get(&id)).map(|p| p.handle))
     });
     if let Some(tenant) = expired {
-        engine::record(Event::LeaseExpired, &tenant, key);
+        record(Event::LeaseExpired, &tenant, key);
     }
     let Some(handle) = chosen else {
         return;

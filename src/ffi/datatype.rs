@@ -1,7 +1,7 @@
 //! The `tagcache0` native type's callbacks: RDB save/load (versioned), AOF rewrite, digest,
 //! memory usage, copy, free and unlink. The entry itself is `crate::entry`.
 
-use super::keyspace::string_bytes;
+use super::strings::string_bytes;
 use crate::entry::{normalize_tags, set_command_args, Entry, ENCODING_VERSION};
 use redis_module::native_types::RedisType;
 use redis_module::raw;

@@ -2,7 +2,8 @@
 //! the flush/swapdb/loading server events and the cron tick. They only touch module memory
 //! (7.0 forbids keyspace writes there) through the hooks the module installs at load.
 
-use super::keyspace::{self, string_bytes};
+use super::keyspace;
+use super::strings::string_bytes;
 use redis_module::{raw, Context, RedisString};
 use std::os::raw::{c_int, c_void};
 use std::sync::OnceLock;

@@ -24,3 +24,4 @@ pub mod keyspace;
 pub mod notify;
 pub mod replicate;
 pub mod reply;
+pub mod strings;
