@@ -719,3 +719,26 @@ def test_early_refresh_while_still_fresh(module_server: Server, prefix: str) -> 
         assert c.get_or_set("k", lambda: "v3") == "v2"  # no EARLY: a plain hit
         m = c.metrics()
         assert (m["factory_calls"], m["fills"], m["stale"]) == (2, 2, 1)
+
+
+def test_s2_1_a_single_connection_client_does_not_deadlock(module_server: Server, prefix: str) -> None:
+    """COMPAT's trap: with redis-py's single_connection_client every command queues behind a
+    parked WAIT. The package parks waits on its own connections, so the FILL still goes out."""
+    user_client = redis.Redis(host="127.0.0.1", port=module_server.port, single_connection_client=True)
+    calls = Counter()
+    results: List[Any] = []
+    with Cache(user_client, prefix=prefix, ttl=60, single_flight=False) as c:
+        def factory() -> str:
+            calls()
+            time.sleep(0.05)
+            return "v"
+
+        ts = [threading.Thread(target=lambda: results.append(c.get_or_set("cold", factory))) for _ in range(200)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        assert not any(t.is_alive() for t in ts)
+    assert calls.n == 1 and results == ["v"] * 200
+    assert user_client.ping()  # close() left the user's client alone
+    user_client.close()
