@@ -249,3 +249,40 @@ def test_s8_1_logger_option_receives_errors_and_circuit_changes() -> None:
     assert levels.count("error") == 2 and levels.count("warn") == 1
     assert any("circuit open" in m for lvl, m in log.lines if lvl == "warn")
     c.close()
+
+
+def test_s4_2_a_wait_longer_than_the_clients_socket_timeout_is_neither_cut_nor_resent(module_server: Server) -> None:
+    """The user's client times out after 0.5 s; the package parks a 3 s WAIT on its own
+    connection. Another holder fills after 0.8 s: exactly one WAIT was parked and served, none
+    timed out or was sent again, and the factory never ran."""
+    import json
+    import uuid
+
+    from tagcache import JsonSerializer
+
+    key = "w" + uuid.uuid4().hex
+    r = module_server.client()
+    kind, token = r.execute_command("CACHE.GETORMARK", key, "LEASE", 10000)
+    assert kind == b"MISS"
+    user = redis_client(module_server.port, socket_timeout=0.5)
+    calls: List[int] = []
+    before = json.loads(r.execute_command("CACHE.STATS"))
+    filler = threading.Timer(0.8, lambda: r.execute_command(
+        "CACHE.FILL", key, token, JsonSerializer().dumps("filled"), "PX", 60000))
+    filler.start()
+    with Cache(user, wait=3.0) as c:
+        t0 = time.monotonic()
+        assert c.get_or_set(key, lambda: calls.append(1) or "factory") == "filled"
+        assert 0.7 < time.monotonic() - t0 < 2.5
+    filler.join()
+    after = json.loads(r.execute_command("CACHE.STATS"))
+    assert calls == []
+    assert (after["waits"] - before["waits"], after["waits_served"] - before["waits_served"],
+            after["wait_timeouts"] - before["wait_timeouts"]) == (1, 1, 0)
+    user.close()
+
+
+def redis_client(port: int, **kw: Any) -> Any:
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=port, **kw)
