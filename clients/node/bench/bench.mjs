@@ -64,7 +64,7 @@ try {
   const tcl1 = [];
   for (let r = 0; r < ROUNDS; r++) {
     base.push(await throughput(async (i) => JSON.parse(await redis.get(`plain:doc${i % KEYS}`))));
-    raw.push(await throughput(async (i) => JSON.parse((await redis.callBuffer('CACHE.GETORMARK', `b:doc${i % KEYS}`, 'LEASE', '10000'))[1].toString())));
+    raw.push(await throughput(async (i) => JSON.parse((await redis.callBuffer('CACHE.GETORMARK', `b:doc${i % KEYS}`))[1].toString())));
     tc.push(await throughput((i) => cache.getOrSet({ key: `doc${i % KEYS}`, ttl: 3600, factory })));
     tcl1.push(await throughput((i) => cacheL1.getOrSet({ key: `doc${i % KEYS}`, ttl: 3600, factory })));
   }

@@ -22,9 +22,10 @@ export type Exec = <T, R = T>(fn: () => Promise<T>, map?: (v: T) => R) => Promis
 export interface Backend {
   readonly mode: 'module' | 'fallback';
   /** `early`: XFetch beta (module mode: `EARLY beta`; ignored in fallback mode). */
-  getOrMark(key: string, leaseMs: number, early?: number): Promise<Mark>;
+  /** `leaseMs` undefined: the server's `tagcache.lease-ms` (module) / 5 000 ms (fallback). */
+  getOrMark(key: string, leaseMs: number | undefined, early?: number): Promise<Mark>;
   /** A parked wait on a dedicated connection (module) or polling (fallback). */
-  waitMark(key: string, leaseMs: number, waitMs: number, conn: Driver | undefined): Promise<Mark>;
+  waitMark(key: string, leaseMs: number | undefined, waitMs: number, conn: Driver | undefined): Promise<Mark>;
   fill(key: string, token: Buffer, value: Buffer, w: WriteOpts): Promise<boolean>;
   abandon(key: string, token: Buffer): Promise<boolean>;
   get(key: string): Promise<Buffer | null>;
@@ -120,16 +121,20 @@ export class ModuleBackend implements Backend {
     private readonly exec: Exec,
   ) {}
 
-  getOrMark(key: string, leaseMs: number, early?: number): Promise<Mark> {
-    const args: Arg[] = ['CACHE.GETORMARK', key, 'LEASE', String(leaseMs)];
+  getOrMark(key: string, leaseMs: number | undefined, early?: number): Promise<Mark> {
+    // Without a lease length the server's tagcache.lease-ms applies (and the hot path is 2 args shorter).
+    const args: Arg[] = leaseMs === undefined ? ['CACHE.GETORMARK', key] : ['CACHE.GETORMARK', key, 'LEASE', String(leaseMs)];
     if (early !== undefined && early > 0) args.push('EARLY', String(early));
     return this.exec(() => this.driver.send(args, key), parseMark);
   }
 
-  async waitMark(key: string, leaseMs: number, waitMs: number, conn: Driver | undefined): Promise<Mark> {
+  async waitMark(key: string, leaseMs: number | undefined, waitMs: number, conn: Driver | undefined): Promise<Mark> {
     if (!conn) throw new Error('no waiting connection');
     // Never retried: a blocking command must not be re-sent silently (S4.2).
-    const r = await conn.send(['CACHE.GETORMARK', key, 'LEASE', String(leaseMs), 'WAIT', String(waitMs)], key);
+    const args: Arg[] = ['CACHE.GETORMARK', key];
+    if (leaseMs !== undefined) args.push('LEASE', String(leaseMs));
+    args.push('WAIT', String(waitMs));
+    const r = await conn.send(args, key);
     return parseMark(r);
   }
 
@@ -204,6 +209,7 @@ const MAGIC0 = 0x54;
 const MAGIC1 = 0x43;
 export const FALLBACK_NS = '__tagcache:';
 const POLL_MS = 50;
+const FALLBACK_LEASE_MS = 5_000; // the module's default tagcache.lease-ms
 
 interface Decoded {
   freshUntil: number;
@@ -262,13 +268,13 @@ export class FallbackBackend implements Backend {
     return `${FALLBACK_NS}tag:${tag}`;
   }
 
-  private async tryLock(key: string, leaseMs: number): Promise<Buffer | null> {
+  private async tryLock(key: string, leaseMs = FALLBACK_LEASE_MS): Promise<Buffer | null> {
     const token = randomBytes(12).toString('hex');
     const ok = await this.send(['SET', this.lockKey(key), token, 'NX', 'PX', String(leaseMs)], this.lockKey(key));
     return ok == null ? null : Buffer.from(token);
   }
 
-  async getOrMark(key: string, leaseMs: number): Promise<Mark> {
+  async getOrMark(key: string, leaseMs: number | undefined): Promise<Mark> {
     const raw = asBuf(await this.send(['GET', key], key));
     const d = raw ? decodeFallback(raw) : null;
     if (d && Date.now() < d.freshUntil) return { kind: 'HIT', value: d.payload };
@@ -288,7 +294,7 @@ export class FallbackBackend implements Backend {
     return { kind: 'BUSY', ms: Math.min(1000, Math.max(1, pttl > 0 ? pttl : 1)) };
   }
 
-  async waitMark(key: string, leaseMs: number, waitMs: number): Promise<Mark> {
+  async waitMark(key: string, leaseMs: number | undefined, waitMs: number): Promise<Mark> {
     const deadline = Date.now() + waitMs;
     for (;;) {
       const m = await this.getOrMark(key, leaseMs);

@@ -49,7 +49,7 @@ export interface CacheOptions {
    * time)). 1 is the textbook value; unset = no early refresh.
    */
   early?: number;
-  /** Lease length (ms) asked for on GETORMARK (default 10 000). */
+  /** Lease length (ms) sent as `GETORMARK … LEASE ms`; unset = the server's `tagcache.lease-ms` (fallback: 5 000). */
   leaseMs?: number;
   /** Longest a getOrSet waits for another filler before calling the factory uncached (ms, default 10 000). */
   waitTimeout?: number;
@@ -353,7 +353,7 @@ export class TagCache extends EventEmitter {
     timeout: number | undefined;
     hardTimeout: number | undefined;
     failSafe: boolean;
-    leaseMs: number;
+    leaseMs: number | undefined;
     early: number | undefined;
     waitTimeout: number;
     maxWait: number;
@@ -404,7 +404,7 @@ export class TagCache extends EventEmitter {
       timeout: options.timeout,
       hardTimeout: options.hardTimeout,
       failSafe: options.failSafe ?? false,
-      leaseMs: options.leaseMs ?? 10_000,
+      leaseMs: options.leaseMs,
       early: options.early,
       waitTimeout: options.waitTimeout ?? 10_000,
       maxWait: options.maxWait ?? 2_000,

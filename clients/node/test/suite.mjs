@@ -325,6 +325,27 @@ export function functionalSuite(lib, { module }) {
         assert.equal(calls, 2);
       });
 
+      test('S2.1 the lease length: leaseMs is sent as LEASE, else the server default applies', async () => {
+        const leaseOf = async (c, key) => {
+          let release;
+          const gate = new Promise((r) => (release = r));
+          const p = c.getOrSet({ key, ttl: 10, factory: async () => (await gate, 'v') });
+          let lease;
+          await waitFor(async () => {
+            const doc = JSON.parse((await raw.call('CACHE.INSPECT', `p${n}:${key}`)) ?? 'null');
+            lease = doc?.lease;
+            return lease?.active === true;
+          }, { what: 'lease held' });
+          release();
+          await p;
+          return lease.ttl_ms;
+        };
+        const short = await leaseOf(fresh({ leaseMs: 300 }), 'lease-short');
+        assert.ok(short > 0 && short <= 300, `LEASE 300 sent: ${short}`);
+        const dflt = await leaseOf(fresh(), 'lease-default');
+        assert.ok(dflt > 300 && dflt <= 5000, `server default lease-ms: ${dflt}`);
+      });
+
       test('S3.3 stats() is the CACHE.STATS document; per tenant', async () => {
         const c = fresh();
         await c.set('st', 1, { tenant: 'tS' });
