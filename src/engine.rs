@@ -51,6 +51,28 @@ pub fn resolve_deadline(key: &[u8], opts: &WriteOptions, now: i64) -> Deadline {
     }
 }
 
+/// In a cluster a tenant's entries must live on the shard that owns slot `{tenant}`, where
+/// `CACHE.INVALIDATE tenant …` and `CACHE.KEYS tenant …` are routed: a client's explicit TENANT
+/// must hash to its key's slot (replayed writes are never refused).
+pub fn check_tenant_slot(ctx: &Context, key: &[u8], explicit: Option<&RedisString>, source: Source) -> Result<(), CmdError> {
+    let Some(tenant) = explicit else {
+        return Ok(());
+    };
+    let tenant = policy::tenant_argument(tenant.as_slice());
+    if source == Source::Replayed || !keyspace::in_cluster(ctx) || policy::key_slot(key) == policy::key_slot(tenant) {
+        return Ok(());
+    }
+    Err(CmdError::Err(format!(
+        "in a cluster, TENANT {} must hash to the key's slot ({} is in slot {}, tenant {} in slot {}): name the key with the hash tag {{{}}} or leave TENANT out",
+        crate::commands::args::shown(tenant),
+        crate::commands::args::shown(key),
+        policy::key_slot(key),
+        crate::commands::args::shown(tenant),
+        policy::key_slot(tenant),
+        crate::commands::args::shown(tenant),
+    )))
+}
+
 /// The tenant of a write: TENANT option (`{t}` names the same tenant as `t`, as everywhere a
 /// tenant is given), else derived from the key name.
 pub fn resolve_tenant(key: &[u8], explicit: Option<&RedisString>) -> (Vec<u8>, bool) {

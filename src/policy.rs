@@ -92,6 +92,31 @@ pub fn tenant_from_key<'k>(key: &'k [u8], tenant_regex: Option<&Regex>) -> &'k [
         .unwrap_or(b"")
 }
 
+/// Redis Cluster's hash slot of a key (CRC16/XMODEM of the hash tag, or of the whole key, mod 16384).
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => {
+            let rest = key.get(open.saturating_add(1)..).unwrap_or_default();
+            match rest.iter().position(|&b| b == b'}') {
+                Some(close) if close > 0 => rest.get(..close).unwrap_or(key),
+                _ => key,
+            }
+        }
+        None => key,
+    };
+    crc16(hashed) & 0x3fff
+}
+
+fn crc16(bytes: &[u8]) -> u16 {
+    bytes.iter().fold(0u16, |crc, &b| {
+        let mut crc = crc ^ (u16::from(b) << 8);
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+        crc
+    })
+}
+
 /// A tenant argument as written by a client: `{t42}` names the same tenant as `t42`.
 pub fn tenant_argument(arg: &[u8]) -> &[u8] {
     match arg {
@@ -163,6 +188,23 @@ mod tests {
         assert_eq!(tenant_argument(b"t1"), b"t1");
         assert_eq!(tenant_argument(b"{}"), b"{}");
         assert_eq!(tenant_argument(b"*"), b"*");
+    }
+
+    #[test]
+    fn cluster_slots_match_redis() {
+        // Values from CLUSTER KEYSLOT on Redis 7.0.
+        for (key, slot) in [
+            (&b"foo"[..], 12182),
+            (b"bar", 5061),
+            (b"t42", 7048),
+            (b"{t42}:x", 7048),
+            (b"a{t42}", 7048),
+            (b"user1000", 3443),
+            (b"{}x", 10595),
+            (b"{x", 11068),
+        ] {
+            assert_eq!(key_slot(key), slot, "{}", String::from_utf8_lossy(key));
+        }
     }
 
     #[test]

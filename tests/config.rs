@@ -111,6 +111,13 @@ fn cluster_routes_by_tenant() {
     let _: () = q(&mut conns[owner], &[b"CACHE.SET", b"fmpa:item:{t42}:9", b"v", b"TAGS", b"1", b"products"]).unwrap();
     let slot_of_key: i64 = q(&mut conns[owner], &[b"CLUSTER", b"KEYSLOT", b"fmpa:item:{t42}:9"]).unwrap();
     assert_eq!(slot, slot_of_key, "a tenant's keys share the tenant's slot");
+    // An explicit TENANT must hash to its key's slot, else INVALIDATE t42 (routed to {t42}'s
+    // shard) could never reach the entry: refused on the key's own shard, nothing written.
+    let _: () = q(&mut conns[owner], &[b"CACHE.SET", b"fmpa:x:{t42}", b"v", b"TENANT", b"t42"]).unwrap();
+    let answers: Vec<String> = conns.iter_mut().map(|c| q_err(c, &[b"CACHE.SET", b"elsewhere", b"v", b"TENANT", b"t42"])).collect();
+    let refusal = answers.iter().find(|e| !e.starts_with("MOVED")).expect("the key's own shard answers");
+    assert!(refusal.starts_with("ERR in a cluster, TENANT t42 must hash to the key's slot"), "{refusal}");
+    assert_eq!(q::<i64>(&mut conns[owner], &[b"CACHE.DEL", b"fmpa:x:{t42}"]).unwrap(), 1);
     // … and the tenant argument routes INVALIDATE there: elsewhere Redis answers MOVED.
     let other = (owner + 1) % 3;
     let e = q_err(&mut conns[other], &[b"CACHE.INVALIDATE", b"t42", b"*"]);

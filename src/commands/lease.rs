@@ -75,8 +75,10 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (Some(key), Some(token), Some(value)) = (args.get(1), args.get(2), args.get(3)) else {
         return Err(wrong_arity("cache.fill"));
     };
-    let opts = parse_write_options(Cursor::new(&args, 4), engine::source(ctx))?;
+    let source = engine::source(ctx);
+    let opts = parse_write_options(Cursor::new(&args, 4), source)?;
     let name = key.as_slice();
+    engine::check_tenant_slot(ctx, name, opts.tenant, source)?;
     let db = keyspace::selected_db(ctx.ctx);
     let now = now_ms();
     let tags = opts.normalized_tags();

@@ -13,8 +13,10 @@ pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (Some(key), Some(value)) = (args.get(1), args.get(2)) else {
         return Err(wrong_arity("cache.set"));
     };
-    let opts = parse_write_options(Cursor::new(&args, 3), engine::source(ctx))?;
+    let source = engine::source(ctx);
+    let opts = parse_write_options(Cursor::new(&args, 3), source)?;
     let name = key.as_slice();
+    engine::check_tenant_slot(ctx, name, opts.tenant, source)?;
     let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant);
     let deadline = engine::resolve_deadline(name, &opts, keyspace::now_ms());
     let entry = Entry {

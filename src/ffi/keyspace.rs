@@ -161,6 +161,11 @@ pub fn is_replayed(ctx: &Context) -> bool {
     context_flags(ctx.ctx) & (raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING) != 0
 }
 
+/// True when the server runs in cluster mode.
+pub fn in_cluster(ctx: &Context) -> bool {
+    context_flags(ctx.ctx) & raw::REDISMODULE_CTX_FLAGS_CLUSTER != 0
+}
+
 /// False inside MULTI/EXEC, scripts and other contexts that must not block a client.
 pub fn may_block(ctx: &Context) -> bool {
     let deny = raw::REDISMODULE_CTX_FLAGS_MULTI | raw::REDISMODULE_CTX_FLAGS_LUA | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
