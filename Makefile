@@ -44,13 +44,8 @@ $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json
 test-node: build $(NODE_DIR)/node_modules/.package-lock.json ## Node package tests (log in target/test-node.log)
 	@set -o pipefail; (cd $(NODE_DIR) && npm test) 2>&1 | tee target/test-node.log
 
-$(PY_VENV)/.installed: $(PY_DIR)/pyproject.toml
-	python3 -m venv $(PY_VENV)
-	$(PY_VENV)/bin/pip install --quiet --disable-pip-version-check -e '$(PY_DIR)[test]'
-	touch $@
-
-test-python: build $(PY_VENV)/.installed ## Python package tests (log in target/test-python.log)
-	@set -o pipefail; (cd $(PY_DIR) && .venv/bin/python -m pytest -q) 2>&1 | tee target/test-python.log
+test-python: build ## Python package tests (venv in clients/python/.venv; log in target/test-python.log)
+	@set -o pipefail; bash $(PY_DIR)/test.sh 2>&1 | tee target/test-python.log
 
 test: lint build ## Everything: clippy, module tests, Node and Python packages; ends with a total line
 	@rm -f target/test-*.log; status=0; \
