@@ -43,6 +43,22 @@ def test_s3_3_stats_per_tenant_exact(module_server: Server) -> None:
         assert m["factory_latency"]["count"] == 1 and m["circuit"] == "closed" and m["mode"] == "module"
 
 
+def test_s3_3_explicit_tenant_counts_every_event_for_that_tenant(module_server: Server) -> None:
+    """Keys without a hash tag, tenant given only by the cache: misses too go to that tenant
+    (GET and GETORMARK send TENANT), nothing to the empty derived tenant."""
+    ten = "ex" + uuid.uuid4().hex[:8]
+    ns = "xn" + uuid.uuid4().hex[:8]
+    with Cache(module_server.url, ttl=60, tenant=ten) as c:
+        empty_before = c.stats(tenant="")
+        assert c.get(f"{ns}:1") is None  # miss
+        assert c.get_or_set(f"{ns}:1", lambda: "a") == "a"  # miss + fill
+        assert c.get_or_set(f"{ns}:1", lambda: "b") == "a"  # hit
+        doc = c.stats(tenant=ten)
+        assert (doc["hits"], doc["misses"], doc["fills"], doc["leases_granted"], doc["keys"]) == (1, 2, 1, 1, 1)
+        empty_after = c.stats(tenant="")
+        assert (empty_after["hits"], empty_after["misses"]) == (empty_before["hits"], empty_before["misses"])
+
+
 def test_s8_1_events(module_server: Server) -> None:
     p = uuid.uuid4().hex[:8] + ":"
     seen: List[Tuple[str, Any]] = []

@@ -345,7 +345,8 @@ class AsyncCache:
         try:
             mode = await self._ready()
             if mode == "module":
-                raw = await self._call("CACHE.GET", fkey)
+                tenant = self._tenant(None)
+                raw = await self._call("CACHE.GET", fkey, *(["TENANT", tenant] if tenant else []))
             else:
                 got = await self._fb_read(fkey)
                 raw = got[0] if got is not None and got[1] else None

@@ -114,9 +114,14 @@ class _Opts:
 
 
 def early_args(o: _Opts) -> List[Any]:
-    """``EARLY beta`` (XFetch): a caller may be handed the refresh while the value is still
-    fresh, with a probability that grows as the fresh time runs out (module mode only)."""
-    return ["EARLY", repr(float(o.early))] if o.early is not None and o.early > 0 else []
+    """GETORMARK options: ``EARLY beta`` (XFetch: a caller may be handed the refresh while the
+    value is still fresh, with a probability that grows as the fresh time runs out) and
+    ``TENANT t``, so the server counts a miss (and the lease granted then) for the tenant the
+    value will be written for (module mode only)."""
+    args: List[Any] = ["EARLY", repr(float(o.early))] if o.early is not None and o.early > 0 else []
+    if o.tenant:
+        args += ["TENANT", o.tenant]
+    return args
 
 
 class _Job:
@@ -435,7 +440,8 @@ class Cache:
         try:
             mode = self._ready()
             if mode == "module":
-                raw = self._call("CACHE.GET", fkey)
+                tenant = self._tenant(None)
+                raw = self._call("CACHE.GET", fkey, *(["TENANT", tenant] if tenant else []))
             else:
                 got = self._fb_read(fkey)
                 raw = got[0] if got is not None and got[1] else None
