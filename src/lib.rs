@@ -27,6 +27,7 @@ pub mod events;
 #[allow(unsafe_code)]
 pub mod ffi;
 pub mod glob;
+pub mod hash;
 pub mod index;
 pub mod lease;
 pub mod mem;

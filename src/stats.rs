@@ -3,8 +3,8 @@
 //! Tenant and namespace maps are capped at `MAX_TRACKED` names each; events of further names are
 //! counted under `OVERFLOW` so the maps cannot grow without bound.
 
+use crate::hash::FastMap;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
 
 pub const MAX_TRACKED: usize = 1024;
 pub const OVERFLOW: &[u8] = b"_other";
@@ -108,13 +108,13 @@ pub struct NamespaceCounters {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub global: Counters,
-    tenants: HashMap<Vec<u8>, Counters>,
-    namespaces: HashMap<Vec<u8>, NamespaceCounters>,
+    tenants: FastMap<Vec<u8>, Counters>,
+    namespaces: FastMap<Vec<u8>, NamespaceCounters>,
 }
 
 /// Applies `f` to the counters of `name`, or of `OVERFLOW` once the map is full. Looks up
 /// before inserting so the hot path allocates nothing.
-fn update<V: Default>(map: &mut HashMap<Vec<u8>, V>, name: &[u8], f: impl FnOnce(&mut V)) {
+fn update<V: Default>(map: &mut FastMap<Vec<u8>, V>, name: &[u8], f: impl FnOnce(&mut V)) {
     if let Some(v) = map.get_mut(name) {
         f(v);
         return;
@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(s.tenant(b"t1").hits, 3);
         assert_eq!(s.tenant(b"t1").misses, 1);
         assert_eq!(s.tenant(b"nobody"), Counters::default());
-        let ns: HashMap<_, _> = s.namespaces().map(|(k, v)| (k.to_vec(), *v)).collect();
+        let ns: std::collections::HashMap<_, _> = s.namespaces().map(|(k, v)| (k.to_vec(), *v)).collect();
         assert_eq!(ns[&b"ns".to_vec()].hits, 4);
     }
 

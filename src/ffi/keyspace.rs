@@ -15,6 +15,8 @@ pub enum Kind {
 
 pub struct Key {
     ptr: *mut raw::RedisModuleKey,
+    /// What the key holds, asked of Redis once per open (reads check it several times).
+    kind: std::cell::Cell<Option<Kind>>,
 }
 
 impl Key {
@@ -39,10 +41,19 @@ impl Key {
             },
             _ => std::ptr::null_mut(),
         };
-        Key { ptr }
+        Key { ptr, kind: std::cell::Cell::new(None) }
     }
 
     pub fn kind(&self) -> Kind {
+        if let Some(kind) = self.kind.get() {
+            return kind;
+        }
+        let kind = self.ask_kind();
+        self.kind.set(Some(kind));
+        kind
+    }
+
+    fn ask_kind(&self) -> Kind {
         if self.ptr.is_null() {
             return Kind::Missing;
         }
@@ -56,6 +67,7 @@ impl Key {
         if t == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
             Kind::Missing
         } else if t == raw::REDISMODULE_KEYTYPE_MODULE as c_int
+            // SAFETY: ptr is a live key handle holding a module value.
             && unsafe { get_type(self.ptr) } == raw_type()
         {
             Kind::Entry
@@ -93,6 +105,7 @@ impl Key {
         if self.ptr.is_null() {
             return false;
         }
+        self.kind.set(None);
         let value = Box::into_raw(Box::new(entry));
         // SAFETY: writable key; on success Redis owns the box and frees it through our type.
         let status = unsafe { set(self.ptr, raw_type(), value.cast()) };
@@ -118,6 +131,7 @@ impl Key {
     }
 
     pub fn delete(&self) -> bool {
+        self.kind.set(None);
         match api!(RedisModule_DeleteKey) {
             // SAFETY: non-null writable key handle.
             Some(del) if !self.ptr.is_null() => unsafe { del(self.ptr) == raw::REDISMODULE_OK as c_int },
