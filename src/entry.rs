@@ -21,6 +21,9 @@ pub struct Entry {
     pub stale_ms: i64,
     /// How long the fill that produced this value took, in ms (0 when unknown).
     pub fill_ms: i64,
+    /// Arrived by MIGRATE/RESTORE under an invalidation's fence and is about to be removed:
+    /// reads treat it as missing. Never persisted.
+    pub fenced: bool,
 }
 
 impl Entry {
@@ -142,6 +145,7 @@ mod tests {
             tags: vec![b"a".to_vec()],
             stale_ms: 60_000,
             fill_ms: 0,
+            fenced: false,
         };
         let args = set_command_args(b"k", &e, Some(123));
         let text: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();

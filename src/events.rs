@@ -4,6 +4,8 @@
 
 use crate::config;
 use crate::config::derived_tenant;
+use crate::fences::Action;
+use crate::ffi::blocking::start_timer;
 use crate::ffi::events::{for_each_key, Hooks, Loading};
 use crate::keyspace::{self, Key};
 use crate::state::with_state;
@@ -36,7 +38,53 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
         }
     }
     if arrived {
-        reindex_key(ctx, &keyspace::string(ctx, key));
+        let name = keyspace::string(ctx, key);
+        reindex_key(ctx, &name);
+        if event == "restore" {
+            fence_arrival(ctx, &name);
+        }
+    }
+}
+
+/// An entry that arrived by MIGRATE/RESTORE under a recent invalidation's fence (the other
+/// side of a slot migration, where that invalidation never ran) is invalidated now: reads treat
+/// it as missing at once, and a timer removes it (no keyspace writes from this callback).
+fn fence_arrival(ctx: &Context, name: &RedisString) {
+    let db = keyspace::selected_db(ctx.ctx);
+    let now = keyspace::now_ms();
+    let mut key = Key::peek(ctx, name);
+    let Some(entry) = key.entry() else {
+        return;
+    };
+    let action = with_state(|s| {
+        if s.migration_fences.is_empty() {
+            return None;
+        }
+        s.migration_fences.prune(now);
+        s.migration_fences.covering(db, name.as_slice(), &entry.tenant, &entry.tags, now)
+    });
+    let Some(action) = action else {
+        return;
+    };
+    if action == Action::Delete {
+        entry.fenced = true;
+    }
+    drop(key);
+    start_timer(ctx, 0, (db, name.as_slice().to_vec(), action), invalidate_fenced);
+}
+
+fn invalidate_fenced(ctx: &Context, (db, key, action): (i32, Vec<u8>, Action)) {
+    if !keyspace::select_db(ctx, db) {
+        return;
+    }
+    let keys = [key];
+    let changed = match action {
+        Action::Delete => crate::engine::delete_entries(ctx, &keys, crate::engine::Notice::Invalidate).len(),
+        Action::MarkStale => crate::engine::soft_expire_entries(ctx, &keys).len(),
+    };
+    if changed > 0 {
+        let tenant = with_state(|s| s.index.db(db).and_then(|ix| ix.tenant_of(&keys[0]).map(<[u8]>::to_vec)));
+        crate::accounting::record(crate::stats::Event::KeyInvalidated, &tenant.unwrap_or_default(), &keys[0]);
     }
 }
 

@@ -24,6 +24,7 @@ pub mod config;
 pub mod engine;
 pub mod entry;
 pub mod events;
+pub mod fences;
 #[allow(unsafe_code)]
 pub mod ffi;
 pub mod glob;
@@ -40,7 +41,7 @@ pub mod stats;
 use commands::{debug, invalidate, lease as leasing, read, stats as statistics, write};
 use config::{
     DEFAULT_STALE, DEFAULT_TTL, LEASE_MS, LOG_INVALIDATIONS_OVER, MAX_MS, MAX_TAGS, MAX_TAGS_LIMIT,
-    MAX_WAITERS, MAX_WAIT_MS, NAMESPACE_SEPARATOR, TENANT_REGEX, TTL_RULES,
+    MAX_WAITERS, MAX_WAIT_MS, MIGRATION_FENCE_MS, NAMESPACE_SEPARATOR, TENANT_REGEX, TTL_RULES,
 };
 pub use ffi::keyspace;
 use ffi::datatype::TAGCACHE_TYPE;
@@ -116,6 +117,7 @@ redis_module! {
             ["max-waiters", &*MAX_WAITERS, 10000, 0, 1_000_000, ConfigurationFlags::DEFAULT, None],
             ["max-tags", &*MAX_TAGS, 64, 0, MAX_TAGS_LIMIT, ConfigurationFlags::DEFAULT, None],
             ["log-invalidations-over", &*LOG_INVALIDATIONS_OVER, 1000, 0, i64::MAX, ConfigurationFlags::DEFAULT, None],
+            ["migration-fence-ms", &*MIGRATION_FENCE_MS, 600_000, 0, MAX_MS, ConfigurationFlags::DEFAULT, None],
         ],
         string: [
             ["ttl-rules", &*TTL_RULES, "", ConfigurationFlags::DEFAULT, None],

@@ -63,7 +63,7 @@ pub fn evaluate(ctx: &Context, key: &RedisString, db: i32, opts: &GetOptions) ->
         return Verdict::WrongType;
     }
     let ttl = handle.ttl_ms();
-    if let Some(entry) = handle.entry() {
+    if let Some(entry) = handle.entry().filter(|e| !e.fenced) {
         let tenant = entry.tenant.clone();
         let (event, token) = if entry.is_fresh(ttl) {
             (Event::Hit, early_refresh(entry, ttl, db, name, now, opts))

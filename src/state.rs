@@ -3,6 +3,7 @@
 //! `unlink2` re-enter it while a command runs).
 
 use crate::entry::Entry;
+use crate::fences::MigrationFences;
 use crate::index::Index;
 use crate::lease::Leases;
 use crate::policy;
@@ -33,6 +34,8 @@ pub struct State {
     pub timers: HashSet<(i32, Vec<u8>)>,
     /// When expired leases were last swept (ms).
     pub last_sweep_ms: i64,
+    /// Recent invalidations, applied to entries arriving by MIGRATE/RESTORE (cluster mode).
+    pub migration_fences: MigrationFences,
 }
 
 impl State {

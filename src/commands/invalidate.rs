@@ -4,6 +4,7 @@ use super::args::{wrong_arity, CmdError, Cursor};
 use super::read::tenant_scope;
 use crate::config;
 use crate::engine;
+use crate::fences::Action;
 use crate::glob::Glob;
 use crate::index::show;
 use crate::keyspace;
@@ -58,11 +59,15 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     engine::check_write_permission(ctx, &keys)?;
     engine::check_write_permission(ctx, &void)?;
     let count = apply(ctx, db, &keys, soft);
+    let fence_until = fence_until(ctx);
     with_state(|s| {
         for k in &void {
             s.leases.void(db, k);
         }
         s.stats.record_invalidation(scope.as_deref());
+        if let Some(until) = fence_until {
+            s.migration_fences.add_pattern(db, scope.as_deref(), pattern.as_slice(), action(soft), until);
+        }
     });
     for k in &void {
         parking::hand_over(ctx, db, k);
@@ -105,12 +110,33 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let user = engine::current_user(ctx);
     with_state(|s| s.leases.invalidate_tags(db, &tags, user.as_deref()));
     let count = apply(ctx, db, &keys, soft);
-    with_state(|s| s.stats.record_invalidation(None));
+    let fence_until = fence_until(ctx);
+    with_state(|s| {
+        s.stats.record_invalidation(None);
+        if let Some(until) = fence_until {
+            s.migration_fences.add_tags(db, &tags, action(soft), until);
+        }
+    });
     log_if_large(ctx, count, started, || {
         let names: Vec<String> = tags.iter().map(|t| show(t)).collect();
         format!("tags {}{}", names.join(" "), if soft { " SOFT" } else { "" })
     });
     Ok(RedisValue::Integer(count as i64))
+}
+
+/// In a cluster an invalidation also fences entries that arrive later by MIGRATE/RESTORE (from
+/// the other side of a slot migration) for `tagcache.migration-fence-ms`: until when, if so.
+fn fence_until(ctx: &Context) -> Option<i64> {
+    let ms = config::get(&config::MIGRATION_FENCE_MS);
+    (ms > 0 && keyspace::in_cluster(ctx)).then(|| keyspace::now_ms().saturating_add(ms))
+}
+
+fn action(soft: bool) -> Action {
+    if soft {
+        Action::MarkStale
+    } else {
+        Action::Delete
+    }
 }
 
 /// Deletes (or soft-expires) the keys, counting each entry actually invalidated for its tenant

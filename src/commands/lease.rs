@@ -109,6 +109,7 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         tags,
         stale_ms: deadline.stale_ms,
         fill_ms: now.saturating_sub(lease.granted_at_ms).max(0),
+        fenced: false,
     };
     engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Fill)?;
     record(Event::Fill, &tenant, name);

@@ -161,6 +161,15 @@ pub fn now_ms() -> i64 {
     api!(RedisModule_Milliseconds).map_or(0, |f| unsafe { f() })
 }
 
+/// Selects database `db` in a context (timers start in db 0); false when it does not exist.
+pub fn select_db(ctx: &Context, db: i32) -> bool {
+    match api!(RedisModule_SelectDb) {
+        // SAFETY: ctx is a live context; SelectDb fails cleanly past the last database.
+        Some(select) => (unsafe { select(ctx.ctx, db) }) == raw::REDISMODULE_OK as c_int,
+        None => false,
+    }
+}
+
 /// The database selected in a context.
 pub fn selected_db(ctx: *mut raw::RedisModuleCtx) -> i32 {
     match api!(RedisModule_GetSelectedDb) {
