@@ -16,14 +16,27 @@ export interface WriteOpts {
   tenant?: string | undefined;
 }
 
-/** Runs a command with the cache's timeout, retries and circuit breaker. */
-export type Exec = <T, R = T>(fn: () => Promise<T>, map?: (v: T) => R) => Promise<R>;
+/**
+ * Runs a command with the cache's timeout, retries and circuit breaker. `map` turns the reply into
+ * the result; `recover` answers instead of a final failure (else the promise rejects).
+ */
+export type Exec = <T, R = T>(fn: () => Promise<T>, map?: (v: T) => R | Promise<R>, recover?: (e: unknown) => R | Promise<R>) => Promise<R>;
 
 export interface Backend {
   readonly mode: 'module' | 'fallback';
   /** `early`: XFetch beta (module mode: `EARLY beta`; ignored in fallback mode). */
-  /** `leaseMs` undefined: the server's `tagcache.lease-ms` (module) / 5 000 ms (fallback). */
+  /**
+   * `leaseMs` undefined: the server's `tagcache.lease-ms` (module) / 5 000 ms (fallback). With
+   * `then`/`recover` the reply is mapped (and a failure answered) without another promise.
+   */
   getOrMark(key: string, leaseMs: number | undefined, early?: number): Promise<Mark>;
+  getOrMark<R>(
+    key: string,
+    leaseMs: number | undefined,
+    early: number | undefined,
+    then: (m: Mark) => R | Promise<R>,
+    recover: (e: unknown) => R | Promise<R>,
+  ): Promise<R>;
   /** A parked wait on a dedicated connection (module) or polling (fallback). */
   waitMark(key: string, leaseMs: number | undefined, waitMs: number, conn: Driver | undefined): Promise<Mark>;
   fill(key: string, token: Buffer, value: Buffer, w: WriteOpts): Promise<boolean>;
@@ -121,11 +134,18 @@ export class ModuleBackend implements Backend {
     private readonly exec: Exec,
   ) {}
 
-  getOrMark(key: string, leaseMs: number | undefined, early?: number): Promise<Mark> {
+  getOrMark<R = Mark>(
+    key: string,
+    leaseMs: number | undefined,
+    early?: number,
+    then?: (m: Mark) => R | Promise<R>,
+    recover?: (e: unknown) => R | Promise<R>,
+  ): Promise<R> {
     // Without a lease length the server's tagcache.lease-ms applies (and the hot path is 2 args shorter).
     const args: Arg[] = leaseMs === undefined ? ['CACHE.GETORMARK', key] : ['CACHE.GETORMARK', key, 'LEASE', String(leaseMs)];
     if (early !== undefined && early > 0) args.push('EARLY', String(early));
-    return this.exec(() => this.driver.send(args, key), parseMark);
+    const map = then ? (r: unknown) => then(parseMark(r)) : (parseMark as unknown as (r: unknown) => R);
+    return this.exec(() => this.driver.send(args, key), map, recover);
   }
 
   async waitMark(key: string, leaseMs: number | undefined, waitMs: number, conn: Driver | undefined): Promise<Mark> {
@@ -274,7 +294,19 @@ export class FallbackBackend implements Backend {
     return ok == null ? null : Buffer.from(token);
   }
 
-  async getOrMark(key: string, leaseMs: number | undefined): Promise<Mark> {
+  getOrMark<R = Mark>(
+    key: string,
+    leaseMs: number | undefined,
+    _early?: number,
+    then?: (m: Mark) => R | Promise<R>,
+    recover?: (e: unknown) => R | Promise<R>,
+  ): Promise<R> {
+    const p = this.mark(key, leaseMs);
+    if (!then) return p as unknown as Promise<R>;
+    return p.then(then, recover);
+  }
+
+  private async mark(key: string, leaseMs: number | undefined): Promise<Mark> {
     const raw = asBuf(await this.send(['GET', key], key));
     const d = raw ? decodeFallback(raw) : null;
     if (d && Date.now() < d.freshUntil) return { kind: 'HIT', value: d.payload };
@@ -297,7 +329,7 @@ export class FallbackBackend implements Backend {
   async waitMark(key: string, leaseMs: number | undefined, waitMs: number): Promise<Mark> {
     const deadline = Date.now() + waitMs;
     for (;;) {
-      const m = await this.getOrMark(key, leaseMs);
+      const m = await this.mark(key, leaseMs);
       const left = deadline - Date.now();
       if (m.kind !== 'BUSY' || left <= 0) return m;
       await new Promise((r) => setTimeout(r, Math.min(POLL_MS, left)));

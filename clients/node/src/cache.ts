@@ -177,7 +177,9 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 interface Deadline {
   at: number;
   done: boolean;
-  reject: (e: Error) => void;
+  // a timeout takes the same road as a failed command: onError decides (retry, breaker, recover)
+  resolve: (v: unknown) => void;
+  onError: (e: unknown) => unknown;
 }
 
 class Deadlines {
@@ -187,12 +189,12 @@ class Deadlines {
   constructor(private readonly ms: number) {}
 
   /**
-   * Settles with `map(value of p)`, with `onError(error)` when `p` fails, or rejects after the
-   * timeout. One promise per command (the hit path's cost is mostly promises).
+   * Settles with `map(value of p)`, or with `onError(error)` when `p` fails or the timeout passes.
+   * One promise per command (the hit path's cost is mostly promises).
    */
-  run<T, R>(p: Promise<T>, map: (v: T) => R, onError: (e: unknown) => Promise<R>): Promise<R> {
+  run<T, R>(p: Promise<T>, map: (v: T) => R | Promise<R>, onError: (e: unknown) => Promise<R>): Promise<R> {
     return new Promise<R>((resolve, reject) => {
-      const e: Deadline = { at: Date.now() + this.ms, done: false, reject };
+      const e: Deadline = { at: Date.now() + this.ms, done: false, resolve: resolve as (v: unknown) => void, onError };
       this.q.push(e);
       if (!this.timer) {
         this.timer = setInterval(() => this.sweep(), Math.max(5, Math.floor(this.ms / 10)));
@@ -226,7 +228,7 @@ class Deadlines {
       if (!e.done) {
         if (e.at > now) break;
         e.done = true;
-        e.reject(new Error(`Redis command timed out after ${this.ms} ms`));
+        e.resolve(e.onError(new Error(`Redis command timed out after ${this.ms} ms`)));
       }
       h++;
     }
@@ -448,7 +450,7 @@ export class TagCache extends EventEmitter {
     const r = this.options.redis;
     this.driver = typeof r === 'string' ? await driverFromUrl(r) : driverFor(r);
     const driver = this.driver;
-    const exec: Exec = (fn, map) => this.exec(fn, map);
+    const exec: Exec = (fn, map, recover) => this.exec(fn, map, recover);
     try {
       await driver.connect(this.o.connectTimeout);
     } catch (e) {
@@ -516,7 +518,7 @@ export class TagCache extends EventEmitter {
   private useFallback(): void {
     if (!this.driver || this.backend?.mode === 'fallback') return;
     this.log.warn(FALLBACK_WARNING);
-    const exec: Exec = (fn, map) => this.exec(fn, map);
+    const exec: Exec = (fn, map, recover) => this.exec(fn, map, recover);
     this.backend = new FallbackBackend(this.driver, exec, this.o.fallbackTtlMs);
     this.m.mode = 'fallback';
     void this.pool?.close();
@@ -551,32 +553,38 @@ export class TagCache extends EventEmitter {
    * Timeout, retries with exponential backoff and full jitter, circuit breaker; `map` turns the
    * reply into the result (a throw there is the caller's error, not a Redis failure).
    */
-  private exec<T, R = T>(fn: () => Promise<T>, map?: (v: T) => R, attempt = 0): Promise<R> {
+  private exec<T, R = T>(
+    fn: () => Promise<T>,
+    map?: (v: T) => R | Promise<R>,
+    recover?: (e: unknown) => R | Promise<R>,
+    attempt = 0,
+  ): Promise<R> {
     // Not async on purpose: the hit path stays one promise deep.
-    if (!this.breaker.allow()) return Promise.reject(new CircuitOpenError());
+    const refuse = (e: Error): Promise<R> => (recover ? Promise.resolve().then(() => recover(e)) : Promise.reject(e));
+    if (!this.breaker.allow()) return refuse(new CircuitOpenError());
     if (this.driver && !this.driver.isReady()) {
       this.breaker.failure();
-      return Promise.reject(new Error('Redis connection is down'));
+      return refuse(new Error('Redis connection is down'));
     }
     const breaker = this.breaker;
     return this.deadlines.run(
       fn(),
-      (v: T): R => {
+      (v: T): R | Promise<R> => {
         breaker.success();
         return map ? map(v) : (v as unknown as R);
       },
       async (e: unknown): Promise<R> => {
         if (isServerReply(e)) {
           breaker.success(); // the server answered
-          throw e;
-        }
-        if (attempt >= this.o.retries) {
+        } else if (attempt >= this.o.retries) {
           breaker.failure();
-          throw e;
+        } else {
+          this.m.retries++;
+          await sleep(backoffDelay(attempt, this.o.baseDelay, this.o.maxDelay));
+          return this.exec(fn, map, recover, attempt + 1);
         }
-        this.m.retries++;
-        await sleep(backoffDelay(attempt, this.o.baseDelay, this.o.maxDelay));
-        return this.exec(fn, map, attempt + 1);
+        if (recover) return recover(e);
+        throw e;
       },
     );
   }
@@ -693,8 +701,13 @@ export class TagCache extends EventEmitter {
     const seq = this.invalidationSeq;
     const fresh = this.freshFor(be, key);
     // Hot path (a HIT without L1) resolves in one `then`; everything else goes to `settle`.
-    return be.getOrMark(key, this.o.leaseMs, opts.early ?? this.o.early).then(
-      (mark) => {
+    // One promise for the hot path (a HIT without L1): the reply is mapped inside the command's own
+    // promise; anything else continues in `settle`, a Redis failure in `failOpen`.
+    return be.getOrMark(
+      key,
+      this.o.leaseMs,
+      opts.early ?? this.o.early,
+      (mark): T | Promise<T> => {
         if (mark.kind === 'HIT' && !fresh) {
           this.inflight.delete(key);
           this.m.hits++;

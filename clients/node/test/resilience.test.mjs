@@ -149,3 +149,35 @@ describe('late detection', () => {
     }
   });
 });
+
+describe('slow server', () => {
+  test('S4.2 S4.3 timeouts are retried, count as failures and open the circuit; getOrSet still answers', async () => {
+    const server = await startRedis();
+    const conn = await makeClient('ioredis', server.url);
+    const cache = createCache({
+      redis: conn.client,
+      logger: silent,
+      commandTimeout: 100,
+      retry: { retries: 1, baseDelay: 5, maxDelay: 10 },
+      circuitBreaker: { threshold: 2, cooldown: 60_000 },
+    });
+    const events = [];
+    cache.on('circuit_open', () => events.push('circuit_open'));
+    try {
+      await cache.connect();
+      await cache.set('k', 'v');
+      // the server stops answering for 2 s while the connection stays up
+      assert.equal(server.cli('CLIENT', 'PAUSE', '2000', 'ALL'), 'OK');
+      const t0 = Date.now();
+      assert.equal(await cache.get('k'), undefined, 'timed out: a miss');
+      assert.equal(cache.metrics().retries, 1, 'the timeout was retried once');
+      assert.equal(await cache.getOrSet({ key: 'g', ttl: 10, factory: () => 'f' }), 'f');
+      assert.deepEqual(events, ['circuit_open']);
+      assert.ok(Date.now() - t0 < 1500, `answered without waiting for the server (${Date.now() - t0} ms)`);
+    } finally {
+      await cache.close();
+      await conn.close();
+      await server.stop();
+    }
+  });
+});
