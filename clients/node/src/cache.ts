@@ -174,18 +174,12 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
  * arrive in order: a FIFO queue that one unref'd interval sweeps from the head (resolution: a
  * tenth of the timeout, at least 5 ms). Settled entries are only flagged, never searched for.
  */
-interface Deadline {
-  at: number;
-  done: boolean;
-  // a timeout takes the same road as a failed command: onError decides (retry, breaker, recover)
-  resolve: (v: unknown) => void;
-  onError: (e: unknown) => unknown;
-}
-
+/**
+ * The per-command timeout. One timer per command: Node's timer lists make arming and clearing
+ * O(1), and a cleared Timeout dies young — a queue of pending entries swept later kept every
+ * command's closures alive past the young generation and made GC the hot path's main cost.
+ */
 class Deadlines {
-  private q: Deadline[] = [];
-  private head = 0;
-  private timer: NodeJS.Timeout | undefined;
   constructor(private readonly ms: number) {}
 
   /**
@@ -194,16 +188,17 @@ class Deadlines {
    */
   run<T, R>(p: Promise<T>, map: (v: T) => R | Promise<R>, onError: (e: unknown) => Promise<R>): Promise<R> {
     return new Promise<R>((resolve, reject) => {
-      const e: Deadline = { at: Date.now() + this.ms, done: false, resolve: resolve as (v: unknown) => void, onError };
-      this.q.push(e);
-      if (!this.timer) {
-        this.timer = setInterval(() => this.sweep(), Math.max(5, Math.floor(this.ms / 10)));
-        this.timer.unref();
-      }
+      let done = false;
+      const timer = setTimeout(() => {
+        if (done) return;
+        done = true;
+        resolve(onError(new Error(`Redis command timed out after ${this.ms} ms`)));
+      }, this.ms);
       p.then(
         (v) => {
-          if (e.done) return;
-          e.done = true;
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
           try {
             resolve(map(v));
           } catch (err) {
@@ -211,33 +206,13 @@ class Deadlines {
           }
         },
         (err: unknown) => {
-          if (e.done) return;
-          e.done = true;
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
           resolve(onError(err));
         },
       );
     });
-  }
-
-  private sweep(): void {
-    const now = Date.now();
-    const q = this.q;
-    let h = this.head;
-    while (h < q.length) {
-      const e = q[h] as Deadline;
-      if (!e.done) {
-        if (e.at > now) break;
-        e.done = true;
-        e.resolve(e.onError(new Error(`Redis command timed out after ${this.ms} ms`)));
-      }
-      h++;
-    }
-    this.q = h > 0 ? q.slice(h) : q;
-    this.head = 0;
-    if (this.q.length === 0 && this.timer) {
-      clearInterval(this.timer);
-      this.timer = undefined;
-    }
   }
 }
 
