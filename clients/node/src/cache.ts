@@ -57,7 +57,7 @@ export interface CacheOptions {
   maxWait?: number;
   /** Dedicated connections for parked waits (default 8). */
   waitPoolSize?: number;
-  /** Timeout of every non-blocking command (ms, default 1 000). */
+  /** Timeout of every non-blocking command (ms, default 1 000; 0 = rely on the client library's own timeouts). */
   commandTimeout?: number;
   /** How long connecting may take before the cache works without Redis (ms, default 5 000). */
   connectTimeout?: number;
@@ -187,6 +187,7 @@ class Deadlines {
    * One promise per command (the hit path's cost is mostly promises).
    */
   run<T, R>(p: Promise<T>, map: (v: T) => R | Promise<R>, onError: (e: unknown) => Promise<R>): Promise<R> {
+    if (this.ms <= 0) return p.then(map, onError); // commandTimeout 0: the client library's own timeouts only
     return new Promise<R>((resolve, reject) => {
       let done = false;
       const timer = setTimeout(() => {

@@ -132,6 +132,14 @@ describe('with a real server', () => {
     await waitFor(() => clients() === before - 1, { what: 'own connection closed' });
   });
 
+  test('commandTimeout 0 leaves timeouts to the client library', async () => {
+    const cache = createCache({ redis: conn.client, logger: silent, prefix: 'ct0:', commandTimeout: 0 });
+    assert.equal(await cache.getOrSet({ key: 'k', ttl: 10, factory: () => 'v' }), 'v');
+    assert.equal(await cache.get('k'), 'v');
+    assert.equal(cache.metrics().fills, 1);
+    await cache.close();
+  });
+
   test('S8.1 with a debug logger every event is a log line too', async () => {
     const lines = [];
     const cache = createCache({ redis: conn.client, prefix: 'dbg:', logger: { debug: (m) => lines.push(m) } });
