@@ -123,6 +123,8 @@ describe('stampede', () => {
   }
 
   test('S2.1 4 processes, 250 callers each, one cold key: exactly 1 factory call in total', async () => {
+    const getormarkCalls = () => Number(/cmdstat_cache\.getormark:calls=(\d+)/.exec(server.cli('INFO', 'commandstats'))?.[1] ?? 0);
+    const callsBefore = getormarkCalls();
     const before = stats(server);
     const res = await crossProcess({ keys: ['shared'], callers: 250, prefix: 'xp1:' });
     const total = res.reduce((a, r) => a + (r.factoryCalls.shared ?? 0), 0);
@@ -135,6 +137,13 @@ describe('stampede', () => {
     const after = stats(server);
     assert.equal(after.fills - before.fills, 1);
     assert.equal(after.leases_granted - before.leases_granted, 1);
+    // processes without the lease were parked in the server (at most one WAIT each), not polling:
+    // at most one plain ask + one WAIT per process
+    const waits = after.waits - before.waits;
+    assert.ok(waits <= 3, `waits ${waits}`);
+    assert.equal(after.waits_served - before.waits_served, waits);
+    assert.equal(after.wait_timeouts - before.wait_timeouts, 0);
+    assert.ok(getormarkCalls() - callsBefore <= 4 + waits, `GETORMARK calls ${getormarkCalls() - callsBefore}`);
   });
 
   test('S2.1 4 processes, 300 shared cold keys (more waits than pooled connections): 1 factory call per key', async () => {
