@@ -29,19 +29,21 @@ export interface Backend {
    * `leaseMs` undefined: the server's `tagcache.lease-ms` (module) / 5 000 ms (fallback). With
    * `then`/`recover` the reply is mapped (and a failure answered) without another promise.
    */
-  getOrMark(key: string, leaseMs: number | undefined, early?: number): Promise<Mark>;
+  /** `tenant`: whom the server counts a miss and its lease for (module mode: `TENANT t`). */
+  getOrMark(key: string, leaseMs: number | undefined, early?: number, tenant?: string): Promise<Mark>;
   getOrMark<R>(
     key: string,
     leaseMs: number | undefined,
     early: number | undefined,
+    tenant: string | undefined,
     then: (m: Mark) => R | Promise<R>,
     recover: (e: unknown) => R | Promise<R>,
   ): Promise<R>;
   /** A parked wait on a dedicated connection (module) or polling (fallback). */
-  waitMark(key: string, leaseMs: number | undefined, waitMs: number, conn: Driver | undefined): Promise<Mark>;
+  waitMark(key: string, leaseMs: number | undefined, waitMs: number, conn: Driver | undefined, tenant?: string): Promise<Mark>;
   fill(key: string, token: Buffer, value: Buffer, w: WriteOpts): Promise<boolean>;
   abandon(key: string, token: Buffer): Promise<boolean>;
-  get(key: string): Promise<Buffer | null>;
+  get(key: string, tenant?: string): Promise<Buffer | null>;
   set(key: string, value: Buffer, w: WriteOpts): Promise<void>;
   del(keys: string[]): Promise<number>;
   invalidate(tenant: string, pattern: string, soft: boolean): Promise<number>;
@@ -138,21 +140,24 @@ export class ModuleBackend implements Backend {
     key: string,
     leaseMs: number | undefined,
     early?: number,
+    tenant?: string,
     then?: (m: Mark) => R | Promise<R>,
     recover?: (e: unknown) => R | Promise<R>,
   ): Promise<R> {
     // Without a lease length the server's tagcache.lease-ms applies (and the hot path is 2 args shorter).
     const args: Arg[] = leaseMs === undefined ? ['CACHE.GETORMARK', key] : ['CACHE.GETORMARK', key, 'LEASE', String(leaseMs)];
     if (early !== undefined && early > 0) args.push('EARLY', String(early));
+    if (tenant) args.push('TENANT', tenant);
     const map = then ? (r: unknown) => then(parseMark(r)) : (parseMark as unknown as (r: unknown) => R);
     return this.exec(() => this.driver.send(args, key), map, recover);
   }
 
-  async waitMark(key: string, leaseMs: number | undefined, waitMs: number, conn: Driver | undefined): Promise<Mark> {
+  async waitMark(key: string, leaseMs: number | undefined, waitMs: number, conn: Driver | undefined, tenant?: string): Promise<Mark> {
     if (!conn) throw new Error('no waiting connection');
     // Never retried: a blocking command must not be re-sent silently (S4.2).
     const args: Arg[] = ['CACHE.GETORMARK', key];
     if (leaseMs !== undefined) args.push('LEASE', String(leaseMs));
+    if (tenant) args.push('TENANT', tenant);
     args.push('WAIT', String(waitMs));
     const r = await conn.send(args, key);
     return parseMark(r);
@@ -173,8 +178,8 @@ export class ModuleBackend implements Backend {
     return Number(r) === 1;
   }
 
-  async get(key: string): Promise<Buffer | null> {
-    const r = await this.exec(() => this.driver.send(['CACHE.GET', key], key));
+  async get(key: string, tenant?: string): Promise<Buffer | null> {
+    const r = await this.exec(() => this.driver.send(tenant ? ['CACHE.GET', key, 'TENANT', tenant] : ['CACHE.GET', key], key));
     return r == null ? null : Buffer.isBuffer(r) ? r : Buffer.from(String(r));
   }
 
@@ -298,6 +303,7 @@ export class FallbackBackend implements Backend {
     key: string,
     leaseMs: number | undefined,
     _early?: number,
+    _tenant?: string,
     then?: (m: Mark) => R | Promise<R>,
     recover?: (e: unknown) => R | Promise<R>,
   ): Promise<R> {

@@ -683,6 +683,7 @@ export class TagCache extends EventEmitter {
       key,
       this.o.leaseMs,
       opts.early ?? this.o.early,
+      opts.tenant ?? this.tenant,
       (mark): T | Promise<T> => {
         if (mark.kind === 'HIT' && !fresh) {
           this.inflight.delete(key);
@@ -742,7 +743,7 @@ export class TagCache extends EventEmitter {
           const left = deadline - Date.now();
           if (left <= 0) return this.failOpen(key, opts, 'wait for another filler ran out');
           try {
-            mark = await this.waitOnce(be, key, mark.ms, left);
+            mark = await this.waitOnce(be, key, mark.ms, left, opts.tenant ?? this.tenant);
           } catch (e) {
             this.fail('getOrSet wait', e, key);
             return this.failOpen(key, opts, errorText(e));
@@ -753,19 +754,19 @@ export class TagCache extends EventEmitter {
   }
 
   /** One round of waiting after BUSY: a parked WAIT on a pool connection, else ask again later. */
-  private async waitOnce(be: Backend, key: string, hintMs: number, leftMs: number): Promise<Mark> {
+  private async waitOnce(be: Backend, key: string, hintMs: number, leftMs: number, tenant: string | undefined): Promise<Mark> {
     if (be.mode === 'fallback') return be.waitMark(key, this.o.leaseMs, Math.min(leftMs, this.o.maxWait), undefined);
     if (!this.breaker.allow()) throw new CircuitOpenError();
     const conn = await this.pool?.acquire(Math.min(hintMs, leftMs));
     if (!conn) {
       // every waiting connection is busy: ask again without WAIT after the hint (S2.1)
       await sleep(Math.max(1, Math.min(hintMs, leftMs, 100)));
-      return be.getOrMark(key, this.o.leaseMs);
+      return be.getOrMark(key, this.o.leaseMs, undefined, tenant);
     }
     const waitMs = Math.max(1, Math.min(leftMs, this.o.maxWait));
     let healthy = false;
     try {
-      const m = await be.waitMark(key, this.o.leaseMs, waitMs, conn);
+      const m = await be.waitMark(key, this.o.leaseMs, waitMs, conn, tenant);
       healthy = true;
       this.breaker.success();
       return m;
@@ -930,7 +931,7 @@ export class TagCache extends EventEmitter {
     try {
       const be = await this.be();
       const fresh = this.freshFor(be, k);
-      const b = await be.get(k);
+      const b = await be.get(k, this.tenant);
       if (b === null) {
         this.m.misses++;
         this.note('miss', { key: k });

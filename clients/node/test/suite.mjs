@@ -359,6 +359,19 @@ export function functionalSuite(lib, { module }) {
         assert.equal(t.sets, 1);
       });
 
+      test('S1.1 S3.3 an explicit tenant gets every counter of its keys, misses included', async () => {
+        const tenant = `ex${n}${lib === 'ioredis' ? 'i' : 'n'}`;
+        const c = fresh({ tenant });
+        const before = await c.stats({ tenant: '' });
+        assert.equal(await c.get('k'), undefined); // miss, no entry yet
+        assert.equal(await c.getOrSet({ key: 'k', factory: async () => 'a' }), 'a'); // miss + fill
+        assert.equal(await c.getOrSet({ key: 'k', factory: async () => 'b' }), 'a'); // hit
+        const t = await c.stats({ tenant });
+        assert.deepEqual([t.hits, t.misses, t.fills, t.leases_granted, t.keys], [1, 2, 1, 1, 1]);
+        const empty = await c.stats({ tenant: '' });
+        assert.deepEqual([empty.hits, empty.misses], [before.hits, before.misses], 'nothing for the derived tenant');
+      });
+
       test('S8.3 prometheus() renders global, tenant and namespace series', async () => {
         const c = fresh({ tenant: 'promT' });
         await c.set('ns:1', 1);
