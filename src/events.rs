@@ -6,7 +6,7 @@ use crate::config;
 use crate::config::derived_tenant;
 use crate::fences::Action;
 use crate::ffi::blocking::start_timer;
-use crate::ffi::events::{for_each_key, Hooks, Loading};
+use crate::ffi::events::{for_each_entry, Hooks, Loading};
 use crate::keyspace::{self, Key};
 use crate::state::with_state;
 use redis_module::{Context, NotifyEvent, RedisString};
@@ -103,13 +103,21 @@ pub fn reindex_key(ctx: &Context, name: &RedisString) {
     with_state(|s| s.index_insert(db, bytes, entry, &sep));
 }
 
-/// Rebuilds the whole index from the keyspace (after RDB/AOF load or a replica's full sync).
+/// Rebuilds the whole index from the keyspace (after RDB/AOF load or a replica's full sync),
+/// in one pass over the scan's own key handles.
 pub fn rebuild_index(ctx: &Context) {
+    let sep = config::NAMESPACE_SEPARATOR.get();
+    let regex = config::TENANT_REGEX.get();
     with_state(|s| {
         s.index.clear();
         s.stats.forget_keys();
     });
-    for_each_key(ctx, reindex_key);
+    for_each_entry(ctx, |db, name, entry| {
+        if !entry.tenant_explicit {
+            entry.tenant = crate::policy::tenant_from_key(name, regex.as_ref().as_ref()).to_vec();
+        }
+        with_state(|s| s.index_insert(db, name, entry, &sep));
+    });
 }
 
 /// FLUSHDB (`Some(db)`) or FLUSHALL: forget the index, release parked callers and leases.

@@ -4,6 +4,7 @@
 
 use super::keyspace;
 use super::strings::string_bytes;
+use crate::entry::Entry;
 use redis_module::{raw, Context, RedisString};
 use std::os::raw::{c_int, c_void};
 use std::sync::OnceLock;
@@ -110,6 +111,58 @@ pub fn subscribe(ctx: &Context, hooks: Hooks) -> bool {
         // SAFETY: registering static callbacks during OnLoad.
         unsafe { subscribe(ctx.ctx, event, cb) == raw::REDISMODULE_OK as c_int }
     })
+}
+
+/// Calls `f(db, key name, entry)` for every entry of every database, straight from the scan's
+/// own key handles (no lookup, no expiry check, no copy of the names): the fast path for
+/// rebuilding the index after a load. `f` must not touch the keyspace.
+pub fn for_each_entry(ctx: &Context, mut f: impl FnMut(i32, &[u8], &mut Entry)) {
+    let (Some(select), Some(create), Some(scan), Some(destroy)) = (
+        api!(RedisModule_SelectDb),
+        api!(RedisModule_ScanCursorCreate),
+        api!(RedisModule_Scan),
+        api!(RedisModule_ScanCursorDestroy),
+    ) else {
+        return;
+    };
+    type Visit<'a> = (i32, &'a mut dyn FnMut(i32, &[u8], &mut Entry));
+    /// SAFETY: called by RedisModule_Scan with a key handle valid for the call and the
+    /// `Visit` given as privdata.
+    unsafe extern "C" fn visit(
+        _ctx: *mut raw::RedisModuleCtx,
+        name: *mut raw::RedisModuleString,
+        key: *mut raw::RedisModuleKey,
+        privdata: *mut c_void,
+    ) {
+        let (Some((db, f)), Some(get_type), Some(get_value)) = (
+            privdata.cast::<Visit>().as_mut(),
+            api!(RedisModule_ModuleTypeGetType),
+            api!(RedisModule_ModuleTypeGetValue),
+        ) else {
+            return;
+        };
+        if key.is_null() || get_type(key) != super::datatype::raw_type() {
+            return;
+        }
+        if let Some(entry) = get_value(key).cast::<Entry>().as_mut() {
+            f(*db, string_bytes(name), entry);
+        }
+    }
+    let original = keyspace::selected_db(ctx.ctx);
+    let mut db: c_int = 0;
+    // SAFETY: ctx is a live context; SelectDb fails past the last database.
+    while unsafe { select(ctx.ctx, db) } == raw::REDISMODULE_OK as c_int {
+        let mut data: Visit = (db, &mut f);
+        // SAFETY: the cursor is created, used and destroyed here; the callback gets `data`.
+        unsafe {
+            let cursor = create();
+            while scan(ctx.ctx, cursor, Some(visit), (&mut data as *mut Visit).cast()) != 0 {}
+            destroy(cursor);
+        }
+        db = db.saturating_add(1);
+    }
+    // SAFETY: restoring the db the context had.
+    unsafe { select(ctx.ctx, original) };
 }
 
 /// Calls `f(ctx, key name)` for every key of every database, with that database selected in
