@@ -18,11 +18,85 @@ struct KeyRecord {
     entry_bytes: usize,
 }
 
+/// The keys carrying one tag. Most tags in real workloads (`item:<id>`) have a single key:
+/// it is stored inline instead of in a hash set of its own (about 100 bytes per such tag).
+#[derive(Debug)]
+enum Members {
+    One(Name),
+    Many(HashSet<Name>),
+}
+
+impl Members {
+    fn insert(&mut self, key: Name) {
+        match self {
+            Members::One(k) if *k == key => {}
+            Members::One(k) => {
+                let first = k.clone();
+                *self = Members::Many(HashSet::from([first, key]));
+            }
+            Members::Many(set) => {
+                set.insert(key);
+            }
+        }
+    }
+
+    /// Removes `key`; true when no key is left.
+    fn remove(&mut self, key: &[u8]) -> bool {
+        match self {
+            Members::One(k) => **k == *key,
+            Members::Many(set) => {
+                set.remove(key);
+                if set.len() == 1 {
+                    if let Some(last) = set.iter().next().cloned() {
+                        *self = Members::One(last);
+                    }
+                } else {
+                    set.shrink_if_sparse();
+                }
+                set_is_empty(self)
+            }
+        }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            Members::One(k) => **k == *key,
+            Members::Many(set) => set.contains(key),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Members::One(_) => 1,
+            Members::Many(set) => set.len(),
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = &Name> + '_> {
+        match self {
+            Members::One(k) => Box::new(std::iter::once(k)),
+            Members::Many(set) => Box::new(set.iter()),
+        }
+    }
+
+    /// Heap bytes beyond the map slot (a hash set's table).
+    fn heap_capacity(&self) -> usize {
+        match self {
+            Members::One(_) => 0,
+            Members::Many(set) => set.capacity(),
+        }
+    }
+}
+
+fn set_is_empty(m: &Members) -> bool {
+    matches!(m, Members::Many(set) if set.is_empty())
+}
+
 #[derive(Debug, Default)]
 pub struct DbIndex {
     keys: HashMap<Name, KeyRecord>,
     tenants: HashMap<Name, BTreeSet<Name>>,
-    tags: HashMap<Name, HashSet<Name>>,
+    tags: HashMap<Name, Members>,
     entry_bytes: usize,
 }
 
@@ -105,7 +179,12 @@ impl DbIndex {
         let mut interned = Vec::with_capacity(tags.len());
         for tag in tags {
             let tag = intern(&self.tags, tag);
-            self.tags.entry(tag.clone()).or_default().insert(key.clone());
+            match self.tags.get_mut(&tag) {
+                Some(members) => members.insert(key.clone()),
+                None => {
+                    self.tags.insert(tag.clone(), Members::One(key.clone()));
+                }
+            }
             interned.push(tag);
         }
         self.keys.insert(
@@ -132,14 +211,9 @@ impl DbIndex {
             }
         }
         for tag in record.tags.iter() {
-            if let Some(set) = self.tags.get_mut(tag) {
-                set.remove(&key);
-                if set.is_empty() {
-                    self.tags.remove(tag);
-                    self.tags.shrink_if_sparse();
-                } else {
-                    set.shrink_if_sparse();
-                }
+            if self.tags.get_mut(tag).is_some_and(|members| members.remove(&key)) {
+                self.tags.remove(tag);
+                self.tags.shrink_if_sparse();
             }
         }
         // Tables emptied by deletions give their memory back.
@@ -227,7 +301,7 @@ impl DbIndex {
                 self.keys.len()
             ));
         }
-        let tag_members: usize = self.tags.values().map(HashSet::len).sum();
+        let tag_members: usize = self.tags.values().map(Members::len).sum();
         let tag_refs: usize = self.keys.values().map(|r| r.tags.len()).sum();
         if tag_members != tag_refs {
             return Err(format!("tag sets hold {tag_members} references, keys carry {tag_refs}"));
@@ -246,7 +320,7 @@ impl DbIndex {
         const BTREE_NODE: usize = 11 * PTR + 16;
         const KEY_SLOT: usize = PTR + size_of::<KeyRecord>();
         const TENANT_SLOT: usize = PTR + size_of::<BTreeSet<Name>>();
-        const TAG_SLOT: usize = PTR + size_of::<HashSet<Name>>();
+        const TAG_SLOT: usize = PTR + size_of::<Members>();
         let name = |n: &Name| allocation(n.len().saturating_add(ARC_HEADER));
         // hashbrown: one allocation of buckets × (slot + 1 control byte); capacity is 7/8 of
         // the buckets.
@@ -264,7 +338,7 @@ impl DbIndex {
         ]);
         let tags = sum([
             table(self.tags.capacity(), TAG_SLOT),
-            sum(self.tags.iter().map(|(t, set)| sum([name(t), table(set.capacity(), PTR)]))),
+            sum(self.tags.iter().map(|(t, members)| sum([name(t), table(members.heap_capacity(), PTR)]))),
         ]);
         sum([keys, tenants, tags])
     }
@@ -349,6 +423,25 @@ mod tests {
 
     fn names(v: Vec<Name>) -> Vec<String> {
         v.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect()
+    }
+
+    #[test]
+    fn a_tag_held_by_one_key_is_stored_inline_and_grows_and_shrinks() {
+        let mut ix = DbIndex::default();
+        let t = vec![b"item:1".to_vec()];
+        ix.insert(b"k1", b"", &t, 0);
+        let one = ix.heap_bytes();
+        ix.insert(b"k2", b"", &t, 0);
+        assert!(ix.heap_bytes() > one, "a second key needs a set");
+        assert_eq!(ix.tagged(&t).len(), 2);
+        assert!(ix.remove(b"k1"));
+        assert_eq!(ix.tagged(&t).iter().map(|k| k.to_vec()).collect::<Vec<_>>(), vec![b"k2".to_vec()]);
+        assert!(ix.self_check().is_ok());
+        ix.insert(b"k2", b"", &t, 0);
+        assert_eq!(ix.tagged(&t).len(), 1, "re-inserting the same key keeps one member");
+        assert!(ix.remove(b"k2"));
+        assert_eq!((ix.tag_count(), ix.len()), (0, 0));
+        assert!(ix.self_check().is_ok());
     }
 
     #[test]
