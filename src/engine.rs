@@ -259,9 +259,14 @@ pub fn current_user(ctx: &Context) -> Option<Vec<u8>> {
     ffi::acl::current_user_name(ctx)
 }
 
-/// Whether ACL user `user_name` may delete/overwrite `key`.
-pub fn user_may_write(ctx: &Context, user_name: &[u8], key: &[u8]) -> bool {
-    ffi::acl::first_unwritable(ctx, user_name, &[key.to_vec()]).is_none()
+/// Whether a fence (a tag or migration fence) set by `user` applies to `key`: a fence set by
+/// nobody in particular (replayed) or by a user who no longer exists applies to every key; a
+/// user's fence applies to the keys that user may write.
+pub fn fence_applies(ctx: &Context, user: Option<&[u8]>, key: &[u8]) -> bool {
+    match user {
+        None => true,
+        Some(user) => ffi::acl::may_write(ctx, user, key).unwrap_or(true),
+    }
 }
 
 /// Checks that the calling user may delete/overwrite every key; `NOPERM` names the first that

@@ -21,9 +21,9 @@ pub struct Entry {
     pub stale_ms: i64,
     /// How long the fill that produced this value took, in ms (0 when unknown).
     pub fill_ms: i64,
-    /// Arrived by MIGRATE/RESTORE under an invalidation's fence and is about to be removed:
-    /// reads treat it as missing. Never persisted.
-    pub fenced: bool,
+    /// Arrived by MIGRATE/RESTORE under an invalidation's fence and is about to be removed
+    /// (reads treat it as missing) or marked stale (reads treat it as stale). Never persisted.
+    pub fence: Option<crate::fences::Action>,
 }
 
 impl Entry {
@@ -112,12 +112,26 @@ pub fn set_command_args<'a>(key: &'a [u8], e: &'a Entry, fresh_until: Option<i64
         fresh_until,
         e.stale_ms,
         e.tags.iter().map(|t| Cow::Borrowed(t.as_slice())).collect(),
-        e.tenant_explicit.then_some(Cow::Borrowed(e.tenant.as_slice())),
+        e.tenant_explicit.then(|| tenant_argument_for(&e.tenant)),
         |piece| match piece {
             Piece::Keyword(k) => Cow::Borrowed(k),
             Piece::Number(n) => Cow::Owned(n.to_string().into_bytes()),
         },
     )
+}
+
+/// The TENANT argument that stores `tenant` again: a TENANT written `{t}` means `t`, so a
+/// tenant that itself looks like `{t}` is written with one more pair of braces.
+pub fn tenant_argument_for(tenant: &[u8]) -> Cow<'_, [u8]> {
+    if crate::policy::tenant_argument(tenant) == tenant {
+        Cow::Borrowed(tenant)
+    } else {
+        let mut wrapped = Vec::with_capacity(tenant.len().saturating_add(2));
+        wrapped.push(b'{');
+        wrapped.extend_from_slice(tenant);
+        wrapped.push(b'}');
+        Cow::Owned(wrapped)
+    }
 }
 
 #[cfg(test)]
@@ -145,12 +159,19 @@ mod tests {
             tags: vec![b"a".to_vec()],
             stale_ms: 60_000,
             fill_ms: 0,
-            fenced: false,
+            fence: None,
         };
         let args = set_command_args(b"k", &e, Some(123));
         let text: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         assert_eq!(text, ["k", "v", "PXAT", "123", "STALE", "60", "TAGS", "1", "a", "TENANT", "t"]);
         assert!(set_command_args(b"k", &Entry::default(), None).contains(&Cow::Borrowed(&b"NOEXPIRE"[..])));
+    }
+
+    #[test]
+    fn a_tenant_in_braces_survives_a_rewrite() {
+        for t in [&b"t"[..], b"{t}", b"{}", b"{{t}}", b""] {
+            assert_eq!(crate::policy::tenant_argument(&tenant_argument_for(t)), t, "{}", String::from_utf8_lossy(t));
+        }
     }
 
     #[test]

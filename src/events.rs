@@ -4,7 +4,7 @@
 
 use crate::config;
 use crate::config::derived_tenant;
-use crate::fences::Action;
+use crate::fences::{strongest, Action};
 use crate::ffi::blocking::start_timer;
 use crate::ffi::events::{for_each_entry, Hooks, Loading};
 use crate::keyspace::{self, Key};
@@ -48,43 +48,62 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
 
 /// An entry that arrived by MIGRATE/RESTORE under a recent invalidation's fence (the other
 /// side of a slot migration, where that invalidation never ran) is invalidated now: reads treat
-/// it as missing at once, and a timer removes it (no keyspace writes from this callback).
+/// it as missing (or stale) at once, and a timer removes it (no keyspace writes from this
+/// callback). Only a primary does this; its replicas receive the DEL/PEXPIREAT.
 fn fence_arrival(ctx: &Context, name: &RedisString) {
+    if !keyspace::is_primary(ctx) {
+        return;
+    }
     let db = keyspace::selected_db(ctx.ctx);
     let now = keyspace::now_ms();
     let mut key = Key::peek(ctx, name);
     let Some(entry) = key.entry() else {
         return;
     };
-    let action = with_state(|s| {
+    let covers = with_state(|s| {
         if s.migration_fences.is_empty() {
-            return None;
+            return Vec::new();
         }
         s.migration_fences.prune(now);
         s.migration_fences.covering(db, name.as_slice(), &entry.tenant, &entry.tags, now)
     });
-    let Some(action) = action else {
+    // A fence applies only to keys the user who set it may write.
+    let applying = covers
+        .into_iter()
+        .filter(|c| crate::engine::fence_applies(ctx, c.user.as_deref(), name.as_slice()))
+        .map(|c| c.action);
+    let Some(action) = strongest(applying) else {
         return;
     };
-    if action == Action::Delete {
-        entry.fenced = true;
-    }
+    entry.fence = Some(action);
     drop(key);
     start_timer(ctx, 0, (db, name.as_slice().to_vec(), action), invalidate_fenced);
 }
 
+/// Removes (or marks stale) an entry fenced on arrival — if it is still that entry: a write in
+/// between replaced it and clears the mark.
 fn invalidate_fenced(ctx: &Context, (db, key, action): (i32, Vec<u8>, Action)) {
-    if !keyspace::select_db(ctx, db) {
+    if !keyspace::is_primary(ctx) || !keyspace::select_db(ctx, db) {
         return;
     }
+    let name = keyspace::string(ctx, &key);
+    let tenant = {
+        let mut handle = Key::peek(ctx, &name);
+        match handle.entry() {
+            Some(e) if e.fence == Some(action) => {
+                e.fence = None;
+                e.tenant.clone()
+            }
+            _ => return,
+        }
+    };
     let keys = [key];
     let changed = match action {
         Action::Delete => crate::engine::delete_entries(ctx, &keys, crate::engine::Notice::Invalidate).len(),
         Action::MarkStale => crate::engine::soft_expire_entries(ctx, &keys).len(),
     };
     if changed > 0 {
-        let tenant = with_state(|s| s.index.db(db).and_then(|ix| ix.tenant_of(&keys[0]).map(<[u8]>::to_vec)));
-        crate::accounting::record(crate::stats::Event::KeyInvalidated, &tenant.unwrap_or_default(), &keys[0]);
+        crate::accounting::record(crate::stats::Event::KeyInvalidated, &tenant, &keys[0]);
     }
 }
 

@@ -159,24 +159,38 @@ pub fn signal_ready(ctx: &Context, db: i32, key: &RedisString) {
     }
 }
 
-/// Arms (once per key) a timer at the current lease's deadline, so parked callers are handed
-/// the lease when its holder neither fills nor abandons.
+/// Arms a timer at the current lease's deadline, so parked callers are handed the lease when
+/// its holder neither fills nor abandons. One timer per key, re-armed when a lease ends
+/// earlier than the armed one (a shorter lease handed to a waiter).
 pub fn arm_lease_timer(ctx: &Context, db: i32, key: &[u8]) {
     let now = now_ms();
-    let delay = with_state(|s| {
+    let armed = with_state(|s| {
         let deadline = s.leases.current(db, key, now)?.deadline_ms;
-        if s.leases.waiters_on(db, key) == 0 || !s.timers.insert((db, key.to_vec())) {
+        if s.leases.waiters_on(db, key) == 0 {
             return None;
         }
-        Some(deadline.saturating_sub(now).saturating_add(1).max(1))
+        let slot = s.timers.entry((db, key.to_vec())).or_insert(i64::MAX);
+        if *slot <= deadline {
+            return None;
+        }
+        *slot = deadline;
+        Some(deadline)
     });
-    if let Some(delay) = delay {
-        blocking::start_timer(ctx, delay, (db, key.to_vec()), on_lease_deadline);
+    if let Some(deadline) = armed {
+        let delay = deadline.saturating_sub(now).saturating_add(1).max(1);
+        blocking::start_timer(ctx, delay, (db, key.to_vec(), deadline), on_lease_deadline);
     }
 }
 
-fn on_lease_deadline(ctx: &Context, (db, key): (i32, Vec<u8>)) {
-    with_state(|s| s.timers.remove(&(db, key.clone())));
-    hand_over(ctx, db, &key);
-    arm_lease_timer(ctx, db, &key);
+fn on_lease_deadline(ctx: &Context, (db, key, deadline): (i32, Vec<u8>, i64)) {
+    let k = (db, key);
+    // Only the timer for the armed deadline clears the record (an earlier one replaced it).
+    with_state(|s| {
+        if s.timers.get(&k) == Some(&deadline) {
+            s.timers.remove(&k);
+            s.timers.shrink_if_sparse();
+        }
+    });
+    hand_over(ctx, k.0, &k.1);
+    arm_lease_timer(ctx, k.0, &k.1);
 }

@@ -4,6 +4,7 @@
 
 use crate::accounting::{record, stats_tenant};
 use crate::entry::Entry;
+use crate::fences::Action;
 use crate::ffi;
 use crate::keyspace::{now_ms, Key, Kind};
 use crate::lease::Leases;
@@ -63,9 +64,9 @@ pub fn evaluate(ctx: &Context, key: &RedisString, db: i32, opts: &GetOptions) ->
         return Verdict::WrongType;
     }
     let ttl = handle.ttl_ms();
-    if let Some(entry) = handle.entry().filter(|e| !e.fenced) {
+    if let Some(entry) = handle.entry().filter(|e| e.fence != Some(Action::Delete)) {
         let tenant = entry.tenant.clone();
-        let (event, token) = if entry.is_fresh(ttl) {
+        let (event, token) = if entry.is_fresh(ttl) && entry.fence.is_none() {
             (Event::Hit, early_refresh(entry, ttl, db, name, now, opts))
         } else {
             (Event::StaleHit, grant(db, name, now, opts.lease_ms, &tenant))

@@ -9,7 +9,7 @@ use crate::lease::Leases;
 use crate::policy;
 use crate::stats::Stats;
 use lazy_static::lazy_static;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 /// A client parked by GETORMARK … WAIT.
@@ -30,8 +30,8 @@ pub struct State {
     pub leases: Leases,
     pub parked: HashMap<u64, ParkedClient>,
     pub next_waiter_id: u64,
-    /// Keys (db, name) with a lease-deadline timer armed.
-    pub timers: HashSet<(i32, Vec<u8>)>,
+    /// Keys (db, name) with a lease-deadline timer armed, and the deadline it fires at.
+    pub timers: HashMap<(i32, Vec<u8>), i64>,
     /// When expired leases were last swept (ms).
     pub last_sweep_ms: i64,
     /// Recent invalidations, applied to entries arriving by MIGRATE/RESTORE (cluster mode).

@@ -187,9 +187,18 @@ fn d4_invalidation_cannot_touch_keys_the_caller_may_not_write() {
     fill(&mut admin, &[b"item:{t2}:2", &t2, b"v", b"TAGS", b"1", b"shared"]).expect("u1's fence does not cover t2");
     // ...but does refuse fills of the keys it may write.
     assert!(fill(&mut u1, &[b"item:{t1}:2", &t1, b"v", b"TAGS", b"1", b"shared"]).unwrap_err().starts_with("LEASE"));
+    // A fence whose user was deleted since covers every key (it can no longer be scoped).
+    let _: () = q(&mut admin, &[b"ACL", b"SETUSER", b"gone", b"on", b">pw", b"~*{t2}*", b"+cache.invalidatetags"]).unwrap();
+    let mut gone = s.conn();
+    let _: () = q(&mut gone, &[b"AUTH", b"gone", b"pw"]).unwrap();
+    let t1 = miss_token(&mut admin, &[b"item:{t1}:3"]);
+    assert_eq!(q::<i64>(&mut gone, &[b"CACHE.INVALIDATETAGS", b"1", b"shared"]).unwrap(), 1, "t2's shared entry");
+    drop(gone);
+    let _: i64 = q(&mut admin, &[b"ACL", b"DELUSER", b"gone"]).unwrap();
+    assert!(fill(&mut admin, &[b"item:{t1}:3", &t1, b"v", b"TAGS", b"1", b"shared"]).unwrap_err().starts_with("LEASE"));
     // The default user's fence covers every key.
     let t2 = miss_token(&mut admin, &[b"item:{t2}:3"]);
-    assert_eq!(q::<i64>(&mut admin, &[b"CACHE.INVALIDATETAGS", b"1", b"shared"]).unwrap(), 1);
+    assert_eq!(q::<i64>(&mut admin, &[b"CACHE.INVALIDATETAGS", b"1", b"shared"]).unwrap(), 0, "already removed above");
     assert!(fill(&mut admin, &[b"item:{t2}:3", &t2, b"v", b"TAGS", b"1", b"shared"]).unwrap_err().starts_with("LEASE"));
 }
 
@@ -367,4 +376,48 @@ fn d9_redis_6_2_refuses_the_module_and_keeps_running() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_shorter_lease_handed_to_a_waiter_reaches_the_next_waiter_at_its_own_deadline() {
+    let s = Server::start();
+    let mut holder = s.conn();
+    let token = miss_token(&mut holder, &[b"k", b"LEASE", b"30000"]);
+    let (tx, rx) = mpsc::channel();
+    let park = |args: Vec<&'static [u8]>, tx: mpsc::Sender<(String, Vec<Vec<u8>>)>| {
+        let mut c = s.conn();
+        thread::spawn(move || {
+            let _ = tx.send(gom(&mut c, &args));
+        });
+    };
+    // W1 asks for a 1 s lease, W2 waits after it.
+    park(vec![b"k", b"LEASE", b"1000", b"WAIT", b"30000"], tx.clone());
+    eventually("W1 is parked", || inspect(&mut holder, b"k")["lease"]["waiters"] == 1);
+    park(vec![b"k", b"WAIT", b"30000"], tx);
+    eventually("W2 is parked", || inspect(&mut holder, b"k")["lease"]["waiters"] == 2);
+    assert_eq!(q::<i64>(&mut holder, &[b"CACHE.ABANDON", b"k", &token]).unwrap(), 1);
+    let (first, _) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(first, "MISS", "W1 takes the lease and never fills");
+    // W1's 1 s lease ends long before the 30 s one armed first: W2 gets the lease then, not
+    // when its own wait runs out.
+    let (second, _) = rx.recv_timeout(Duration::from_secs(15)).expect("W2 was left waiting for the old deadline");
+    assert_eq!(second, "MISS");
+}
+
+#[test]
+fn a_tenant_written_in_double_braces_survives_an_aof_rewrite() {
+    let s = Server::start_with(&["--appendonly", "yes", "--aof-use-rdb-preamble", "no"]);
+    let mut c = s.conn();
+    set(&mut c, &[b"k", b"v", b"TENANT", b"{{t}}"]);
+    assert_eq!(inspect(&mut c, b"k")["tenant"], "{t}");
+    let _: String = q(&mut c, &[b"BGREWRITEAOF"]).unwrap();
+    eventually("the rewrite finished", || {
+        let info: String = q(&mut c, &[b"INFO", b"persistence"]).unwrap();
+        info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
+    });
+    drop(c);
+    let s = s.restart(false);
+    let mut c = s.conn();
+    assert_eq!(inspect(&mut c, b"k")["tenant"], "{t}", "replayed from the rewritten AOF");
+    assert_eq!(index_check(&mut c), "OK");
 }

@@ -60,13 +60,14 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     engine::check_write_permission(ctx, &void)?;
     let count = apply(ctx, db, &keys, soft);
     let fence_until = fence_until(ctx);
+    let user = engine::current_user(ctx);
     with_state(|s| {
         for k in &void {
             s.leases.void(db, k);
         }
         s.stats.record_invalidation(scope.as_deref());
         if let Some(until) = fence_until {
-            s.migration_fences.add_pattern(db, scope.as_deref(), pattern.as_slice(), action(soft), until);
+            s.migration_fences.add_pattern(db, scope.as_deref(), pattern.as_slice(), action(soft), user.as_deref(), until);
         }
     });
     for k in &void {
@@ -114,7 +115,7 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     with_state(|s| {
         s.stats.record_invalidation(None);
         if let Some(until) = fence_until {
-            s.migration_fences.add_tags(db, &tags, action(soft), until);
+            s.migration_fences.add_tags(db, &tags, action(soft), user.as_deref(), until);
         }
     });
     log_if_large(ctx, count, started, || {

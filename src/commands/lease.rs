@@ -84,14 +84,9 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let tags = opts.normalized_tags();
     let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant);
     let taken = with_state(|s| s.leases.take_for_fill(db, name, token.as_slice(), &tags, now));
-    let fenced = |fences: &[crate::lease::Fence]| {
-        fences.iter().any(|f| match &f.user {
-            None => true,
-            // A fence applies only to keys its user may write (an invalidation by a user
-            // restricted to other keys never refuses this fill).
-            Some(user) => engine::user_may_write(ctx, user, name),
-        })
-    };
+    // A fence applies only to keys its user may write (an invalidation by a user restricted
+    // to other keys never refuses this fill).
+    let fenced = |fences: &[crate::lease::Fence]| fences.iter().any(|f| engine::fence_applies(ctx, f.user.as_deref(), name));
     let lease = match taken {
         Ok((lease, fences)) if !fenced(&fences) => lease,
         _ => {
@@ -109,7 +104,7 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         tags,
         stale_ms: deadline.stale_ms,
         fill_ms: now.saturating_sub(lease.granted_at_ms).max(0),
-        fenced: false,
+        fence: None,
     };
     engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Fill)?;
     record(Event::Fill, &tenant, name);

@@ -37,7 +37,7 @@ pub fn get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let Some(entry) = handle.entry() else {
                 return Ok(RedisValue::Null);
             };
-            if entry.is_fresh(ttl) && !entry.fenced {
+            if entry.is_fresh(ttl) && entry.fence.is_none() {
                 engine::record(Event::Hit, &entry.tenant, name);
                 Ok(reply_bytes(ctx, &entry.value))
             } else {

@@ -26,7 +26,7 @@ pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         tags: opts.normalized_tags(),
         stale_ms: deadline.stale_ms,
         fill_ms: 0,
-        fenced: false,
+        fence: None,
     };
     engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Set)?;
     Ok(super::reply_ok(ctx))

@@ -16,6 +16,21 @@ pub fn current_user_name(ctx: &Context) -> Option<Vec<u8>> {
     Some(name.as_slice().to_vec())
 }
 
+/// Whether ACL user `user_name` may delete/overwrite `key`; None when the user does not exist.
+pub fn may_write(ctx: &Context, user_name: &[u8], key: &[u8]) -> Option<bool> {
+    let get_user = api!(RedisModule_GetModuleUserFromUserName)?;
+    let free_user = api!(RedisModule_FreeModuleUser)?;
+    let name = keyspace::string(ctx, user_name);
+    // SAFETY: name is a live string.
+    let user = unsafe { get_user(name.inner) };
+    if user.is_null() {
+        return None;
+    }
+    // SAFETY: user was returned by GetModuleUserFromUserName and is freed once.
+    unsafe { free_user(user) };
+    Some(first_unwritable(ctx, user_name, &[key.to_vec()]).is_none())
+}
+
 /// The first of `keys` that ACL user `user_name` may not delete/overwrite; a user that no longer
 /// exists may write nothing. None when every key is writable (or the server cannot tell).
 pub fn first_unwritable<'k>(ctx: &Context, user_name: &[u8], keys: &'k [Vec<u8>]) -> Option<&'k [u8]> {

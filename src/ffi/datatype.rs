@@ -67,7 +67,7 @@ unsafe extern "C" fn copy(
         return std::ptr::null_mut();
     };
     let mut copied = entry.clone();
-    copied.fenced = false;
+    copied.fence = None;
     if !copied.tenant_explicit {
         copied.tenant = crate::config::derived_tenant(string_bytes(to));
     }
@@ -117,7 +117,7 @@ fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Entry, redis_module::error
         tags: normalize_tags(tags),
         stale_ms: raw::load_signed(rdb)?,
         fill_ms: raw::load_signed(rdb)?,
-        fenced: false,
+        fence: None,
     })
 }
 
