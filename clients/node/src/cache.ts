@@ -11,7 +11,7 @@ import {
   str,
 } from './backend.js';
 import { CircuitBreaker, type CircuitState } from './breaker.js';
-import { type Driver, driverFor, driverFromUrl } from './driver.js';
+import { type Driver, driverFor, driverFromUrl, withTimeout } from './driver.js';
 import { L1Cache } from './l1.js';
 import { renderPrometheus } from './prometheus.js';
 import { jsonSerializer, type Serializer } from './serializer.js';
@@ -153,21 +153,6 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(t);
-        reject(e);
-      },
-    );
-  });
-}
 
 /**
  * Command timeouts without one timer per command. Every command has the same timeout, so deadlines

@@ -32,7 +32,8 @@ type Loose = any;
 const BLOB_STRING = 36; // RESP_TYPES.BLOB_STRING ('$') in node-redis
 const BUFFER_MAPPING = { [BLOB_STRING]: Buffer };
 
-function withTimeout<T>(p: Promise<T>, ms: number | undefined, what: string): Promise<T> {
+/** `p`, or a rejection once `ms` pass (no timeout for 0 or undefined). */
+export function withTimeout<T>(p: Promise<T>, ms: number | undefined, what: string): Promise<T> {
   if (!ms || ms <= 0) return p;
   return new Promise<T>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
