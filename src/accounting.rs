@@ -1,6 +1,6 @@
 //! Which tenant and namespace each statistic of a key is counted under.
 
-use crate::config::{self, derived_tenant};
+use crate::config::derived_tenant;
 use crate::policy;
 use crate::state::with_state;
 use crate::stats::Event;
@@ -22,6 +22,5 @@ pub fn stats_tenant(db: i32, key: &[u8], hint: Option<&[u8]>) -> Vec<u8> {
 }
 
 pub fn record(event: Event, tenant: &[u8], key: &[u8]) {
-    let sep = config::NAMESPACE_SEPARATOR.get();
-    with_state(|s| s.stats.record(event, tenant, policy::namespace(key, &sep)));
+    with_state(|s| s.stats.record(event, tenant, policy::namespace(key, &s.separator)));
 }

@@ -63,7 +63,10 @@ const ALLOCATOR: Allocator = std::alloc::System;
 /// Namespace key counts depend on the separator: recount them when it changes.
 fn on_separator_changed<T>(_ctx: &ConfigurationContext, _name: &str, _value: &'static T) {
     let sep = NAMESPACE_SEPARATOR.get();
-    state::with_state(|s| s.recount_namespaces(&sep));
+    state::with_state(|s| {
+        s.separator = sep.to_vec();
+        s.recount_namespaces(&sep);
+    });
 }
 
 fn info_section(ctx: &InfoContext, for_crash_report: bool) {
@@ -75,7 +78,11 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         ctx.log_warning("tagcache: could not subscribe to server events");
         return Status::Err;
     }
-    state::with_state(|s| s.leases = lease::Leases::with_salt(keyspace::now_ms() as u64));
+    let sep = NAMESPACE_SEPARATOR.get();
+    state::with_state(|s| {
+        s.leases = lease::Leases::with_salt(keyspace::now_ms() as u64);
+        s.separator = sep.to_vec();
+    });
     ffi::replicate::create_keywords();
     if !ffi::command_info::register(ctx, &commands::docs::all()) {
         return Status::Err;

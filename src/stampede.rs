@@ -65,20 +65,21 @@ pub fn evaluate(ctx: &Context, key: &RedisString, db: i32, opts: &GetOptions) ->
     }
     let ttl = handle.ttl_ms();
     if let Some(entry) = handle.entry().filter(|e| e.fence != Some(Action::Delete)) {
-        let tenant = entry.tenant.clone();
+        let entry: &Entry = entry;
+        let tenant = entry.tenant.as_slice();
         let (event, token) = if entry.is_fresh(ttl) && entry.fence.is_none() {
             (Event::Hit, early_refresh(entry, ttl, db, name, now, opts))
         } else {
-            (Event::StaleHit, grant(db, name, now, opts.lease_ms, &tenant))
+            (Event::StaleHit, grant(db, name, now, opts.lease_ms, tenant))
         };
         match (event, &token) {
             (Event::Hit, None) => reply_tagged(ctx, c"HIT", &[&entry.value]),
             (_, Some(t)) => reply_tagged(ctx, c"STALE", &[&entry.value, t]),
             (_, None) => reply_tagged(ctx, c"STALE", &[&entry.value]),
         }
-        record(event, &tenant, name);
+        record(event, tenant, name);
         if token.is_some() {
-            record(Event::LeaseGranted, &tenant, name);
+            record(Event::LeaseGranted, tenant, name);
         }
         return Verdict::Replied;
     }

@@ -36,6 +36,8 @@ pub struct State {
     pub last_sweep_ms: i64,
     /// Recent invalidations, applied to entries arriving by MIGRATE/RESTORE (cluster mode).
     pub migration_fences: MigrationFences,
+    /// `tagcache.namespace-separator`, kept here for the per-operation statistics.
+    pub separator: Vec<u8>,
 }
 
 impl State {

@@ -139,16 +139,18 @@ impl<'a> Cursor<'a> {
         names: &[&str],
         mut apply: impl FnMut(usize, &mut Cursor<'a>) -> Result<(), CmdError>,
     ) -> Result<(), CmdError> {
-        let mut seen = vec![false; names.len()];
+        // Options seen so far, one bit each (commands have at most a handful).
+        let mut seen = 0u64;
         while let Some(arg) = self.next_arg() {
             let name = arg.as_slice();
             let Some(slot) = names.iter().position(|n| is(name, n)) else {
                 return Err(CmdError::Err(format!("unknown option '{}'", shown(name))));
             };
-            match seen.get_mut(slot) {
-                Some(seen) if !*seen => *seen = true,
-                _ => return Err(CmdError::Err(format!("option {} given twice", names.get(slot).unwrap_or(&"")))),
+            let bit = 1u64.checked_shl(u32::try_from(slot).unwrap_or(u32::MAX)).unwrap_or(0);
+            if seen & bit != 0 {
+                return Err(CmdError::Err(format!("option {} given twice", names.get(slot).unwrap_or(&""))));
             }
+            seen |= bit;
             apply(slot, self)?;
         }
         Ok(())
