@@ -156,6 +156,12 @@ pub fn store(
     let reindex = match handle.entry() {
         Some(old) => {
             let changed = old.tenant != entry.tenant || old.tags != entry.tags;
+            let mut entry = entry;
+            if !changed {
+                // Same names: keep the copies the entry shares with the index.
+                entry.tenant = old.tenant.clone();
+                entry.tags = std::mem::take(&mut old.tags);
+            }
             *old = entry;
             changed
         }

@@ -4,6 +4,7 @@
 //! window`, so an entry is fresh while `PTTL > stale_ms`. Native EXPIRE/PERSIST therefore move
 //! the fresh deadline too, and the TTL needs no copy in the entry (Redis persists and replicates it).
 
+use crate::index::Name;
 use crate::mem;
 use std::borrow::Cow;
 
@@ -13,11 +14,12 @@ pub const ENCODING_VERSION: i32 = 1;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
     pub value: Vec<u8>,
-    pub tenant: Vec<u8>,
+    /// Shared with the index (one allocation per tenant name, whatever the number of entries).
+    pub tenant: Name,
     /// True when the tenant was given with TENANT; otherwise it follows the key's name.
     pub tenant_explicit: bool,
-    /// Sorted and without duplicates.
-    pub tags: Vec<Vec<u8>>,
+    /// Sorted and without duplicates; the names are shared with the index.
+    pub tags: Box<[Name]>,
     pub stale_ms: i64,
     /// How long the fill that produced this value took, in ms (0 when unknown).
     pub fill_ms: i64,
@@ -37,14 +39,13 @@ impl Entry {
         self.fresh_ms(ttl_ms).is_none_or(|f| f > 0)
     }
 
-    /// Bytes the allocator holds for this entry (the boxed struct and its buffers).
+    /// Bytes the allocator holds for this entry (the boxed struct, its value and its list of
+    /// tag references; the tenant and tag names themselves are the index's, counted there).
     pub fn memory_bytes(&self) -> usize {
         mem::sum([
             mem::allocation(std::mem::size_of::<Entry>()),
             mem::allocation(self.value.capacity()),
-            mem::allocation(self.tenant.capacity()),
-            mem::allocation(mem::times(self.tags.capacity(), std::mem::size_of::<Vec<u8>>())),
-            mem::sum(self.tags.iter().map(|t| mem::allocation(t.capacity()))),
+            mem::allocation(mem::times(self.tags.len(), std::mem::size_of::<Name>())),
         ])
     }
 
@@ -59,6 +60,11 @@ pub fn normalize_tags(mut tags: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     tags.sort_unstable();
     tags.dedup();
     tags
+}
+
+/// A tag list as the entry keeps it: sorted, deduplicated, shared names.
+pub fn tag_names(tags: Vec<Vec<u8>>) -> Box<[Name]> {
+    normalize_tags(tags).into_iter().map(Name::from).collect()
 }
 
 /// A piece of a canonical CACHE.SET that is not taken from the entry or the client.
@@ -111,7 +117,7 @@ pub fn set_command_args<'a>(key: &'a [u8], e: &'a Entry, fresh_until: Option<i64
         Cow::Borrowed(e.value.as_slice()),
         fresh_until,
         e.stale_ms,
-        e.tags.iter().map(|t| Cow::Borrowed(t.as_slice())).collect(),
+        e.tags.iter().map(|t| Cow::Borrowed(&t[..])).collect(),
         e.tenant_explicit.then(|| tenant_argument_for(&e.tenant)),
         |piece| match piece {
             Piece::Keyword(k) => Cow::Borrowed(k),
@@ -154,9 +160,9 @@ mod tests {
     fn set_command_args_round_trip_shape() {
         let e = Entry {
             value: b"v".to_vec(),
-            tenant: b"t".to_vec(),
+            tenant: Name::from(&b"t"[..]),
             tenant_explicit: true,
-            tags: vec![b"a".to_vec()],
+            tags: tag_names(vec![b"a".to_vec()]),
             stale_ms: 60_000,
             fill_ms: 0,
             fence: None,

@@ -115,7 +115,7 @@ pub fn reindex_key(ctx: &Context, name: &RedisString) {
     };
     let bytes = name.as_slice();
     if !entry.tenant_explicit {
-        entry.tenant = derived_tenant(bytes);
+        entry.tenant = derived_tenant(bytes).into();
     }
     let db = keyspace::selected_db(ctx.ctx);
     let sep = config::NAMESPACE_SEPARATOR.get();
@@ -133,7 +133,7 @@ pub fn rebuild_index(ctx: &Context) {
     });
     for_each_entry(ctx, |db, name, entry| {
         if !entry.tenant_explicit {
-            entry.tenant = crate::policy::tenant_from_key(name, regex.as_ref().as_ref()).to_vec();
+            entry.tenant = crate::policy::tenant_from_key(name, regex.as_ref().as_ref()).into();
         }
         with_state(|s| s.index_insert(db, name, entry, &sep));
     });

@@ -100,7 +100,7 @@ impl MigrationFences {
     }
 
     /// The live fences that cover an entry arriving at `key` (tenant, tags) in `db`.
-    pub fn covering(&self, db: i32, key: &[u8], tenant: &[u8], tags: &[Vec<u8>], now_ms: i64) -> Vec<Cover> {
+    pub fn covering<T: AsRef<[u8]>>(&self, db: i32, key: &[u8], tenant: &[u8], tags: &[T], now_ms: i64) -> Vec<Cover> {
         let scopes = [(db, Some(tenant.to_vec())), (db, None)];
         let by_pattern = scopes
             .iter()
@@ -108,7 +108,7 @@ impl MigrationFences {
             .flatten()
             .filter(|f| f.pattern.matches(key))
             .map(|f| &f.fence);
-        let by_tag = tags.iter().filter_map(|t| self.tags.get(&(db, t.clone()))).flatten();
+        let by_tag = tags.iter().filter_map(|t| self.tags.get(&(db, t.as_ref().to_vec()))).flatten();
         by_pattern
             .chain(by_tag)
             .filter(|f| f.until_ms > now_ms)
@@ -142,6 +142,8 @@ pub fn strongest(covers: impl IntoIterator<Item = Action>) -> Option<Action> {
 mod tests {
     use super::*;
 
+    const NO_TAGS: &[Vec<u8>] = &[];
+
     fn actions(c: Vec<Cover>) -> Option<Action> {
         strongest(c.into_iter().map(|c| c.action))
     }
@@ -151,10 +153,10 @@ mod tests {
         let mut f = MigrationFences::default();
         f.add_pattern(0, Some(b"t42"), b"fmpa:*", Action::Delete, None, 1000);
         f.add_tags(0, &[b"products".to_vec()], Action::MarkStale, Some(b"alice"), 500);
-        assert_eq!(actions(f.covering(0, b"fmpa:list:{t42}", b"t42", &[], 10)), Some(Action::Delete));
-        assert_eq!(actions(f.covering(0, b"other:{t42}", b"t42", &[], 10)), None, "outside the pattern");
-        assert_eq!(actions(f.covering(0, b"fmpa:list:{t7}", b"t7", &[], 10)), None, "another tenant");
-        assert_eq!(actions(f.covering(1, b"fmpa:list:{t42}", b"t42", &[], 10)), None, "another database");
+        assert_eq!(actions(f.covering(0, b"fmpa:list:{t42}", b"t42", NO_TAGS, 10)), Some(Action::Delete));
+        assert_eq!(actions(f.covering(0, b"other:{t42}", b"t42", NO_TAGS, 10)), None, "outside the pattern");
+        assert_eq!(actions(f.covering(0, b"fmpa:list:{t7}", b"t7", NO_TAGS, 10)), None, "another tenant");
+        assert_eq!(actions(f.covering(1, b"fmpa:list:{t42}", b"t42", NO_TAGS, 10)), None, "another database");
         let tagged = f.covering(0, b"x", b"", &[b"products".to_vec()], 10);
         assert_eq!(tagged, vec![Cover { action: Action::MarkStale, user: Some(b"alice".to_vec()) }], "the user travels with it");
         assert_eq!(actions(f.covering(0, b"fmpa:x:{t42}", b"t42", &[b"products".to_vec()], 10)), Some(Action::Delete), "the stronger wins");
@@ -167,7 +169,7 @@ mod tests {
     fn every_tenant_and_bounded() {
         let mut f = MigrationFences::default();
         f.add_pattern(0, None, b"*", Action::Delete, None, 10);
-        assert_eq!(actions(f.covering(0, b"k", b"any", &[], 0)), Some(Action::Delete));
+        assert_eq!(actions(f.covering(0, b"k", b"any", NO_TAGS, 0)), Some(Action::Delete));
         for i in 0..(MAX_FENCES + 10) {
             f.add_pattern(0, Some(format!("t{i}").as_bytes()), b"*", Action::Delete, None, 10 + i as i64);
             f.add_tags(0, &[format!("tag{i}").into_bytes()], Action::Delete, None, 10 + i as i64);
@@ -176,8 +178,8 @@ mod tests {
             f.add_pattern(0, Some(b"busy"), format!("p{i}").as_bytes(), Action::Delete, None, 10_000);
         }
         assert!(f.len() <= 2 * MAX_FENCES + MAX_PER_TENANT, "{}", f.len());
-        assert_eq!(actions(f.covering(0, b"k", b"any", &[], 0)), None, "the fence closest to its end went first");
-        assert_eq!(actions(f.covering(0, b"p0", b"busy", &[], 0)), None, "a tenant keeps its newest fences");
-        assert_eq!(actions(f.covering(0, b"p68", b"busy", &[], 0)), Some(Action::Delete));
+        assert_eq!(actions(f.covering(0, b"k", b"any", NO_TAGS, 0)), None, "the fence closest to its end went first");
+        assert_eq!(actions(f.covering(0, b"p0", b"busy", NO_TAGS, 0)), None, "a tenant keeps its newest fences");
+        assert_eq!(actions(f.covering(0, b"p68", b"busy", NO_TAGS, 0)), Some(Action::Delete));
     }
 }

@@ -167,7 +167,9 @@ impl DbIndex {
     }
 
     /// Registers a key, replacing whatever was indexed for it.
-    pub fn insert(&mut self, key: &[u8], tenant: &[u8], tags: &[Vec<u8>], entry_bytes: usize) {
+    /// Registers a key, replacing whatever was indexed for it. Returns the tenant and tag names
+    /// as the index holds them (one allocation per name), for the entry to share.
+    pub fn insert(&mut self, key: &[u8], tenant: &Name, tags: &[Name], entry_bytes: usize) -> (Name, Box<[Name]>) {
         self.remove(key);
         self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
         let key: Name = Arc::from(key);
@@ -187,14 +189,17 @@ impl DbIndex {
             }
             interned.push(tag);
         }
+        let tags: Box<[Name]> = interned.into_boxed_slice();
+        let shared = (tenant.clone(), tags.clone());
         self.keys.insert(
             key,
             KeyRecord {
                 tenant,
-                tags: interned.into_boxed_slice(),
+                tags,
                 entry_bytes,
             },
         );
+        shared
     }
 
     /// Forgets a key; true when it was indexed.
@@ -344,10 +349,11 @@ impl DbIndex {
     }
 }
 
-fn intern<V>(map: &HashMap<Name, V>, bytes: &[u8]) -> Name {
-    map.get_key_value(bytes)
+/// The map's own copy of `name` when it has one, else `name` itself (shared, not copied).
+fn intern<V>(map: &HashMap<Name, V>, name: &Name) -> Name {
+    map.get_key_value(&**name)
         .map(|(k, _)| k.clone())
-        .unwrap_or_else(|| Arc::from(bytes))
+        .unwrap_or_else(|| name.clone())
 }
 
 /// Printable form of a binary name for messages.
@@ -417,6 +423,12 @@ impl Index {
 mod tests {
     use super::*;
 
+    /// `DbIndex::insert` from byte strings.
+    fn put(ix: &mut DbIndex, key: &[u8], tenant: &[u8], tags: &[Vec<u8>], bytes: usize) {
+        let tags: Vec<Name> = tags.iter().map(|t| Name::from(t.as_slice())).collect();
+        ix.insert(key, &Name::from(tenant), &tags, bytes);
+    }
+
     fn tags(t: &[&str]) -> Vec<Vec<u8>> {
         t.iter().map(|s| s.as_bytes().to_vec()).collect()
     }
@@ -429,15 +441,15 @@ mod tests {
     fn a_tag_held_by_one_key_is_stored_inline_and_grows_and_shrinks() {
         let mut ix = DbIndex::default();
         let t = vec![b"item:1".to_vec()];
-        ix.insert(b"k1", b"", &t, 0);
+        put(&mut ix, b"k1", b"", &t, 0);
         let one = ix.heap_bytes();
-        ix.insert(b"k2", b"", &t, 0);
+        put(&mut ix, b"k2", b"", &t, 0);
         assert!(ix.heap_bytes() > one, "a second key needs a set");
         assert_eq!(ix.tagged(&t).len(), 2);
         assert!(ix.remove(b"k1"));
         assert_eq!(ix.tagged(&t).iter().map(|k| k.to_vec()).collect::<Vec<_>>(), vec![b"k2".to_vec()]);
         assert!(ix.self_check().is_ok());
-        ix.insert(b"k2", b"", &t, 0);
+        put(&mut ix, b"k2", b"", &t, 0);
         assert_eq!(ix.tagged(&t).len(), 1, "re-inserting the same key keeps one member");
         assert!(ix.remove(b"k2"));
         assert_eq!((ix.tag_count(), ix.len()), (0, 0));
@@ -449,7 +461,7 @@ mod tests {
         let mut ix = Index::default();
         let tags = vec![b"all".to_vec(), b"cat".to_vec()];
         for i in 0..20_000 {
-            ix.db_mut(0).insert(format!("k:{{t{}}}:{i}", i % 50).as_bytes(), format!("t{}", i % 50).as_bytes(), &tags, 100);
+            put(ix.db_mut(0), format!("k:{{t{}}}:{i}", i % 50).as_bytes(), format!("t{}", i % 50).as_bytes(), &tags, 100);
         }
         let full = ix.heap_bytes();
         for i in 0..20_000 {
@@ -464,11 +476,11 @@ mod tests {
     #[test]
     fn insert_replace_remove_keep_maps_exact() {
         let mut ix = DbIndex::default();
-        ix.insert(b"a:1", b"t1", &tags(&["x", "y"]), 10);
-        ix.insert(b"a:2", b"t1", &tags(&["y"]), 10);
-        ix.insert(b"b:1", b"t2", &tags(&["x"]), 10);
+        put(&mut ix, b"a:1", b"t1", &tags(&["x", "y"]), 10);
+        put(&mut ix, b"a:2", b"t1", &tags(&["y"]), 10);
+        put(&mut ix, b"b:1", b"t2", &tags(&["x"]), 10);
         assert_eq!((ix.len(), ix.tenant_count(), ix.tag_count()), (3, 2, 2));
-        ix.insert(b"a:1", b"t3", &tags(&["z"]), 10);
+        put(&mut ix, b"a:1", b"t3", &tags(&["z"]), 10);
         assert_eq!(ix.entry_bytes(), 30, "a replaced key is counted once");
         ix.set_entry_bytes(b"a:1", 15);
         assert_eq!(ix.entry_bytes(), 35);
@@ -491,9 +503,9 @@ mod tests {
     fn matching_walks_tenant_prefix_range() {
         let mut ix = DbIndex::default();
         for k in ["fmpa:list:1", "fmpa:list:2", "fmpa:item:1", "fmp", "zz"] {
-            ix.insert(k.as_bytes(), b"t", &[], 10);
+            put(&mut ix, k.as_bytes(), b"t", &[], 10);
         }
-        ix.insert(b"fmpa:list:9", b"other", &[], 10);
+        put(&mut ix, b"fmpa:list:9", b"other", &[], 10);
         let g = Glob::new(b"fmpa:list:*");
         assert_eq!(names(ix.matching(Some(b"t"), &g, usize::MAX)), ["fmpa:list:1", "fmpa:list:2"]);
         assert_eq!(ix.matching(None, &g, usize::MAX).len(), 3);
@@ -505,21 +517,21 @@ mod tests {
     #[test]
     fn tagged_counts_each_key_once() {
         let mut ix = DbIndex::default();
-        ix.insert(b"k1", b"", &tags(&["a", "b"]), 10);
-        ix.insert(b"k2", b"", &tags(&["b"]), 10);
-        ix.insert(b"k3", b"", &tags(&["c"]), 10);
+        put(&mut ix, b"k1", b"", &tags(&["a", "b"]), 10);
+        put(&mut ix, b"k2", b"", &tags(&["b"]), 10);
+        put(&mut ix, b"k3", b"", &tags(&["c"]), 10);
         assert_eq!(names(ix.tagged(&tags(&["a", "b", "zz"]))), ["k1", "k2"]);
     }
 
     #[test]
     fn swap_and_clear_dbs() {
         let mut ix = Index::default();
-        ix.db_mut(0).insert(b"k", b"", &[], 10);
+        put(ix.db_mut(0), b"k", b"", &[], 10);
         ix.swap(0, 3);
         assert!(ix.db(0).is_none());
         assert!(ix.db(3).unwrap().contains(b"k"));
         assert!(ix.remove(3, b"k"));
-        ix.db_mut(1).insert(b"j", b"", &[], 10);
+        put(ix.db_mut(1), b"j", b"", &[], 10);
         ix.clear_db(1);
         assert_eq!(ix.total_keys(), 0);
     }

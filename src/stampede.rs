@@ -66,7 +66,7 @@ pub fn evaluate(ctx: &Context, key: &RedisString, db: i32, opts: &GetOptions) ->
     let ttl = handle.ttl_ms();
     if let Some(entry) = handle.entry().filter(|e| e.fence != Some(Action::Delete)) {
         let entry: &Entry = entry;
-        let tenant = entry.tenant.as_slice();
+        let tenant: &[u8] = &entry.tenant;
         let (event, token) = if entry.is_fresh(ttl) && entry.fence.is_none() {
             (Event::Hit, early_refresh(entry, ttl, db, name, now, opts))
         } else {

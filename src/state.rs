@@ -42,12 +42,15 @@ pub struct State {
 
 impl State {
     /// Indexes a key (replacing what was indexed for it) and keeps namespace key counts exact.
-    pub fn index_insert(&mut self, db: i32, key: &[u8], entry: &Entry, sep: &[u8]) {
+    /// The entry then shares the index's copies of its tenant and tag names.
+    pub fn index_insert(&mut self, db: i32, key: &[u8], entry: &mut Entry, sep: &[u8]) {
         let ix = self.index.db_mut(db);
         if !ix.contains(key) {
             self.stats.key_added(policy::namespace(key, sep));
         }
-        ix.insert(key, &entry.tenant, &entry.tags, entry.footprint(key));
+        let (tenant, tags) = ix.insert(key, &entry.tenant, &entry.tags, entry.footprint(key));
+        entry.tenant = tenant;
+        entry.tags = tags;
     }
 
     /// Forgets a key; true when it was indexed.

@@ -25,8 +25,8 @@ fn index_check(ctx: &Context) -> RedisResult {
         let mut key = Key::peek(c, name);
         if let Some(e) = key.entry() {
             let indexed = Indexed {
-                tenant: e.tenant.clone(),
-                tags: e.tags.clone(),
+                tenant: e.tenant.to_vec(),
+                tags: e.tags.iter().map(|t| t.to_vec()).collect(),
             };
             live.insert((keyspace::selected_db(c.ctx), name.as_slice().to_vec()), indexed);
         }

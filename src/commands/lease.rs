@@ -99,9 +99,9 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let deadline = engine::resolve_deadline(name, &opts, now);
     let entry = Entry {
         value: value.as_slice().to_vec(),
-        tenant: tenant.clone(),
+        tenant: tenant.as_slice().into(),
         tenant_explicit,
-        tags,
+        tags: tags.into_iter().map(Into::into).collect(),
         stale_ms: deadline.stale_ms,
         fill_ms: now.saturating_sub(lease.granted_at_ms).max(0),
         fence: None,

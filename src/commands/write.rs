@@ -21,9 +21,9 @@ pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let deadline = engine::resolve_deadline(name, &opts, keyspace::now_ms());
     let entry = Entry {
         value: value.as_slice().to_vec(),
-        tenant,
+        tenant: tenant.into(),
         tenant_explicit,
-        tags: opts.normalized_tags(),
+        tags: opts.normalized_tags().into_iter().map(Into::into).collect(),
         stale_ms: deadline.stale_ms,
         fill_ms: 0,
         fence: None,

@@ -2,7 +2,7 @@
 //! memory usage, copy, free and unlink. The entry itself is `crate::entry`.
 
 use super::strings::string_bytes;
-use crate::entry::{normalize_tags, set_command_args, Entry, ENCODING_VERSION};
+use crate::entry::{set_command_args, tag_names, Entry, ENCODING_VERSION};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 use std::ffi::CString;
@@ -69,7 +69,7 @@ unsafe extern "C" fn copy(
     let mut copied = entry.clone();
     copied.fence = None;
     if !copied.tenant_explicit {
-        copied.tenant = crate::config::derived_tenant(string_bytes(to));
+        copied.tenant = crate::config::derived_tenant(string_bytes(to)).into();
     }
     Box::into_raw(Box::new(copied)).cast()
 }
@@ -81,7 +81,7 @@ unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) 
     };
     raw::save_unsigned(rdb, if e.tenant_explicit { FLAG_TENANT_EXPLICIT } else { 0 });
     raw::save_slice(rdb, &e.value);
-    raw::save_slice(rdb, &e.tenant);
+    raw::save_slice(rdb, &e.tenant[..]);
     raw::save_unsigned(rdb, e.tags.len() as u64);
     for tag in &e.tags {
         raw::save_slice(rdb, tag);
@@ -112,9 +112,9 @@ fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Entry, redis_module::error
     }
     Ok(Entry {
         value,
-        tenant,
+        tenant: tenant.into(),
         tenant_explicit: flags & FLAG_TENANT_EXPLICIT != 0,
-        tags: normalize_tags(tags),
+        tags: tag_names(tags),
         stale_ms: raw::load_signed(rdb)?,
         fill_ms: raw::load_signed(rdb)?,
         fence: None,
