@@ -113,98 +113,91 @@ pub fn subscribe(ctx: &Context, hooks: Hooks) -> bool {
     })
 }
 
-/// Calls `f(db, key name, entry)` for every entry of every database, straight from the scan's
-/// own key handles (no lookup, no expiry check, no copy of the names): the fast path for
-/// rebuilding the index after a load. `f` must not touch the keyspace.
-pub fn for_each_entry(ctx: &Context, mut f: impl FnMut(i32, &[u8], &mut Entry)) {
-    let (Some(select), Some(create), Some(scan), Some(destroy)) = (
-        api!(RedisModule_SelectDb),
-        api!(RedisModule_ScanCursorCreate),
-        api!(RedisModule_Scan),
-        api!(RedisModule_ScanCursorDestroy),
-    ) else {
+/// Runs `body(db)` with each database in turn selected in `ctx`, then restores the selection.
+fn for_each_db(ctx: &Context, mut body: impl FnMut(i32)) {
+    let Some(select) = api!(RedisModule_SelectDb) else {
         return;
     };
-    type Visit<'a> = (i32, &'a mut dyn FnMut(i32, &[u8], &mut Entry));
-    /// SAFETY: called by RedisModule_Scan with a key handle valid for the call and the
-    /// `Visit` given as privdata.
-    unsafe extern "C" fn visit(
-        _ctx: *mut raw::RedisModuleCtx,
-        name: *mut raw::RedisModuleString,
-        key: *mut raw::RedisModuleKey,
-        privdata: *mut c_void,
-    ) {
-        let (Some((db, f)), Some(get_type), Some(get_value)) = (
-            privdata.cast::<Visit>().as_mut(),
-            api!(RedisModule_ModuleTypeGetType),
-            api!(RedisModule_ModuleTypeGetValue),
-        ) else {
-            return;
-        };
-        if key.is_null() || get_type(key) != super::datatype::raw_type() {
-            return;
-        }
-        if let Some(entry) = get_value(key).cast::<Entry>().as_mut() {
-            f(*db, string_bytes(name), entry);
-        }
-    }
     let original = keyspace::selected_db(ctx.ctx);
     let mut db: c_int = 0;
     // SAFETY: ctx is a live context; SelectDb fails past the last database.
     while unsafe { select(ctx.ctx, db) } == raw::REDISMODULE_OK as c_int {
-        let mut data: Visit = (db, &mut f);
-        // SAFETY: the cursor is created, used and destroyed here; the callback gets `data`.
-        unsafe {
-            let cursor = create();
-            while scan(ctx.ctx, cursor, Some(visit), (&mut data as *mut Visit).cast()) != 0 {}
-            destroy(cursor);
-        }
+        body(db);
         db = db.saturating_add(1);
     }
     // SAFETY: restoring the db the context had.
     unsafe { select(ctx.ctx, original) };
 }
 
-/// Calls `f(ctx, key name)` for every key of every database, with that database selected in
-/// `ctx` (the original selection is restored).
-pub fn for_each_key(ctx: &Context, mut f: impl FnMut(&Context, &RedisString)) {
-    let (Some(select), Some(create), Some(scan), Some(destroy)) = (
-        api!(RedisModule_SelectDb),
-        api!(RedisModule_ScanCursorCreate),
-        api!(RedisModule_Scan),
-        api!(RedisModule_ScanCursorDestroy),
-    ) else {
+type Visit<'a> = &'a mut dyn FnMut(&[u8], *mut raw::RedisModuleKey);
+
+/// Calls `visit(name, key handle)` for every key of the database selected in `ctx`. The handle
+/// is the scan's own (no lookup, no expiry check) and valid only during the call; `visit` must
+/// not touch the keyspace.
+fn scan_selected(ctx: &Context, mut visit: Visit) {
+    let (Some(create), Some(scan), Some(destroy)) =
+        (api!(RedisModule_ScanCursorCreate), api!(RedisModule_Scan), api!(RedisModule_ScanCursorDestroy))
+    else {
         return;
     };
-    /// SAFETY: called by RedisModule_Scan with the Vec given as privdata.
-    unsafe extern "C" fn collect(
+    /// SAFETY: called by RedisModule_Scan with a key handle valid for the call and the `Visit`
+    /// given as privdata.
+    unsafe extern "C" fn trampoline(
         _ctx: *mut raw::RedisModuleCtx,
         name: *mut raw::RedisModuleString,
-        _key: *mut raw::RedisModuleKey,
+        key: *mut raw::RedisModuleKey,
         privdata: *mut c_void,
     ) {
-        if let Some(names) = privdata.cast::<Vec<Vec<u8>>>().as_mut() {
-            names.push(string_bytes(name).to_vec());
+        if let Some(visit) = privdata.cast::<Visit>().as_mut() {
+            visit(string_bytes(name), key);
         }
     }
-    let original = keyspace::selected_db(ctx.ctx);
-    let mut db: c_int = 0;
-    // SAFETY: ctx is a live context; SelectDb fails past the last database.
-    while unsafe { select(ctx.ctx, db) } == raw::REDISMODULE_OK as c_int {
+    // SAFETY: the cursor is created, used and destroyed here; the callback gets `visit`, which
+    // outlives the scan.
+    unsafe {
+        let cursor = create();
+        while scan(ctx.ctx, cursor, Some(trampoline), (&mut visit as *mut Visit).cast()) != 0 {}
+        destroy(cursor);
+    }
+}
+
+/// Calls `f(db, key name, entry)` for every entry of every database, straight from the scan's
+/// own key handles (no lookup, no expiry check, no copy of the names): the fast path for
+/// rebuilding the index after a load. `f` must not touch the keyspace.
+pub fn for_each_entry(ctx: &Context, mut f: impl FnMut(i32, &[u8], &mut Entry)) {
+    let (Some(get_type), Some(get_value)) = (api!(RedisModule_ModuleTypeGetType), api!(RedisModule_ModuleTypeGetValue)) else {
+        return;
+    };
+    for_each_db(ctx, |db| {
+        scan_selected(ctx, &mut |name, key| {
+            if key.is_null() {
+                return;
+            }
+            // SAFETY: a live key handle from the scan, holding a value of some type; the value
+            // is read as an Entry only when it is of this module's type.
+            let entry = unsafe {
+                if get_type(key) != super::datatype::raw_type() {
+                    return;
+                }
+                get_value(key).cast::<Entry>().as_mut()
+            };
+            if let Some(entry) = entry {
+                f(db, name, entry);
+            }
+        });
+    });
+}
+
+/// Calls `f(ctx, key name)` for every key of every database, with that database selected in
+/// `ctx` (the original selection is restored). Keys are opened by `f` only after each
+/// database's scan: opening may expire them, which must not happen while the dictionary is
+/// being iterated.
+pub fn for_each_key(ctx: &Context, mut f: impl FnMut(&Context, &RedisString)) {
+    for_each_db(ctx, |_| {
         let mut names: Vec<Vec<u8>> = Vec::new();
-        // SAFETY: the cursor is created, used and destroyed here; the callback only copies names.
-        unsafe {
-            let cursor = create();
-            while scan(ctx.ctx, cursor, Some(collect), (&mut names as *mut Vec<Vec<u8>>).cast()) != 0 {}
-            destroy(cursor);
-        }
-        // Keys are opened only after the scan: opening may expire them, which must not happen
-        // while the dictionary is being iterated.
+        scan_selected(ctx, &mut |name, _| names.push(name.to_vec()));
         for name in names {
             f(ctx, &keyspace::string(ctx, &name));
         }
-        db = db.saturating_add(1);
-    }
-    // SAFETY: restoring the db the context had.
-    unsafe { select(ctx.ctx, original) };
+    });
 }
