@@ -15,6 +15,7 @@ from redis import exceptions as rexc
 
 from ._l1 import L1, Tracker, parse_l1_option
 from ._common import (
+    CacheBase,
     MISSING,
     RELEASE_LOCK_LUA,
     CacheTimeoutError,
@@ -59,7 +60,7 @@ def no_retry_async() -> AsyncRetry:
 AF = TypeVar("AF", bound=Callable[..., Awaitable[Any]])
 
 
-class AsyncCache:
+class AsyncCache(CacheBase):
     """Cache-aside on the tagcache module, for asyncio (see the README for every option)."""
 
     def __init__(
@@ -182,19 +183,6 @@ class AsyncCache:
 
     # ------------------------------------------------------------------ plumbing
 
-    def on(self, event: str, handler: Callable[[Any], None]) -> None:
-        self._events.on(event, handler)
-
-    def off(self, event: str, handler: Callable[[Any], None]) -> None:
-        self._events.off(event, handler)
-
-    @property
-    def mode(self) -> Optional[str]:
-        return self._mode
-
-    def _k(self, key: KeyT) -> bytes:
-        return to_bytes(self.prefix) + to_bytes(key)
-
     def _spawn(self, coro: Awaitable[Any]) -> "asyncio.Task[Any]":
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -312,24 +300,6 @@ class AsyncCache:
                 "server-side stats."
             )
         self._mode = mode
-
-    def _failed(self, what: str, e: BaseException) -> None:
-        self._metrics.inc("errors")
-        self._events.emit("error", f"{what}: {type(e).__name__}: {e}")
-
-    def _tenant(self, tenant: Optional[str]) -> Optional[str]:
-        t = self.tenant if tenant is None else tenant
-        if t is not None and len(self._tenants_seen) < 1000:
-            self._tenants_seen[t] = None
-        return t
-
-    def _ikey(self, kind: str, name: KeyT) -> bytes:
-        """Fallback-mode bookkeeping keys. Tags and tenants are server-wide in the module, so
-        their sets are not under the prefix either."""
-        return b"__tc:" + kind.encode() + b":" + to_bytes(name)
-
-    def _lock_key(self, fkey: bytes) -> bytes:
-        return self._ikey("lock", fkey)
 
     # ------------------------------------------------------------------ simple operations
 
@@ -481,9 +451,6 @@ class AsyncCache:
         except Exception as e:
             self._failed("stats", e)
             return {}
-
-    def metrics(self) -> Dict[str, Any]:
-        return self._metrics.snapshot(self._breaker.state, self._mode or "unknown")
 
     async def prometheus(self, tenants: Optional[Iterable[str]] = None, *, client: bool = True) -> str:
         g = await self.stats()

@@ -688,3 +688,54 @@ def format_tags(
     bound = inspect.signature(fn).bind(*args, **kwargs)
     bound.apply_defaults()
     return [t.format(**bound.arguments) for t in tags]
+
+
+class CacheBase:
+    """What `Cache` and `AsyncCache` share that does no I/O: events, metrics, key and tenant
+    naming. The subclasses set the attributes declared here in their constructors."""
+
+    prefix: str
+    tenant: Optional[str]
+    _mode: Optional[str]
+    _events: "Emitter"
+    _metrics: "Metrics"
+    _breaker: "CircuitBreaker"
+    _tenants_seen: Dict[str, None]
+
+    def on(self, event: str, handler: Callable[[Any], None]) -> None:
+        """Subscribe to an event: hit, miss, stale, fill, fill_rejected, invalidate, error,
+        circuit_open, circuit_close."""
+        self._events.on(event, handler)
+
+    def off(self, event: str, handler: Callable[[Any], None]) -> None:
+        self._events.off(event, handler)
+
+    @property
+    def mode(self) -> Optional[str]:
+        """'module' or 'fallback' once known (None before the first successful contact)."""
+        return self._mode
+
+    def metrics(self) -> Dict[str, Any]:
+        """This process's counters (SPEC S8.2)."""
+        return self._metrics.snapshot(self._breaker.state, self._mode or "unknown")
+
+    def _k(self, key: KeyT) -> bytes:
+        return to_bytes(self.prefix) + to_bytes(key)
+
+    def _failed(self, what: str, e: BaseException) -> None:
+        self._metrics.inc("errors")
+        self._events.emit("error", f"{what}: {type(e).__name__}: {e}")
+
+    def _tenant(self, tenant: Optional[str]) -> Optional[str]:
+        t = self.tenant if tenant is None else tenant
+        if t is not None and len(self._tenants_seen) < 1000:
+            self._tenants_seen[t] = None
+        return t
+
+    def _ikey(self, kind: str, name: KeyT) -> bytes:
+        """Fallback-mode bookkeeping keys. Tags and tenants are server-wide in the module, so
+        their sets are not under the prefix either."""
+        return b"__tc:" + kind.encode() + b":" + to_bytes(name)
+
+    def _lock_key(self, fkey: bytes) -> bytes:
+        return self._ikey("lock", fkey)

@@ -18,6 +18,7 @@ from redis.retry import Retry
 
 from ._l1 import L1, Tracker, parse_l1_option
 from ._common import (
+    CacheBase,
     MISSING,
     RELEASE_LOCK_LUA,
     CacheTimeoutError,
@@ -163,7 +164,7 @@ def _in_thread(fn: Callable[[], Any], name: str) -> "cf.Future[Any]":
     return fut
 
 
-class Cache:
+class Cache(CacheBase):
     """Cache-aside on the tagcache module, for threads (see the README for every option)."""
 
     def __init__(
@@ -279,22 +280,6 @@ class Cache:
 
     # ------------------------------------------------------------------ plumbing
 
-    def on(self, event: str, handler: Callable[[Any], None]) -> None:
-        """Subscribe to an event: hit, miss, stale, fill, fill_rejected, invalidate, error,
-        circuit_open, circuit_close."""
-        self._events.on(event, handler)
-
-    def off(self, event: str, handler: Callable[[Any], None]) -> None:
-        self._events.off(event, handler)
-
-    @property
-    def mode(self) -> Optional[str]:
-        """'module' or 'fallback' once known (None before the first successful contact)."""
-        return self._mode
-
-    def _k(self, key: KeyT) -> bytes:
-        return to_bytes(self.prefix) + to_bytes(key)
-
     def _command_client(self) -> Any:
         if self._cmd is None:
             with self._wait_lock:
@@ -405,24 +390,6 @@ class Cache:
                 "server-side stats."
             )
         self._mode = mode
-
-    def _failed(self, what: str, e: BaseException) -> None:
-        self._metrics.inc("errors")
-        self._events.emit("error", f"{what}: {type(e).__name__}: {e}")
-
-    def _tenant(self, tenant: Optional[str]) -> Optional[str]:
-        t = self.tenant if tenant is None else tenant
-        if t is not None and len(self._tenants_seen) < 1000:
-            self._tenants_seen[t] = None
-        return t
-
-    def _ikey(self, kind: str, name: KeyT) -> bytes:
-        """Fallback-mode bookkeeping keys. Tags and tenants are server-wide in the module, so
-        their sets are not under the prefix either."""
-        return b"__tc:" + kind.encode() + b":" + to_bytes(name)
-
-    def _lock_key(self, fkey: bytes) -> bytes:
-        return self._ikey("lock", fkey)
 
     # ------------------------------------------------------------------ simple operations
 
@@ -583,10 +550,6 @@ class Cache:
         except Exception as e:
             self._failed("stats", e)
             return {}
-
-    def metrics(self) -> Dict[str, Any]:
-        """This process's counters (SPEC S8.2)."""
-        return self._metrics.snapshot(self._breaker.state, self._mode or "unknown")
 
     def prometheus(self, tenants: Optional[Iterable[str]] = None, *, client: bool = True) -> str:
         """Prometheus text exposition of the server's stats: global, per tenant (``tenants``,
