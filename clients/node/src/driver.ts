@@ -76,6 +76,7 @@ export class IoredisDriver implements Driver {
   readonly library = 'ioredis' as const;
   readonly cluster: boolean;
   private everReady = false;
+  private corked = false;
 
   constructor(
     private readonly client: Loose,
@@ -89,7 +90,26 @@ export class IoredisDriver implements Driver {
   }
 
   send(args: Arg[], _key?: Arg): Promise<unknown> {
+    this.coalesceWrites();
     return (this.client.callBuffer as AnyFn).apply(this.client, args as unknown[]) as Promise<unknown>;
+  }
+
+  /**
+   * ioredis writes every command to the socket at once: one syscall per command, most of a
+   * cached read's client CPU. Corking the socket until the end of the tick turns the commands
+   * of one tick into one `writev` (what node-redis does by itself). Order is unchanged and
+   * nothing waits past the current tick. Standalone only: a cluster client has no one socket.
+   */
+  private coalesceWrites(): void {
+    if (this.corked || this.cluster) return;
+    const socket = this.client.stream as { cork?: () => void; uncork?: () => void; writable?: boolean } | undefined;
+    if (!socket?.writable || typeof socket.cork !== 'function') return;
+    this.corked = true;
+    socket.cork();
+    process.nextTick(() => {
+      this.corked = false;
+      socket.uncork?.();
+    });
   }
 
   async sendToPrimaries(args: Arg[]): Promise<unknown[]> {

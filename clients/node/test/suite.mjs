@@ -85,6 +85,25 @@ export function functionalSuite(lib, { module }) {
       assert.equal(await c.get('s'), 'abc');
     });
 
+    test('the reads of one tick reach the socket in one write (ioredis: corked per tick)', { skip: lib !== 'ioredis' }, async () => {
+      const c = fresh();
+      await c.connect();
+      for (let i = 0; i < 20; i++) await c.set(`w${i}`, i);
+      const socket = conn.client.stream;
+      let writes = 0;
+      const { _write, _writev } = socket;
+      socket._write = function (...a) { writes++; return _write.apply(this, a); };
+      socket._writev = function (...a) { writes++; return _writev.apply(this, a); };
+      try {
+        const got = await Promise.all(Array.from({ length: 20 }, (_, i) => c.getOrSet({ key: `w${i}`, ttl: 10, factory: () => -1 })));
+        assert.deepEqual(got, Array.from({ length: 20 }, (_, i) => i));
+      } finally {
+        socket._write = _write;
+        socket._writev = _writev;
+      }
+      assert.equal(writes, 1);
+    });
+
     test('S2.2 S2.3 one factory call, FILL, then HIT', async () => {
       const c = fresh();
       let calls = 0;
