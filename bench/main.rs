@@ -3,11 +3,12 @@
 //! ratios hold). Server-side costs come from INFO commandstats (µs per call).
 //!
 //! Options: `--quick` (smaller sizes, for a smoke run), `--only NAME` (one group: engine, get,
-//! set, invalidate, stampede).
+//! set, invalidate, stall, stampede).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod engine;
+mod stall;
 
 use common::Server;
 use redis::Connection;
@@ -45,6 +46,9 @@ fn main() {
     }
     if want("invalidate") {
         invalidate_row(&opts);
+    }
+    if want("stall") {
+        stall::rows(opts.quick);
     }
     if want("stampede") {
         stampede_rows(&opts);

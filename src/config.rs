@@ -66,6 +66,8 @@ lazy_static! {
     pub static ref MAX_WAITERS: AtomicI64 = AtomicI64::new(10_000);
     pub static ref MAX_TAGS: AtomicI64 = AtomicI64::new(64);
     pub static ref LOG_INVALIDATIONS_OVER: AtomicI64 = AtomicI64::new(1000);
+    pub static ref RECLAIM_SLICE_US: AtomicI64 = AtomicI64::new(1000);
+    pub static ref RECLAIM_SYNC_MAX: AtomicI64 = AtomicI64::new(1000);
     pub static ref MIGRATION_FENCE_MS: AtomicI64 = AtomicI64::new(600_000);
     pub static ref TTL_RULES: Parsed<Vec<TtlRule>> =
         Parsed::new("ttl-rules", policy::parse_ttl_rules, Vec::new());

@@ -185,7 +185,10 @@ pub fn store(
     // Writes replayed from the primary or the AOF are not this server's traffic.
     let count = !is_from_primary_or_loading(ctx);
     with_state(|s| {
-        if reindex {
+        s.forget_loaded_dead(db, name);
+        // While invalidations are pending the entry may have left its sets already: a full
+        // reindex puts it back (and stamps it with the current epoch).
+        if reindex || s.index.db(db).is_some_and(crate::index::DbIndex::has_pending) {
             s.index_insert(db, name, stored, &sep);
         } else {
             s.index.db_mut(db).set_entry_bytes(name, stored.footprint(name));
@@ -256,6 +259,38 @@ pub fn soft_expire_entries(ctx: &Context, keys: &[Vec<u8>]) -> Vec<Vec<u8>> {
     changed
 }
 
+/// Removes the invalidated entry `name` of the context's database, with the notification and
+/// (on a primary) the statistics an invalidation gives it.
+pub fn remove_invalidated(ctx: &Context, name: &[u8], primary: bool) -> bool {
+    let key = keyspace::string(ctx, name);
+    let handle = Key::write(ctx, &key);
+    let mut handle = handle;
+    let Some(tenant) = handle.entry().map(|e| e.tenant.clone()) else {
+        return false;
+    };
+    if !handle.delete() {
+        return false;
+    }
+    drop(handle);
+    notify(ctx, Notice::Invalidate, &key);
+    if primary {
+        record(Event::KeyInvalidated, &tenant, name);
+    }
+    true
+}
+
+/// A command about to use `name` in the context's database (our own commands inside MULTI or
+/// a script, which the filter saw at queue time): remove it first if it is invalidated.
+pub fn purge_key(ctx: &Context, name: &[u8]) {
+    if !crate::state::RECLAIM_PENDING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let db = keyspace::selected_db(ctx.ctx);
+    if with_state(|s| s.index.is_dead(db, name)) {
+        remove_invalidated(ctx, name, keyspace::is_primary(ctx));
+    }
+}
+
 /// The calling client's ACL user name; None for commands replayed from the primary or the AOF
 /// (they act for nobody in particular and are never refused).
 pub fn current_user(ctx: &Context) -> Option<Vec<u8>> {
@@ -273,6 +308,18 @@ pub fn fence_applies(ctx: &Context, user: Option<&[u8]>, key: &[u8]) -> bool {
         None => true,
         Some(user) => ffi::acl::may_write(ctx, user, key).unwrap_or(true),
     }
+}
+
+/// `check_write_permission` for an invalidation of any size: a user who may write every key is
+/// not checked key by key (and `keys` is never built for it).
+pub fn check_write_permission_bulk(ctx: &Context, keys: impl FnOnce() -> Vec<Vec<u8>>) -> Result<(), RedisError> {
+    let Some(user) = current_user(ctx) else {
+        return Ok(());
+    };
+    if ffi::acl::may_write_every_key(ctx, &user) {
+        return Ok(());
+    }
+    check_write_permission(ctx, &keys())
 }
 
 /// Checks that the calling user may delete/overwrite every key; `NOPERM` names the first that

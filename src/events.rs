@@ -137,6 +137,7 @@ pub fn rebuild_index(ctx: &Context) {
         }
         with_state(|s| s.index_insert(db, name, entry, &sep));
     });
+    with_state(|s| s.index_ready = true);
 }
 
 /// FLUSHDB (`Some(db)`) or FLUSHALL: forget the index, release parked callers and leases.
@@ -161,12 +162,17 @@ fn swapped(a: i32, b: i32) {
 
 fn loading(ctx: &Context, phase: Loading) {
     match phase {
-        Loading::Ended => rebuild_index(ctx),
+        Loading::Ended => {
+            rebuild_index(ctx);
+            crate::reclaim::after_load(ctx);
+        }
         Loading::Started => {
             // The data set is being replaced: nothing indexed or leased survives.
             with_state(|s| {
                 s.index.clear();
                 s.stats.forget_keys();
+                s.loaded_dead.clear();
+                s.index_ready = false;
             });
             crate::parking::release_dbs(None);
         }

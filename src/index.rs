@@ -4,11 +4,12 @@
 
 use crate::glob::Glob;
 use crate::mem::Shrink;
+use crate::pending::{Pending, Selector, Todo};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
-pub type Name = Arc<[u8]>;
+pub use crate::pending::Name;
 
 #[derive(Debug, Clone)]
 struct KeyRecord {
@@ -16,6 +17,8 @@ struct KeyRecord {
     tags: Box<[Name]>,
     /// Memory of the entry itself (value, tags, Redis's per-key structures), for statistics.
     entry_bytes: usize,
+    /// The write epoch (see `pending`): invalidations pending since then may cover it.
+    born: u64,
 }
 
 /// The keys carrying one tag. Most tags in real workloads (`item:<id>`) have a single key:
@@ -98,6 +101,8 @@ pub struct DbIndex {
     tenants: HashMap<Name, BTreeSet<Name>>,
     tags: HashMap<Name, Members>,
     entry_bytes: usize,
+    /// Invalidations made visible but not yet reclaimed.
+    pending: Pending,
 }
 
 /// What an index holds for one key, owned (for checks and reports).
@@ -128,6 +133,155 @@ impl DbIndex {
         self.keys.contains_key(key)
     }
 
+    /// Whether invalidations are waiting to be reclaimed here.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    fn dead(&self, key: &[u8], r: &KeyRecord) -> bool {
+        !self.pending.is_empty() && self.pending.covers(r.born, key, &r.tenant, &r.tags)
+    }
+
+    /// Whether `key` is an entry a pending invalidation covers (gone for every reader).
+    pub fn is_dead(&self, key: &[u8]) -> bool {
+        !self.pending.is_empty() && self.keys.get(key).is_some_and(|r| self.dead(key, r))
+    }
+
+    /// Live (not invalidated) entries among `names`.
+    fn live_among<'a>(&self, names: impl Iterator<Item = &'a Name>) -> usize {
+        names
+            .filter(|k| self.keys.get(&***k).is_some_and(|r| !self.dead(k, r)))
+            .count()
+    }
+
+    /// Live entries of `tenant` (None: of the database): O(1) unless invalidations are pending.
+    pub fn live_in_tenant(&self, tenant: Option<&[u8]>) -> usize {
+        match tenant {
+            None => self.live_len(),
+            Some(t) => self.tenants.get(t).map_or(0, |set| {
+                if self.pending.is_empty() {
+                    set.len()
+                } else {
+                    self.live_among(set.iter())
+                }
+            }),
+        }
+    }
+
+    /// Live entries carrying `tag`: O(1) unless invalidations are pending.
+    pub fn live_with_tag(&self, tag: &[u8]) -> usize {
+        self.tags.get(tag).map_or(0, |members| {
+            if self.pending.is_empty() {
+                members.len()
+            } else {
+                self.live_among(members.iter())
+            }
+        })
+    }
+
+    /// Invalidates every entry of `tenant` (None: of the database) in O(1): the tenant's name
+    /// set moves into a pending job. Returns the entries invalidated.
+    pub fn doom_tenant(&mut self, tenant: Option<&[u8]>) -> usize {
+        let mut sets: Vec<BTreeSet<Name>> = Vec::new();
+        let selector = match tenant {
+            Some(t) => {
+                let Some((name, set)) = self.tenants.remove_entry(t) else {
+                    return 0;
+                };
+                sets.push(set);
+                Selector::Tenant(name)
+            }
+            None => {
+                sets.extend(std::mem::take(&mut self.tenants).into_values());
+                Selector::All
+            }
+        };
+        let count = if self.pending.is_empty() {
+            sets.iter().map(BTreeSet::len).sum()
+        } else {
+            sets.iter().map(|set| self.live_among(set.iter())).sum()
+        };
+        let mut covered = count;
+        for set in sets {
+            let selector = match &selector {
+                Selector::Tenant(t) => Selector::Tenant(t.clone()),
+                _ => Selector::All,
+            };
+            self.pending.push(selector, Todo::Sorted(set.into_iter()), std::mem::take(&mut covered));
+        }
+        count
+    }
+
+    /// Invalidates every entry carrying `tag` in O(1): its member set moves into a pending job.
+    pub fn doom_tag(&mut self, tag: &[u8]) -> usize {
+        let Some((name, members)) = self.tags.remove_entry(tag) else {
+            return 0;
+        };
+        let count = if self.pending.is_empty() {
+            members.len()
+        } else {
+            self.live_among(members.iter())
+        };
+        let todo = match members {
+            Members::One(k) => Todo::Listed(vec![k].into_iter()),
+            Members::Many(set) => Todo::Hashed(set.into_iter()),
+        };
+        self.pending.push(Selector::Tags(vec![name].into()), todo, count);
+        count
+    }
+
+    /// Invalidates `names` (live entries already found by `matching`/`tagged`), covered by
+    /// `selector`, without touching them now.
+    pub fn doom_names(&mut self, selector: Selector, names: Vec<Name>) -> usize {
+        let count = names.len();
+        self.pending.push(selector, Todo::Listed(names.into_iter()), count);
+        count
+    }
+
+    /// Invalidates exactly `names` (the dead entries of a saved dataset, after a load).
+    pub fn doom_exactly(&mut self, names: HashSet<Name>) {
+        let todo: Vec<Name> = names.iter().filter(|k| self.keys.contains_key(&***k)).cloned().collect();
+        let covered = self.live_among(todo.iter());
+        self.pending.push(Selector::Names(names), Todo::Listed(todo.into_iter()), covered);
+    }
+
+    /// The next dead entry to reclaim: `Some(Some(name))`, `Some(None)` when the name visited
+    /// was rewritten or removed since, `None` when nothing is pending. The caller removes the
+    /// entry before asking again.
+    pub fn next_to_reclaim(&mut self) -> Option<Option<Name>> {
+        let name = self.pending.next_name()?;
+        Some(self.is_dead(&name).then_some(name))
+    }
+
+    /// Entries invalidated but still in the keyspace.
+    pub fn dead_count(&self) -> usize {
+        self.pending.dead()
+    }
+
+    /// Entries readers see (the invalidated ones are gone for them).
+    pub fn live_len(&self) -> usize {
+        self.keys.len().saturating_sub(self.pending.dead())
+    }
+
+    /// Names the reclaimer still has to visit, and an estimate of their memory.
+    pub fn pending_footprint(&self) -> (usize, usize) {
+        let names = self.pending.names_left();
+        let per_entry = self.entry_bytes.checked_div(self.keys.len()).unwrap_or(0);
+        (names, names.saturating_mul(per_entry))
+    }
+
+    /// Names of the dead entries (what a saved dataset must not bring back).
+    pub fn dead_names(&self) -> Vec<Name> {
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        self.keys
+            .iter()
+            .filter(|(k, r)| self.dead(k, r))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// The tenant a key is indexed under.
     pub fn tenant_of(&self, key: &[u8]) -> Option<&[u8]> {
         self.keys.get(key).map(|r| r.tenant.as_ref())
@@ -145,12 +299,12 @@ impl DbIndex {
         let Some(keys) = self.tenants.get(tenant) else {
             return (0, 0);
         };
-        let bytes = keys
+        let live: Vec<&KeyRecord> = keys
             .iter()
-            .filter_map(|k| self.keys.get(k))
-            .map(|r| r.entry_bytes)
-            .fold(0usize, usize::saturating_add);
-        (keys.len(), bytes)
+            .filter_map(|k| self.keys.get(k).filter(|r| !self.dead(k, r)))
+            .collect();
+        let bytes = live.iter().map(|r| r.entry_bytes).fold(0usize, usize::saturating_add);
+        (live.len(), bytes)
     }
 
     /// Total memory of the indexed entries (as given to `insert` / `set_entry_bytes`).
@@ -197,6 +351,7 @@ impl DbIndex {
                 tenant,
                 tags,
                 entry_bytes,
+                born: self.pending.epoch(),
             },
         );
         shared
@@ -207,6 +362,9 @@ impl DbIndex {
         let Some((key, record)) = self.keys.remove_entry(key) else {
             return false;
         };
+        if self.dead(&key, &record) {
+            self.pending.dead_gone();
+        }
         self.entry_bytes = self.entry_bytes.saturating_sub(record.entry_bytes);
         if let Some(set) = self.tenants.get_mut(&record.tenant) {
             set.remove(&key);
@@ -237,7 +395,7 @@ impl DbIndex {
                 if out.len() >= limit {
                     return;
                 }
-                if glob.matches(key) {
+                if glob.matches(key) && !self.is_dead(key) {
                     out.push(key.clone());
                 }
             }
@@ -265,7 +423,7 @@ impl DbIndex {
                 seen.extend(keys.iter().cloned());
             }
         }
-        let mut out: Vec<Name> = seen.into_iter().collect();
+        let mut out: Vec<Name> = seen.into_iter().filter(|k| !self.is_dead(k)).collect();
         out.sort();
         out
     }
@@ -290,6 +448,10 @@ impl DbIndex {
     /// Checks the three maps agree with each other; returns the first problem found.
     pub fn self_check(&self) -> Result<(), String> {
         for (key, record) in &self.keys {
+            // An invalidated entry may have left its sets already (they moved into its job).
+            if self.dead(key, record) {
+                continue;
+            }
             if !self.tenants.get(&record.tenant).is_some_and(|s| s.contains(key)) {
                 return Err(format!("key {} missing from its tenant set", show(key)));
             }
@@ -298,6 +460,9 @@ impl DbIndex {
                     return Err(format!("key {} missing from tag {}", show(key), show(tag)));
                 }
             }
+        }
+        if self.has_pending() {
+            return Ok(());
         }
         let tenant_members: usize = self.tenants.values().map(BTreeSet::len).sum();
         if tenant_members != self.keys.len() {
@@ -408,6 +573,26 @@ impl Index {
 
     pub fn total_keys(&self) -> usize {
         self.dbs.values().map(DbIndex::len).sum()
+    }
+
+    /// Entries readers see, over all databases.
+    pub fn live_keys(&self) -> usize {
+        self.dbs.values().map(DbIndex::live_len).sum()
+    }
+
+    /// Whether `key` of `db` is an invalidated entry not reclaimed yet.
+    pub fn is_dead(&self, db: i32, key: &[u8]) -> bool {
+        self.dbs.get(&db).is_some_and(|d| d.is_dead(key))
+    }
+
+    /// Databases with invalidations waiting to be reclaimed.
+    pub fn pending_dbs(&self) -> Vec<i32> {
+        self.dbs.iter().filter(|(_, d)| d.has_pending()).map(|(db, _)| *db).collect()
+    }
+
+    /// See `DbIndex::next_to_reclaim`.
+    pub fn next_to_reclaim(&mut self, db: i32) -> Option<Option<Name>> {
+        self.dbs.get_mut(&db)?.next_to_reclaim()
     }
 
     pub fn heap_bytes(&self) -> usize {

@@ -32,8 +32,10 @@ pub mod hash;
 pub mod index;
 pub mod lease;
 pub mod mem;
+pub mod pending;
 pub mod parking;
 pub mod policy;
+pub mod reclaim;
 pub mod state;
 pub mod stampede;
 pub mod stats;
@@ -41,7 +43,7 @@ pub mod stats;
 use commands::{debug, invalidate, lease as leasing, read, stats as statistics, write};
 use config::{
     DEFAULT_STALE, DEFAULT_TTL, LEASE_MS, LOG_INVALIDATIONS_OVER, MAX_MS, MAX_TAGS, MAX_TAGS_LIMIT,
-    MAX_WAITERS, MAX_WAIT_MS, MIGRATION_FENCE_MS, NAMESPACE_SEPARATOR, TENANT_REGEX, TTL_RULES,
+    MAX_WAITERS, MAX_WAIT_MS, MIGRATION_FENCE_MS, NAMESPACE_SEPARATOR, RECLAIM_SLICE_US, RECLAIM_SYNC_MAX, TENANT_REGEX, TTL_RULES,
 };
 pub use ffi::keyspace;
 use ffi::datatype::TAGCACHE_TYPE;
@@ -84,6 +86,7 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         s.separator = sep.to_vec();
     });
     ffi::replicate::create_keywords();
+    reclaim::install(ctx);
     if !ffi::command_info::register(ctx, &commands::docs::all()) {
         return Status::Err;
     }
@@ -125,6 +128,8 @@ redis_module! {
             ["max-tags", &*MAX_TAGS, 64, 0, MAX_TAGS_LIMIT, ConfigurationFlags::DEFAULT, None],
             ["log-invalidations-over", &*LOG_INVALIDATIONS_OVER, 1000, 0, i64::MAX, ConfigurationFlags::DEFAULT, None],
             ["migration-fence-ms", &*MIGRATION_FENCE_MS, 600_000, 0, MAX_MS, ConfigurationFlags::DEFAULT, None],
+            ["reclaim-slice-us", &*RECLAIM_SLICE_US, 1000, 50, 100_000, ConfigurationFlags::DEFAULT, None],
+            ["reclaim-sync-max", &*RECLAIM_SYNC_MAX, 1000, 0, i64::MAX, ConfigurationFlags::DEFAULT, None],
         ],
         string: [
             ["ttl-rules", &*TTL_RULES, "", ConfigurationFlags::DEFAULT, None],

@@ -23,6 +23,16 @@ pub struct ParkedClient {
     pub tenant: Vec<u8>,
 }
 
+/// Reclamation figures for CACHE.STATS / INFO (see `reclaim`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReclaimStats {
+    pub slices: u64,
+    pub longest_slice_us: u64,
+    pub reclaimed: u64,
+    /// A slice timer is armed.
+    pub armed: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct State {
     pub index: Index,
@@ -38,6 +48,12 @@ pub struct State {
     pub migration_fences: MigrationFences,
     /// `tagcache.namespace-separator`, kept here for the per-operation statistics.
     pub separator: Vec<u8>,
+    /// The index matches the keyspace (false from a load's start until its rebuild).
+    pub index_ready: bool,
+    /// Reclamation of invalidated entries (see `reclaim`).
+    pub reclaim: ReclaimStats,
+    /// While a dataset loads: the entries it listed as invalidated, per database.
+    pub loaded_dead: HashMap<i32, std::collections::HashSet<crate::index::Name>>,
 }
 
 impl State {
@@ -53,8 +69,17 @@ impl State {
         entry.tags = tags;
     }
 
+    /// A key written or removed while a dataset loads is no longer the entry its saved list of
+    /// invalidated names meant.
+    pub fn forget_loaded_dead(&mut self, db: i32, name: &[u8]) {
+        if let Some(names) = self.loaded_dead.get_mut(&db) {
+            names.remove(name);
+        }
+    }
+
     /// Forgets a key; true when it was indexed.
     pub fn index_remove(&mut self, db: i32, key: &[u8], sep: &[u8]) -> bool {
+        self.forget_loaded_dead(db, key);
         let removed = self.index.remove(db, key);
         if removed {
             self.stats.key_removed(policy::namespace(key, sep));
@@ -62,6 +87,11 @@ impl State {
         removed
     }
 }
+
+/// Set when an invalidation is left to reclaim; cleared by the reclaimer's slice that finds
+/// nothing left. The command filter reads it on every command, so it is an atomic outside the
+/// state's lock.
+pub static RECLAIM_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 lazy_static! {
     static ref STATE: Mutex<State> = Mutex::new(State::default());

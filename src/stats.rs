@@ -200,11 +200,12 @@ pub enum Figure {
 /// (keys, tenants, memory, leases in flight…) placed where the document lists them. Both
 /// CACHE.STATS and INFO are built from this one list.
 pub fn report(counters: &Counters, gauges: &[(&'static str, u64)]) -> Vec<(&'static str, Figure)> {
-    const ORDER: [&str; 22] = [
+    const ORDER: [&str; 27] = [
         "hits", "misses", "stale_hits", "hit_ratio", "keys", "tenants", "tags", "memory_bytes",
         "index_bytes", "sets", "fills", "fills_rejected", "leases_granted", "leases_active",
         "leases_expired", "leases_abandoned", "waits", "waits_served", "wait_timeouts", "waiters",
-        "invalidations", "keys_invalidated",
+        "invalidations", "keys_invalidated", "reclaim_pending_entries", "reclaim_pending_bytes",
+        "reclaim_slices", "reclaim_longest_slice_us", "reclaimed",
     ];
     let fields = counters.fields();
     ORDER

@@ -6,13 +6,15 @@ use crate::config;
 use crate::engine;
 use crate::fences::Action;
 use crate::glob::Glob;
-use crate::index::show;
+use crate::index::{show, Name};
+use crate::pending::Selector;
+use crate::reclaim;
 use crate::keyspace;
 use crate::parking;
 use crate::policy;
 use crate::state::with_state;
 use crate::stats::Event;
-use redis_module::{Context, RedisResult, RedisString, RedisValue};
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 use std::time::Instant;
 
 /// Parses a trailing `[SOFT]`.
@@ -38,15 +40,7 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let scope = tenant_scope(tenant.as_slice());
     let glob = Glob::new(pattern.as_slice());
     let db = keyspace::selected_db(ctx.ctx);
-    let keys: Vec<Vec<u8>> = with_state(|s| {
-        s.index
-            .db(db)
-            .map(|ix| ix.matching(scope.as_deref(), &glob, usize::MAX))
-            .unwrap_or_default()
-            .iter()
-            .map(|k| k.to_vec())
-            .collect()
-    });
+    prepare_index(ctx);
     // Leases on matching keys are voided even when the key holds no value yet; a key without
     // an entry belongs to the tenant recorded on its lease.
     let leased = with_state(|s| s.leases.leased_with_prefix(db, glob.literal_prefix()));
@@ -56,9 +50,28 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .filter(|k| scope.as_ref().is_none_or(|t| *t == engine::stats_tenant(db, k, None)))
         .collect();
     // Nothing is touched unless the caller may write every key it would affect.
-    engine::check_write_permission(ctx, &keys)?;
     engine::check_write_permission(ctx, &void)?;
-    let count = apply(ctx, db, &keys, soft);
+    let background = if soft || keyspace::is_loading(ctx) {
+        None
+    } else {
+        in_background_pattern(ctx, db, scope.as_deref(), &glob)?
+    };
+    let count = match background {
+        Some(count) => count,
+        None => {
+            let keys: Vec<Vec<u8>> = with_state(|s| {
+                s.index
+                    .db(db)
+                    .map(|ix| ix.matching(scope.as_deref(), &glob, usize::MAX))
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|k| k.to_vec())
+                    .collect()
+            });
+            engine::check_write_permission(ctx, &keys)?;
+            apply(ctx, db, &keys, soft)
+        }
+    };
     let fence_until = fence_until(ctx);
     let user = engine::current_user(ctx);
     with_state(|s| {
@@ -72,6 +85,10 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     });
     for k in &void {
         parking::hand_over(ctx, db, k);
+    }
+    if background.is_some() {
+        ctx.replicate_verbatim();
+        reclaim::schedule(ctx);
     }
     log_if_large(ctx, count, started, || {
         format!(
@@ -96,21 +113,37 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let soft = parse_soft(cursor)?;
     let started = Instant::now();
     let db = keyspace::selected_db(ctx.ctx);
-    let keys: Vec<Vec<u8>> = with_state(|s| {
-        s.index
-            .db(db)
-            .map(|ix| ix.tagged(&tags))
-            .unwrap_or_default()
-            .iter()
-            .map(|k| k.to_vec())
-            .collect()
-    });
+    prepare_index(ctx);
+    let background = if soft || keyspace::is_loading(ctx) {
+        None
+    } else {
+        in_background_tags(ctx, db, &tags)?
+    };
+    let keys: Vec<Vec<u8>> = match background {
+        Some(_) => Vec::new(),
+        None => with_state(|s| {
+            s.index
+                .db(db)
+                .map(|ix| ix.tagged(&tags))
+                .unwrap_or_default()
+                .iter()
+                .map(|k| k.to_vec())
+                .collect()
+        }),
+    };
     engine::check_write_permission(ctx, &keys)?;
     // The fence on in-flight fills carries the caller: it refuses only fills of keys that user
     // may write.
     let user = engine::current_user(ctx);
     with_state(|s| s.leases.invalidate_tags(db, &tags, user.as_deref()));
-    let count = apply(ctx, db, &keys, soft);
+    let count = match background {
+        Some(count) => {
+            ctx.replicate_verbatim();
+            reclaim::schedule(ctx);
+            count
+        }
+        None => apply(ctx, db, &keys, soft),
+    };
     let fence_until = fence_until(ctx);
     with_state(|s| {
         s.stats.record_invalidation(None);
@@ -123,6 +156,74 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         format!("tags {}{}", names.join(" "), if soft { " SOFT" } else { "" })
     });
     Ok(RedisValue::Integer(count as i64))
+}
+
+/// Whether an invalidation of `count` entries is made visible at once and reclaimed later.
+fn large_invalidation(count: usize) -> bool {
+    usize::try_from(config::get(&config::RECLAIM_SYNC_MAX)).is_ok_and(|max| count > max)
+}
+
+/// A replayed invalidation while the dataset loads finds the index complete (it is otherwise
+/// rebuilt once the load ends).
+fn prepare_index(ctx: &Context) {
+    if keyspace::is_loading(ctx) && !with_state(|s| s.index_ready) {
+        crate::events::rebuild_index(ctx);
+    }
+}
+
+/// A large `INVALIDATE tenant pattern`: the entries become invisible now and are reclaimed in
+/// slices. A whole tenant (pattern `*`) costs O(1); another pattern, the walk of its literal
+/// prefix range. None when the invalidation is small enough to apply at once.
+fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Glob) -> Result<Option<usize>, RedisError> {
+    let matched = |limit| {
+        with_state(|s| {
+            s.index
+                .db(db)
+                .map(|ix| ix.matching(scope, glob, limit))
+                .unwrap_or_default()
+        })
+    };
+    let names = |v: &[Name]| v.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
+    if glob.matches_everything() {
+        let count = with_state(|s| s.index.db(db).map_or(0, |ix| ix.live_in_tenant(scope)));
+        if !large_invalidation(count) {
+            return Ok(None);
+        }
+        engine::check_write_permission_bulk(ctx, || names(&matched(usize::MAX)))?;
+        return Ok(Some(with_state(|s| s.index.db_mut(db).doom_tenant(scope))));
+    }
+    let keys = matched(usize::MAX);
+    if !large_invalidation(keys.len()) {
+        return Ok(None);
+    }
+    engine::check_write_permission_bulk(ctx, || names(&keys))?;
+    let selector = Selector::Pattern {
+        tenant: scope.map(Name::from),
+        glob: glob.clone(),
+    };
+    Ok(Some(with_state(|s| s.index.db_mut(db).doom_names(selector, keys))))
+}
+
+/// A large `INVALIDATETAGS`: one tag costs O(1) (its member set moves into the pending job),
+/// several tags the union of their members.
+fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>]) -> Result<Option<usize>, RedisError> {
+    let tagged = || with_state(|s| s.index.db(db).map(|ix| ix.tagged(tags)).unwrap_or_default());
+    let names = |v: &[Name]| v.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
+    if let [tag] = tags {
+        let count = with_state(|s| s.index.db(db).map_or(0, |ix| ix.live_with_tag(tag)));
+        if !large_invalidation(count) {
+            return Ok(None);
+        }
+        engine::check_write_permission_bulk(ctx, || names(&tagged()))?;
+        return Ok(Some(with_state(|s| s.index.db_mut(db).doom_tag(tag))));
+    }
+    let keys = tagged();
+    if !large_invalidation(keys.len()) {
+        return Ok(None);
+    }
+    engine::check_write_permission_bulk(ctx, || names(&keys))?;
+    let selector = Selector::Tags(tags.iter().map(|t| Name::from(t.as_slice())).collect());
+    Ok(Some(with_state(|s| s.index.db_mut(db).doom_names(selector, keys))))
 }
 
 /// In a cluster an invalidation also fences entries that arrive later by MIGRATE/RESTORE (from

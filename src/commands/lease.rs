@@ -48,6 +48,7 @@ pub fn getormark(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     };
     let (opts, wait_ms) = parse_get_options(Cursor::new(&args, 2))?;
     let db = keyspace::selected_db(ctx.ctx);
+    crate::engine::purge_key(ctx, key.as_slice());
     match evaluate(ctx, key, db, &opts) {
         Verdict::Replied => Ok(RedisValue::NoReply),
         Verdict::WrongType => Err(wrongtype()),

@@ -24,6 +24,7 @@ pub fn get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         Ok(())
     })?;
     let name = key.as_slice();
+    crate::engine::purge_key(ctx, key.as_slice());
     let mut handle = Key::read(ctx, key);
     match handle.kind() {
         Kind::Other => Err(wrongtype()),
@@ -63,6 +64,7 @@ pub fn inspect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             s.index.db(db).is_some_and(|d| d.contains(name)),
         )
     });
+    crate::engine::purge_key(ctx, key.as_slice());
     let mut handle = Key::read(ctx, key);
     let mut doc = json!({
         "exists": false,

@@ -12,13 +12,18 @@ fn global_gauges(s: &State, now: i64) -> Vec<(&'static str, u64)> {
     let dbs = || s.index.dbs().map(|(_, ix)| ix);
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     vec![
-        ("keys", count(s.index.total_keys())),
+        ("keys", count(s.index.live_keys())),
         ("tenants", count(dbs().map(|ix| ix.tenant_count()).sum())),
         ("tags", count(dbs().map(|ix| ix.tag_count()).sum())),
         ("memory_bytes", count(dbs().map(|ix| ix.entry_bytes()).fold(0, usize::saturating_add))),
         ("index_bytes", count(s.index.heap_bytes())),
         ("leases_active", count(s.leases.active(now))),
         ("waiters", count(s.leases.total_waiters())),
+        ("reclaim_pending_entries", count(dbs().map(|ix| ix.pending_footprint().0).sum())),
+        ("reclaim_pending_bytes", count(dbs().map(|ix| ix.pending_footprint().1).fold(0, usize::saturating_add))),
+        ("reclaim_slices", s.reclaim.slices),
+        ("reclaim_longest_slice_us", s.reclaim.longest_slice_us),
+        ("reclaimed", s.reclaim.reclaimed),
     ]
 }
 

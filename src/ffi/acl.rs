@@ -16,6 +16,32 @@ pub fn current_user_name(ctx: &Context) -> Option<Vec<u8>> {
     Some(name.as_slice().to_vec())
 }
 
+/// Whether ACL user `user_name` may write every key (`~*`, `%W~*` or `%RW~*` in its root
+/// permissions), so an invalidation of any size needs no per-key check.
+pub fn may_write_every_key(ctx: &Context, user_name: &[u8]) -> bool {
+    let Ok(name) = std::str::from_utf8(user_name) else {
+        return false;
+    };
+    let Ok(redis_module::RedisValue::Array(fields)) = ctx.call("ACL", &["GETUSER", name]) else {
+        return false;
+    };
+    let text = |v: &redis_module::RedisValue| match v {
+        redis_module::RedisValue::SimpleString(s) => Some(s.as_bytes().to_vec()),
+        redis_module::RedisValue::BulkString(s) => Some(s.as_bytes().to_vec()),
+        redis_module::RedisValue::BulkRedisString(s) => Some(s.as_slice().to_vec()),
+        redis_module::RedisValue::StringBuffer(s) => Some(s.clone()),
+        _ => None,
+    };
+    let mut pairs = fields.chunks(2);
+    pairs.any(|pair| match pair {
+        [k, v] if text(k).as_deref() == Some(b"keys") => text(v).is_some_and(|keys| {
+            keys.split(|b| *b == b' ')
+                .any(|p| matches!(p, b"~*" | b"%W~*" | b"%RW~*" | b"allkeys"))
+        }),
+        _ => false,
+    })
+}
+
 /// Whether ACL user `user_name` may delete/overwrite `key`; None when the user does not exist.
 pub fn may_write(ctx: &Context, user_name: &[u8], key: &[u8]) -> Option<bool> {
     let get_user = api!(RedisModule_GetModuleUserFromUserName)?;

@@ -21,10 +21,10 @@ pub static TAGCACHE_TYPE: RedisType = RedisType::new(
         mem_usage: Some(mem_usage),
         digest: Some(digest),
         free: Some(free),
-        aux_load: None,
-        aux_save: None,
+        aux_load: Some(aux_load),
+        aux_save: Some(aux_save),
         aux_save2: None,
-        aux_save_triggers: 0,
+        aux_save_triggers: raw::REDISMODULE_AUX_AFTER_RDB as c_int,
         free_effort: None,
         unlink: None,
         copy: Some(copy),
@@ -37,6 +37,74 @@ pub static TAGCACHE_TYPE: RedisType = RedisType::new(
 );
 
 /// The registered type handle (null before the module is loaded).
+/// What the type's persistence callbacks ask the module about invalidated entries that are not
+/// reclaimed yet: they are saved (a dataset cannot skip a key) and listed after the keyspace,
+/// so a load never brings them back.
+/// Invalidated entry names per database.
+pub type DeadNames = Vec<(i32, Vec<Vec<u8>>)>;
+
+pub struct PersistHooks {
+    /// Per database, the names of entries invalidated but still in the keyspace.
+    pub dead_names: fn() -> DeadNames,
+    /// A loaded dataset's list of such names.
+    pub loaded_dead: fn(i32, Vec<Vec<u8>>),
+    /// Whether the entry `name` of database `db` is invalidated (an AOF rewrite leaves it out).
+    pub is_dead: fn(i32, &[u8]) -> bool,
+}
+
+static PERSIST: std::sync::OnceLock<PersistHooks> = std::sync::OnceLock::new();
+
+pub fn install_persist_hooks(hooks: PersistHooks) {
+    let _ = PERSIST.set(hooks);
+}
+
+/// SAFETY: called by Redis with a valid IO context while saving, after the keyspace.
+unsafe extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, when: c_int) {
+    if when != raw::REDISMODULE_AUX_AFTER_RDB as c_int {
+        return;
+    }
+    let dbs = PERSIST.get().map(|h| (h.dead_names)()).unwrap_or_default();
+    raw::save_unsigned(rdb, dbs.len() as u64);
+    for (db, names) in dbs {
+        raw::save_signed(rdb, i64::from(db));
+        raw::save_unsigned(rdb, names.len() as u64);
+        for name in names {
+            raw::save_slice(rdb, &name);
+        }
+    }
+}
+
+/// SAFETY: called by Redis with a valid IO context while loading.
+unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when: c_int) -> c_int {
+    let ok = raw::REDISMODULE_OK as c_int;
+    if when != raw::REDISMODULE_AUX_AFTER_RDB as c_int {
+        return ok;
+    }
+    if encver > ENCODING_VERSION {
+        return raw::REDISMODULE_ERR as c_int;
+    }
+    match load_dead(rdb) {
+        Ok(()) => ok,
+        Err(_) => raw::REDISMODULE_ERR as c_int,
+    }
+}
+
+fn load_dead(rdb: *mut raw::RedisModuleIO) -> Result<(), redis_module::error::Error> {
+    let dbs = raw::load_unsigned(rdb)?;
+    for _ in 0..dbs {
+        let db = i32::try_from(raw::load_signed(rdb)?).unwrap_or(-1);
+        let count = raw::load_unsigned(rdb)?;
+        let mut names = Vec::new();
+        for _ in 0..count {
+            names.push(raw::load_string_buffer(rdb)?.as_ref().to_vec());
+        }
+        if let Some(h) = PERSIST.get() {
+            (h.loaded_dead)(db, names);
+        }
+    }
+    Ok(())
+}
+
 pub fn raw_type() -> *mut raw::RedisModuleType {
     *TAGCACHE_TYPE.raw_type.borrow()
 }
@@ -132,6 +200,10 @@ unsafe extern "C" fn aof_rewrite(
     let Some(e) = value.cast::<Entry>().as_ref() else {
         return;
     };
+    let db = api!(RedisModule_GetDbIdFromIO).map_or(0, |f| f(aof));
+    if PERSIST.get().is_some_and(|h| (h.is_dead)(db, string_bytes(key))) {
+        return;
+    }
     let args = set_command_args(string_bytes(key), e, None);
     let ctx = api!(RedisModule_GetContextFromIO).map_or(std::ptr::null_mut(), |f| f(aof));
     let strings: Vec<*mut raw::RedisModuleString> = args

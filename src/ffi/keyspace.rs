@@ -184,6 +184,11 @@ pub fn is_replayed(ctx: &Context) -> bool {
     context_flags(ctx.ctx) & (raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING) != 0
 }
 
+/// True while the server loads its dataset (RDB or AOF replay).
+pub fn is_loading(ctx: &Context) -> bool {
+    context_flags(ctx.ctx) & raw::REDISMODULE_CTX_FLAGS_LOADING != 0
+}
+
 /// True on a primary (not a replica).
 pub fn is_primary(ctx: &Context) -> bool {
     context_flags(ctx.ctx) & raw::REDISMODULE_CTX_FLAGS_MASTER != 0

@@ -19,6 +19,7 @@ pub mod blocking;
 pub mod command_info;
 pub mod datatype;
 pub mod events;
+pub mod filter;
 pub mod gate;
 pub mod keyspace;
 pub mod notify;

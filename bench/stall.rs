@@ -1,0 +1,114 @@
+//! Issue 10: what other clients feel while a large invalidation runs. A probe connection sends
+//! PING every millisecond from before the invalidation until its entries are reclaimed; the
+//! row prints the probe's worst and p99 latency, how long the command took and how long the
+//! reclamation ran.
+
+use crate::common::Server;
+use redis::Connection;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn populate(c: &mut Connection, n: usize) {
+    for start in (0..n).step_by(10_000) {
+        let mut p = redis::pipe();
+        for i in start..(start + 10_000).min(n) {
+            p.cmd("CACHE.SET")
+                .arg(format!("c:{{big}}:{i:08}"))
+                .arg(&[b'v'; 32][..])
+                .arg("TAGS")
+                .arg(2)
+                .arg("bigtag")
+                .arg(format!("item:{i}"))
+                .ignore();
+        }
+        let _: () = p.query(c).expect("populate");
+    }
+}
+
+fn pending(c: &mut Connection) -> u64 {
+    let doc: String = redis::cmd("CACHE.STATS").query(c).expect("stats");
+    let doc: serde_json::Value = serde_json::from_str(&doc).expect("json");
+    doc["reclaim_pending_entries"].as_u64().unwrap_or(0)
+}
+
+struct Probe {
+    max_ms: f64,
+    p99_ms: f64,
+    command_ms: f64,
+    reclaim_ms: f64,
+}
+
+/// Runs `invalidate` on `c` while a probe pings from another connection; waits for the end of
+/// the reclamation.
+fn probe_during(server: &Server, c: &mut Connection, invalidate: &redis::Cmd, expected: usize) -> Probe {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut probe_conn = server.conn();
+    let probe_stop = stop.clone();
+    let probe = thread::spawn(move || {
+        let mut lat = Vec::new();
+        while !probe_stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let _: String = redis::cmd("PING").query(&mut probe_conn).expect("ping");
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            thread::sleep(Duration::from_millis(1));
+        }
+        lat
+    });
+    thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    let n: usize = invalidate.query(c).expect("invalidate");
+    let command_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(n, expected, "invalidated the wrong number of entries");
+    while pending(c) > 0 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let reclaim_ms = t.elapsed().as_secs_f64() * 1000.0;
+    thread::sleep(Duration::from_millis(20));
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = probe.join().expect("probe");
+    lat.sort_by(f64::total_cmp);
+    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+    Probe { max_ms: *lat.last().unwrap_or(&0.0), p99_ms: p99, command_ms, reclaim_ms }
+}
+
+pub fn rows(quick: bool) {
+    let sizes: &[usize] = if quick { &[200_000] } else { &[200_000, 1_000_000] };
+    println!("Invalidation stall: a probe PINGs every ms during the invalidation and its reclamation");
+    println!(
+        "{:<46} {:>9} {:>9} {:>11} {:>11}",
+        "row", "probe max", "probe p99", "command ms", "reclaimed in"
+    );
+    let show = |name: String, p: &Probe, target: bool| {
+        let verdict = if !target {
+            String::new()
+        } else if p.max_ms <= 10.0 && p.command_ms <= 10.0 {
+            "  (target <= 10 ms: PASS)".to_string()
+        } else {
+            "  (target <= 10 ms: FAIL)".to_string()
+        };
+        println!(
+            "{name:<46} {:>7.1}ms {:>7.1}ms {:>9.1}ms {:>9.0}ms{verdict}",
+            p.max_ms, p.p99_ms, p.command_ms, p.reclaim_ms
+        );
+    };
+    for &n in sizes {
+        let server = Server::start();
+        let mut c = server.conn();
+        populate(&mut c, n);
+        let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATE").arg("big").arg("*"), n);
+        show(format!("INVALIDATE big * ({n} entries)"), &p, true);
+        populate(&mut c, n);
+        let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATETAGS").arg(1).arg("bigtag"), n);
+        show(format!("INVALIDATETAGS 1 bigtag ({n} entries)"), &p, true);
+    }
+    // The same invalidation applied at once (what every invalidation did before issue 10).
+    let n = sizes[0];
+    let server = Server::start_with(&["reclaim-sync-max", "100000000"]);
+    let mut c = server.conn();
+    populate(&mut c, n);
+    let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATE").arg("big").arg("*"), n);
+    show(format!("  same, applied at once ({n} entries)"), &p, false);
+    println!();
+}

@@ -1,0 +1,201 @@
+//! Pending invalidations of one database: what a large CACHE.INVALIDATE / INVALIDATETAGS made
+//! invisible at once and the reclaimer has not removed yet. Pure data, no Redis calls.
+//!
+//! Every index record carries the epoch it was written in. An invalidation becomes a job: the
+//! current epoch, a selector (which entries it covers) and the names still to visit. An entry
+//! is dead when a pending job covers it and it was written at or before that job's epoch, so a
+//! key written after the invalidation is never affected, and making a whole tenant or a tag
+//! dead is O(1): its name set is moved into the job, not walked.
+
+use crate::glob::Glob;
+use std::sync::Arc;
+use std::collections::{btree_set, hash_set, HashSet, VecDeque};
+
+/// A shared name, as the index holds it.
+pub type Name = Arc<[u8]>;
+
+/// Which entries an invalidation covers.
+#[derive(Debug)]
+pub enum Selector {
+    /// Every entry of the database.
+    All,
+    /// Every entry of one tenant.
+    Tenant(Name),
+    /// Entries of one tenant (or of every tenant) whose names match a glob.
+    Pattern { tenant: Option<Name>, glob: Glob },
+    /// Entries carrying any of these tags.
+    Tags(Box<[Name]>),
+    /// Exactly these names (entries found dead in a saved dataset).
+    Names(HashSet<Name>),
+}
+
+impl Selector {
+    pub fn covers(&self, key: &[u8], tenant: &[u8], tags: &[Name]) -> bool {
+        match self {
+            Selector::All => true,
+            Selector::Tenant(t) => **t == *tenant,
+            Selector::Pattern { tenant: scope, glob } => scope.as_ref().is_none_or(|t| **t == *tenant) && glob.matches(key),
+            Selector::Tags(wanted) => tags.iter().any(|t| wanted.contains(t)),
+            Selector::Names(names) => names.contains(key),
+        }
+    }
+}
+
+/// The names an invalidation still has to visit, consumed as it goes.
+#[derive(Debug)]
+pub enum Todo {
+    Sorted(btree_set::IntoIter<Name>),
+    Hashed(hash_set::IntoIter<Name>),
+    Listed(std::vec::IntoIter<Name>),
+}
+
+impl Todo {
+    fn next(&mut self) -> Option<Name> {
+        match self {
+            Todo::Sorted(it) => it.next(),
+            Todo::Hashed(it) => it.next(),
+            Todo::Listed(it) => it.next(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Todo::Sorted(it) => it.len(),
+            Todo::Hashed(it) => it.len(),
+            Todo::Listed(it) => it.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug)]
+pub struct Job {
+    /// Entries written at or before this epoch are covered.
+    pub epoch: u64,
+    pub selector: Selector,
+    pub todo: Todo,
+}
+
+/// The pending jobs of a database, oldest first, and its write epoch.
+#[derive(Debug, Default)]
+pub struct Pending {
+    jobs: VecDeque<Job>,
+    epoch: u64,
+    /// Entries covered and still in the keyspace.
+    dead: usize,
+}
+
+impl Pending {
+    /// The epoch a write made now is stamped with.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Whether an entry written in `born` with this name, tenant and tags is invalidated.
+    pub fn covers(&self, born: u64, key: &[u8], tenant: &[u8], tags: &[Name]) -> bool {
+        self.jobs
+            .iter()
+            .any(|j| born <= j.epoch && j.selector.covers(key, tenant, tags))
+    }
+
+    /// Adds a job covering everything written so far; later writes get a newer epoch.
+    pub fn push(&mut self, selector: Selector, todo: Todo, covered: usize) {
+        self.jobs.push_back(Job { epoch: self.epoch, selector, todo });
+        self.epoch = self.epoch.saturating_add(1);
+        self.dead = self.dead.saturating_add(covered);
+    }
+
+    /// A covered entry left the keyspace (reclaimed, or removed any other way).
+    pub fn dead_gone(&mut self) {
+        self.dead = self.dead.saturating_sub(1);
+    }
+
+    /// Covered entries still in the keyspace.
+    pub fn dead(&self) -> usize {
+        self.dead
+    }
+
+    /// The next name to visit, dropping finished jobs first (their last name was dealt with by
+    /// the caller before it asked again); None when nothing is pending.
+    pub fn next_name(&mut self) -> Option<Name> {
+        loop {
+            let job = self.jobs.front_mut()?;
+            if let Some(name) = job.todo.next() {
+                return Some(name);
+            }
+            self.jobs.pop_front();
+            if self.jobs.is_empty() {
+                self.dead = 0;
+            }
+        }
+    }
+
+    /// Names still to visit (an upper bound of the entries still to reclaim: a name rewritten
+    /// since is visited and skipped).
+    pub fn names_left(&self) -> usize {
+        self.jobs.iter().map(|j| j.todo.len()).fold(0usize, usize::saturating_add)
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::from(s.as_bytes())
+    }
+
+    #[test]
+    fn selectors_cover_what_they_name() {
+        let tags = [n("a"), n("b")];
+        assert!(Selector::All.covers(b"k", b"t", &tags));
+        assert!(Selector::Tenant(n("t")).covers(b"k", b"t", &tags));
+        assert!(!Selector::Tenant(n("u")).covers(b"k", b"t", &tags));
+        let p = Selector::Pattern { tenant: Some(n("t")), glob: Glob::new(b"user:*") };
+        assert!(p.covers(b"user:1", b"t", &[]));
+        assert!(!p.covers(b"user:1", b"u", &[]));
+        assert!(!p.covers(b"item:1", b"t", &[]));
+        let any = Selector::Pattern { tenant: None, glob: Glob::new(b"user:*") };
+        assert!(any.covers(b"user:1", b"u", &[]));
+        assert!(Selector::Tags(vec![n("b")].into()).covers(b"k", b"t", &tags));
+        assert!(!Selector::Tags(vec![n("c")].into()).covers(b"k", b"t", &tags));
+        assert!(Selector::Names(HashSet::from([n("k")])).covers(b"k", b"t", &[]));
+        assert!(!Selector::Names(HashSet::from([n("k")])).covers(b"j", b"t", &[]));
+    }
+
+    #[test]
+    fn a_job_covers_only_what_was_written_before_it() {
+        let mut p = Pending::default();
+        let before = p.epoch();
+        p.push(Selector::All, Todo::Listed(vec![n("k")].into_iter()), 1);
+        let after = p.epoch();
+        assert!(p.covers(before, b"k", b"t", &[]));
+        assert!(!p.covers(after, b"k", b"t", &[]));
+    }
+
+    #[test]
+    fn names_are_visited_in_job_order_and_finished_jobs_drop() {
+        let mut p = Pending::default();
+        p.push(Selector::All, Todo::Listed(vec![n("a"), n("b")].into_iter()), 2);
+        p.push(Selector::All, Todo::Sorted(std::collections::BTreeSet::from([n("d"), n("c")]).into_iter()), 2);
+        assert_eq!(p.names_left(), 4);
+        let mut seen = Vec::new();
+        while let Some(name) = p.next_name() {
+            seen.push(name);
+        }
+        assert_eq!(seen, vec![n("a"), n("b"), n("c"), n("d")]);
+        assert!(p.is_empty());
+        assert_eq!(p.names_left(), 0);
+    }
+}

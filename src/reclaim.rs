@@ -1,0 +1,157 @@
+//! Physical removal of invalidated entries, after the invalidation made them invisible
+//! (see `pending`): a timer on the main thread removes them in slices of at most
+//! `tagcache.reclaim-slice-us`, and any command that names one removes it first (a command
+//! filter), so native commands (EXISTS, TYPE, TTL, DUMP, GET…) never see it either.
+//! Nothing here is replicated: each server reclaims what its own copy of the invalidation
+//! covers, and a saved dataset lists what is still to reclaim so a load never brings it back.
+
+use crate::config;
+use crate::engine;
+use crate::ffi::blocking::start_timer;
+use crate::ffi::datatype::{install_persist_hooks, PersistHooks};
+use crate::ffi::filter::{self, FilterHooks};
+use crate::index::Name;
+use crate::keyspace;
+use crate::state::{with_state, RECLAIM_PENDING};
+use redis_module::Context;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+
+
+pub fn install(ctx: &Context) {
+    install_persist_hooks(PersistHooks { dead_names, loaded_dead, is_dead });
+    if !filter::register(ctx, FilterHooks { active: maybe_pending, on_argument: purge_named }) {
+        ctx.log_warning("tagcache: no command filter: native commands may see invalidated keys until they are reclaimed");
+    }
+}
+
+fn maybe_pending() -> bool {
+    RECLAIM_PENDING.load(Ordering::Relaxed)
+}
+
+/// Starts reclaiming after an invalidation left entries to remove.
+pub fn schedule(ctx: &Context) {
+    RECLAIM_PENDING.store(true, Ordering::Relaxed);
+    let arm = with_state(|s| !std::mem::replace(&mut s.reclaim.armed, true));
+    if arm {
+        start_timer(ctx, 1, (), slice);
+    }
+}
+
+/// One slice: remove dead entries until the budget is spent or nothing is left.
+fn slice(ctx: &Context, (): ()) {
+    let budget = Duration::from_micros(u64::try_from(config::get(&config::RECLAIM_SLICE_US)).unwrap_or(1000));
+    let started = Instant::now();
+    let primary = keyspace::is_primary(ctx);
+    let mut reclaimed = 0u64;
+    let mut out_of_time = false;
+    'dbs: for db in with_state(|s| s.index.pending_dbs()) {
+        if !keyspace::select_db(ctx, db) {
+            continue;
+        }
+        let mut visited = 0u32;
+        loop {
+            if visited.is_multiple_of(16) && started.elapsed() >= budget {
+                out_of_time = true;
+                break 'dbs;
+            }
+            visited = visited.wrapping_add(1);
+            match with_state(|s| s.index.next_to_reclaim(db)) {
+                None => break,
+                Some(None) => {}
+                Some(Some(name)) => {
+                    if engine::remove_invalidated(ctx, &name, primary) {
+                        reclaimed = reclaimed.saturating_add(1);
+                    }
+                }
+            }
+        }
+    }
+    let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let more = out_of_time || with_state(|s| !s.index.pending_dbs().is_empty());
+    with_state(|s| {
+        s.reclaim.slices = s.reclaim.slices.saturating_add(1);
+        s.reclaim.longest_slice_us = s.reclaim.longest_slice_us.max(took);
+        s.reclaim.reclaimed = s.reclaim.reclaimed.saturating_add(reclaimed);
+        s.reclaim.armed = more;
+    });
+    if more {
+        start_timer(ctx, 1, (), slice);
+    } else {
+        RECLAIM_PENDING.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A command names `name`: where it is an invalidated entry, remove it before the command runs.
+fn purge_named(ctx: &Context, name: &[u8]) {
+    let dbs: Vec<i32> = with_state(|s| {
+        s.index
+            .pending_dbs()
+            .into_iter()
+            .filter(|db| s.index.is_dead(*db, name))
+            .collect()
+    });
+    if dbs.is_empty() {
+        return;
+    }
+    let primary = keyspace::is_primary(ctx);
+    for db in dbs {
+        if keyspace::select_db(ctx, db) && engine::remove_invalidated(ctx, name, primary) {
+            with_state(|s| s.reclaim.reclaimed = s.reclaim.reclaimed.saturating_add(1));
+        }
+    }
+}
+
+fn dead_names() -> Vec<(i32, Vec<Vec<u8>>)> {
+    with_state(|s| {
+        s.index
+            .pending_dbs()
+            .into_iter()
+            .filter_map(|db| {
+                let names: Vec<Vec<u8>> = s.index.db(db)?.dead_names().iter().map(|n| n.to_vec()).collect();
+                (!names.is_empty()).then_some((db, names))
+            })
+            .collect()
+    })
+}
+
+/// A loaded dataset listed entries invalidated before it was saved. Commands replayed after it
+/// (the AOF after its preamble) may rewrite or delete them: `forget_loaded_dead` drops those.
+fn loaded_dead(db: i32, names: Vec<Vec<u8>>) {
+    with_state(|s| {
+        s.loaded_dead
+            .entry(db)
+            .or_default()
+            .extend(names.into_iter().map(Name::from));
+    });
+}
+
+
+/// After a load and the index rebuild: what the dataset listed as dead is invalidated again.
+pub fn after_load(ctx: &Context) {
+    let any = with_state(|s| {
+        let loaded: Vec<(i32, HashSet<Name>)> = s.loaded_dead.drain().collect();
+        let mut any = false;
+        for (db, names) in loaded {
+            if names.is_empty() {
+                continue;
+            }
+            if let Some(ix) = s.index.db(db) {
+                if names.iter().any(|n| ix.contains(n)) {
+                    s.index.db_mut(db).doom_exactly(names);
+                    any = true;
+                }
+            }
+        }
+        any
+    });
+    if any {
+        schedule(ctx);
+    }
+}
+
+fn is_dead(db: i32, name: &[u8]) -> bool {
+    with_state(|s| s.index.is_dead(db, name))
+}

@@ -1,0 +1,210 @@
+//! Issue 10: a large invalidation is visible at once (to module and native commands, on the
+//! primary and its replica) and reclaimed later in bounded slices; restarts from the AOF or an
+//! RDB written mid-reclamation never bring an invalidated entry back.
+
+mod common;
+
+use common::{index_check, q, q_err, Server};
+use redis::Connection;
+use serde_json::Value as Json;
+use std::time::{Duration, Instant};
+
+const N: usize = 100_000;
+
+fn stats(c: &mut Connection) -> Json {
+    serde_json::from_str(&q::<String>(c, &[b"CACHE.STATS"]).unwrap()).unwrap()
+}
+
+fn pending(c: &mut Connection) -> u64 {
+    stats(c)["reclaim_pending_entries"].as_u64().unwrap()
+}
+
+fn key(i: usize) -> String {
+    format!("c:{{t}}:{i:08}")
+}
+
+/// N entries of tenant `t` (tags `all` and `cat:<i%100>`) and 10 of tenant `u`.
+fn fill(c: &mut Connection) {
+    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
+        let mut p = redis::pipe();
+        for i in chunk {
+            p.cmd("CACHE.SET").arg(key(*i)).arg("v").arg("TAGS").arg(2).arg("all").arg(format!("cat:{}", i % 100)).ignore();
+        }
+        let _: () = p.query(c).unwrap();
+    }
+    for i in 0..10 {
+        let _: () = q(c, &[b"CACHE.SET", format!("c:{{u}}:{i}").as_bytes(), b"v"]).unwrap();
+    }
+}
+
+/// Slow reclamation down so the tests see it in progress (each slice stops after 50 µs).
+fn slow(c: &mut Connection) {
+    let _: () = q(c, &[b"CONFIG", b"SET", b"tagcache.reclaim-slice-us", b"50"]).unwrap();
+}
+
+fn wait_reclaimed(c: &mut Connection) {
+    let _: () = q(c, &[b"CONFIG", b"SET", b"tagcache.reclaim-slice-us", b"100000"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pending(c) > 0 {
+        assert!(Instant::now() < deadline, "reclamation did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What every reader sees right after the invalidation of tenant `t`'s entries.
+fn assert_gone(c: &mut Connection) {
+    for i in [0, 1, N / 2, N - 1] {
+        let k = key(i);
+        assert_eq!(q::<Option<Vec<u8>>>(c, &[b"CACHE.GET", k.as_bytes()]).unwrap(), None, "{k}");
+        assert_eq!(q::<i64>(c, &[b"EXISTS", k.as_bytes()]).unwrap(), 0, "{k}");
+        assert_eq!(q::<i64>(c, &[b"PTTL", k.as_bytes()]).unwrap(), -2, "{k}");
+        assert_eq!(q::<String>(c, &[b"TYPE", k.as_bytes()]).unwrap(), "none", "{k}");
+    }
+    assert!(q::<Vec<Vec<u8>>>(c, &[b"CACHE.KEYS", b"t", b"*", b"LIMIT", b"5"]).unwrap().is_empty());
+    assert_eq!(q::<Vec<Vec<u8>>>(c, &[b"CACHE.KEYS", b"u", b"*"]).unwrap().len(), 10);
+    assert_eq!(stats(c)["keys"], 10);
+}
+
+/// After a restart: the dataset is loaded (and its index rebuilt).
+fn loaded(s: &Server) -> Connection {
+    let mut c = s.conn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info: String = q(&mut c, &[b"INFO", b"persistence"]).unwrap();
+        if info.lines().any(|l| l.trim() == "loading:0") {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "load did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn digest(c: &mut Connection) -> String {
+    q(c, &[b"DEBUG", b"DIGEST"]).unwrap()
+}
+
+#[test]
+fn a_whole_tenant_is_gone_at_once_on_primary_and_replica_and_reclaimed_in_slices() {
+    let primary = Server::start();
+    let replica = primary.replica();
+    let (mut p, mut r) = (primary.conn(), replica.conn());
+    fill(&mut p);
+    slow(&mut p);
+    slow(&mut r);
+    // A lease granted before the invalidation on a key of the tenant.
+    let lease: Vec<redis::Value> = q(&mut p, &[b"CACHE.GETORMARK", b"c:{t}:leased"]).unwrap();
+    let token = match &lease[1] {
+        redis::Value::BulkString(b) => b.clone(),
+        other => panic!("{other:?}"),
+    };
+    primary.wait_replicated(&replica);
+
+    assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATE", b"t", b"*"]).unwrap(), N as i64);
+    assert!(pending(&mut p) > 0, "the invalidation left its entries to the reclaimer");
+    assert_gone(&mut p);
+    let refused = q_err(&mut p, &[b"CACHE.FILL", b"c:{t}:leased", &token, b"late"]);
+    assert!(refused.starts_with("LEASE"), "{refused}");
+    // A write right after the invalidation is not touched by the reclamation.
+    let _: () = q(&mut p, &[b"CACHE.SET", key(7).as_bytes(), b"new", b"TAGS", b"1", b"all"]).unwrap();
+
+    primary.wait_replicated(&replica);
+    assert_eq!(q::<Option<String>>(&mut r, &[b"CACHE.GET", key(7).as_bytes()]).unwrap().as_deref(), Some("new"));
+    let _: () = q(&mut p, &[b"CACHE.DEL", key(7).as_bytes()]).unwrap();
+    primary.wait_replicated(&replica);
+    assert_gone(&mut r);
+    let _: () = q(&mut p, &[b"CACHE.SET", key(7).as_bytes(), b"new", b"TAGS", b"1", b"all"]).unwrap();
+    primary.wait_replicated(&replica);
+
+    wait_reclaimed(&mut p);
+    wait_reclaimed(&mut r);
+    for c in [&mut p, &mut r] {
+        assert_eq!(q::<Option<String>>(c, &[b"CACHE.GET", key(7).as_bytes()]).unwrap().as_deref(), Some("new"));
+        assert_eq!(q::<i64>(c, &[b"DBSIZE"]).unwrap(), 11);
+        assert_eq!(index_check(c), "OK");
+        let s = stats(c);
+        assert!(s["reclaim_slices"].as_u64().unwrap() > 1, "{s}");
+        assert!(s["reclaim_longest_slice_us"].as_u64().unwrap() > 0, "{s}");
+    }
+    assert_eq!(stats(&mut p)["keys_invalidated"], N as u64);
+    assert_eq!(digest(&mut p), digest(&mut r));
+}
+
+#[test]
+fn a_tag_is_gone_at_once_and_counted_once() {
+    let primary = Server::start();
+    let replica = primary.replica();
+    let (mut p, mut r) = (primary.conn(), replica.conn());
+    fill(&mut p);
+    slow(&mut p);
+    slow(&mut r);
+    assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATETAGS", b"1", b"all"]).unwrap(), N as i64);
+    assert!(pending(&mut p) > 0);
+    assert_gone(&mut p);
+    // Already invalidated: a second invalidation covering the same entries counts none of them.
+    assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATETAGS", b"1", b"cat:3"]).unwrap(), 0);
+    assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATE", b"t", b"*"]).unwrap(), 0);
+    primary.wait_replicated(&replica);
+    assert_gone(&mut r);
+    wait_reclaimed(&mut p);
+    wait_reclaimed(&mut r);
+    assert_eq!(index_check(&mut p), "OK");
+    assert_eq!(index_check(&mut r), "OK");
+    assert_eq!(digest(&mut p), digest(&mut r));
+}
+
+#[test]
+fn kill_9_mid_reclamation_then_aof_replay_brings_nothing_back() {
+    let s = Server::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut c = s.conn();
+    fill(&mut c);
+    slow(&mut c);
+    assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATE", b"t", b"*"]).unwrap(), N as i64);
+    // A rewrite mid-reclamation: its RDB preamble still holds the invalidated entries.
+    let _: () = q(&mut c, &[b"BGREWRITEAOF"]).unwrap_or(());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info: String = q(&mut c, &[b"INFO", b"persistence"]).unwrap();
+        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rewrite did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _: () = q(&mut c, &[b"CACHE.SET", key(7).as_bytes(), b"new"]).unwrap();
+    assert!(pending(&mut c) > 0, "killed while reclaiming");
+    let s = s.crash_and_restart();
+    let mut c = loaded(&s);
+    slow(&mut c);
+    assert_eq!(q::<Option<String>>(&mut c, &[b"CACHE.GET", key(7).as_bytes()]).unwrap().as_deref(), Some("new"));
+    assert_eq!(q::<Vec<Vec<u8>>>(&mut c, &[b"CACHE.KEYS", b"t", b"*"]).unwrap(), vec![key(7).into_bytes()]);
+    assert_eq!(q::<i64>(&mut c, &[b"EXISTS", key(8).as_bytes()]).unwrap(), 0);
+    wait_reclaimed(&mut c);
+    assert_eq!(q::<i64>(&mut c, &[b"DBSIZE"]).unwrap(), 11);
+    assert_eq!(index_check(&mut c), "OK");
+}
+
+#[test]
+fn an_rdb_saved_mid_reclamation_does_not_bring_invalidated_entries_back() {
+    let s = Server::start();
+    let mut c = s.conn();
+    fill(&mut c);
+    slow(&mut c);
+    assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATETAGS", b"1", b"all"]).unwrap(), N as i64);
+    let _: () = q(&mut c, &[b"CACHE.SET", key(7).as_bytes(), b"new", b"TAGS", b"1", b"all"]).unwrap();
+    assert!(pending(&mut c) > 0);
+    let _: () = q(&mut c, &[b"SAVE"]).unwrap();
+    let s = s.crash_and_restart();
+    let mut c = loaded(&s);
+    slow(&mut c);
+    assert_gone_but_7(&mut c);
+    wait_reclaimed(&mut c);
+    assert_eq!(q::<i64>(&mut c, &[b"DBSIZE"]).unwrap(), 11);
+    assert_eq!(index_check(&mut c), "OK");
+}
+
+fn assert_gone_but_7(c: &mut Connection) {
+    assert_eq!(q::<Option<String>>(c, &[b"CACHE.GET", key(7).as_bytes()]).unwrap().as_deref(), Some("new"));
+    assert_eq!(q::<i64>(c, &[b"EXISTS", key(8).as_bytes()]).unwrap(), 0);
+    assert_eq!(q::<Vec<Vec<u8>>>(c, &[b"CACHE.KEYS", b"t", b"*"]).unwrap(), vec![key(7).into_bytes()]);
+    assert_eq!(stats(c)["keys"], 11);
+}
