@@ -3,8 +3,9 @@
 //! one allocation per key name, tenant and tag, whatever the number of structures referring to it.
 
 use crate::glob::Glob;
-use crate::mem::Shrink;
 use crate::pending::{Pending, Selector, Todo};
+use crate::shardmap::ShardMap;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -26,7 +27,8 @@ struct KeyRecord {
 #[derive(Debug)]
 enum Members {
     One(Name),
-    Many(HashSet<Name>),
+    /// Boxed: most tags are `One`, and the map slot of every tag is as large as this enum.
+    Many(Box<ShardMap<Name, ()>>),
 }
 
 impl Members {
@@ -34,11 +36,13 @@ impl Members {
         match self {
             Members::One(k) if *k == key => {}
             Members::One(k) => {
-                let first = k.clone();
-                *self = Members::Many(HashSet::from([first, key]));
+                let mut set: Box<ShardMap<Name, ()>> = Box::default();
+                set.insert(k.clone(), ());
+                set.insert(key, ());
+                *self = Members::Many(set);
             }
             Members::Many(set) => {
-                set.insert(key);
+                set.insert(key, ());
             }
         }
     }
@@ -49,12 +53,9 @@ impl Members {
             Members::One(k) => **k == *key,
             Members::Many(set) => {
                 set.remove(key);
-                if set.len() == 1 {
-                    if let Some(last) = set.iter().next().cloned() {
-                        *self = Members::One(last);
-                    }
-                } else {
-                    set.shrink_if_sparse();
+                let last = if set.len() == 1 { set.keys().next().cloned() } else { None };
+                if let Some(last) = last {
+                    *self = Members::One(last);
                 }
                 set_is_empty(self)
             }
@@ -64,7 +65,7 @@ impl Members {
     fn contains(&self, key: &[u8]) -> bool {
         match self {
             Members::One(k) => **k == *key,
-            Members::Many(set) => set.contains(key),
+            Members::Many(set) => set.contains_key(key),
         }
     }
 
@@ -78,15 +79,15 @@ impl Members {
     fn iter(&self) -> Box<dyn Iterator<Item = &Name> + '_> {
         match self {
             Members::One(k) => Box::new(std::iter::once(k)),
-            Members::Many(set) => Box::new(set.iter()),
+            Members::Many(set) => Box::new(set.keys()),
         }
     }
 
-    /// Heap bytes beyond the map slot (a hash set's table).
-    fn heap_capacity(&self) -> usize {
+    /// Heap bytes beyond the map slot (a hash set's tables).
+    fn heap_bytes(&self) -> usize {
         match self {
             Members::One(_) => 0,
-            Members::Many(set) => set.capacity(),
+            Members::Many(set) => crate::mem::allocation(std::mem::size_of::<ShardMap<Name, ()>>()).saturating_add(set.heap_bytes()),
         }
     }
 }
@@ -97,10 +98,13 @@ fn set_is_empty(m: &Members) -> bool {
 
 #[derive(Debug, Default)]
 pub struct DbIndex {
-    keys: HashMap<Name, KeyRecord>,
-    tenants: HashMap<Name, BTreeSet<Name>>,
-    tags: HashMap<Name, Members>,
+    keys: ShardMap<Name, KeyRecord>,
+    tenants: ShardMap<Name, BTreeSet<Name>>,
+    tags: ShardMap<Name, Members>,
     entry_bytes: usize,
+    /// Heap bytes of the names and per-name structures the three maps hold (their tables
+    /// excluded), kept up to date by every change so `heap_bytes` is O(1).
+    item_bytes: usize,
     /// Invalidations made visible but not yet reclaimed.
     pending: Pending,
 }
@@ -150,7 +154,7 @@ impl DbIndex {
     /// Live (not invalidated) entries among `names`.
     fn live_among<'a>(&self, names: impl Iterator<Item = &'a Name>) -> usize {
         names
-            .filter(|k| self.keys.get(&***k).is_some_and(|r| !self.dead(k, r)))
+            .filter(|k| self.keys.get(k).is_some_and(|r| !self.dead(k, r)))
             .count()
     }
 
@@ -183,19 +187,23 @@ impl DbIndex {
     /// set moves into a pending job. Returns the entries invalidated.
     pub fn doom_tenant(&mut self, tenant: Option<&[u8]>) -> usize {
         let mut sets: Vec<BTreeSet<Name>> = Vec::new();
+        let moved;
         let selector = match tenant {
             Some(t) => {
                 let Some((name, set)) = self.tenants.remove_entry(t) else {
                     return 0;
                 };
+                moved = footprint::tenant(&name, &set);
                 sets.push(set);
                 Selector::Tenant(name)
             }
             None => {
+                moved = self.tenants.iter().map(|(t, set)| footprint::tenant(t, set)).fold(0, usize::saturating_add);
                 sets.extend(std::mem::take(&mut self.tenants).into_values());
                 Selector::All
             }
         };
+        self.item_bytes = self.item_bytes.saturating_sub(moved);
         let count = if self.pending.is_empty() {
             sets.iter().map(BTreeSet::len).sum()
         } else {
@@ -217,6 +225,7 @@ impl DbIndex {
         let Some((name, members)) = self.tags.remove_entry(tag) else {
             return 0;
         };
+        self.item_bytes = self.item_bytes.saturating_sub(footprint::tag(&name, &members));
         let count = if self.pending.is_empty() {
             members.len()
         } else {
@@ -224,7 +233,7 @@ impl DbIndex {
         };
         let todo = match members {
             Members::One(k) => Todo::Listed(vec![k].into_iter()),
-            Members::Many(set) => Todo::Hashed(set.into_iter()),
+            Members::Many(set) => Todo::Hashed(set.into_keys()),
         };
         self.pending.push(Selector::Tags(vec![name].into()), todo, count);
         count
@@ -240,7 +249,7 @@ impl DbIndex {
 
     /// Invalidates exactly `names` (the dead entries of a saved dataset, after a load).
     pub fn doom_exactly(&mut self, names: HashSet<Name>) {
-        let todo: Vec<Name> = names.iter().filter(|k| self.keys.contains_key(&***k)).cloned().collect();
+        let todo: Vec<Name> = names.iter().filter(|k| self.keys.contains_key(k)).cloned().collect();
         let covered = self.live_among(todo.iter());
         self.pending.push(Selector::Names(names), Todo::Listed(todo.into_iter()), covered);
     }
@@ -328,22 +337,37 @@ impl DbIndex {
         self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
         let key: Name = Arc::from(key);
         let tenant = intern(&self.tenants, tenant);
-        self.tenants
-            .entry(tenant.clone())
-            .or_default()
-            .insert(key.clone());
+        let (before, after) = self
+            .tenants
+            .with_entry(tenant.clone(), |e| match e {
+                Entry::Occupied(mut e) => {
+                    let before = footprint::tenant(&tenant, e.get());
+                    e.get_mut().insert(key.clone());
+                    (before, footprint::tenant(&tenant, e.get()))
+                }
+                Entry::Vacant(e) => (0, footprint::tenant(&tenant, e.insert(BTreeSet::from([key.clone()])))),
+            })
+            .unwrap_or_default();
+        self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
         let mut interned = Vec::with_capacity(tags.len());
         for tag in tags {
             let tag = intern(&self.tags, tag);
-            match self.tags.get_mut(&tag) {
-                Some(members) => members.insert(key.clone()),
-                None => {
-                    self.tags.insert(tag.clone(), Members::One(key.clone()));
-                }
-            }
+            let (before, after) = self
+                .tags
+                .with_entry(tag.clone(), |e| match e {
+                    Entry::Occupied(mut e) => {
+                        let before = footprint::tag(&tag, e.get());
+                        e.get_mut().insert(key.clone());
+                        (before, footprint::tag(&tag, e.get()))
+                    }
+                    Entry::Vacant(e) => (0, footprint::tag(&tag, e.insert(Members::One(key.clone())))),
+                })
+                .unwrap_or_default();
+            self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
             interned.push(tag);
         }
         let tags: Box<[Name]> = interned.into_boxed_slice();
+        self.item_bytes = self.item_bytes.saturating_add(footprint::key(&key, &tags));
         let shared = (tenant.clone(), tags.clone());
         self.keys.insert(
             key,
@@ -366,21 +390,33 @@ impl DbIndex {
             self.pending.dead_gone();
         }
         self.entry_bytes = self.entry_bytes.saturating_sub(record.entry_bytes);
+        let mut freed = footprint::key(&key, &record.tags);
         if let Some(set) = self.tenants.get_mut(&record.tenant) {
-            set.remove(&key);
-            if set.is_empty() {
-                self.tenants.remove(&record.tenant);
-                self.tenants.shrink_if_sparse();
+            let before = footprint::tenant(&record.tenant, set);
+            if set.remove(&key) {
+                freed = freed.saturating_add(before);
+                if set.is_empty() {
+                    self.tenants.remove(&record.tenant);
+                } else {
+                    self.item_bytes = self.item_bytes.saturating_add(footprint::tenant(&record.tenant, set));
+                }
             }
         }
         for tag in record.tags.iter() {
-            if self.tags.get_mut(tag).is_some_and(|members| members.remove(&key)) {
+            let Some(members) = self.tags.get_mut(tag) else {
+                continue;
+            };
+            if !members.contains(&key) {
+                continue;
+            }
+            freed = freed.saturating_add(footprint::tag(tag, members));
+            if members.remove(&key) {
                 self.tags.remove(tag);
-                self.tags.shrink_if_sparse();
+            } else {
+                self.item_bytes = self.item_bytes.saturating_add(footprint::tag(tag, members));
             }
         }
-        // Tables emptied by deletions give their memory back.
-        self.keys.shrink_if_sparse();
+        self.item_bytes = self.item_bytes.saturating_sub(freed);
         true
     }
 
@@ -447,7 +483,7 @@ impl DbIndex {
 
     /// Checks the three maps agree with each other; returns the first problem found.
     pub fn self_check(&self) -> Result<(), String> {
-        for (key, record) in &self.keys {
+        for (key, record) in self.keys.iter() {
             // An invalidated entry may have left its sets already (they moved into its job).
             if self.dead(key, record) {
                 continue;
@@ -479,44 +515,61 @@ impl DbIndex {
         Ok(())
     }
 
-    /// Bytes the allocator holds for the index structures of this database.
+    /// Bytes the allocator holds for the index structures of this database, in O(1).
     pub fn heap_bytes(&self) -> usize {
-        use crate::mem::{allocation, sum, times};
-        use std::mem::size_of;
-        const PTR: usize = size_of::<Name>();
-        // An Arc<[u8]> allocation: two reference counts plus the bytes.
-        const ARC_HEADER: usize = 2 * size_of::<usize>();
-        // B-tree leaves hold up to 11 names plus links; count them two-thirds full.
-        const BTREE_NODE: usize = 11 * PTR + 16;
-        const KEY_SLOT: usize = PTR + size_of::<KeyRecord>();
-        const TENANT_SLOT: usize = PTR + size_of::<BTreeSet<Name>>();
-        const TAG_SLOT: usize = PTR + size_of::<Members>();
-        let name = |n: &Name| allocation(n.len().saturating_add(ARC_HEADER));
-        // hashbrown: one allocation of buckets × (slot + 1 control byte); capacity is 7/8 of
-        // the buckets.
-        let table = |capacity: usize, slot: usize| allocation(times(capacity.saturating_mul(8) / 7, slot.saturating_add(1)));
-        let keys = sum([
-            table(self.keys.capacity(), KEY_SLOT),
-            sum(self.keys.iter().map(|(k, r)| sum([name(k), allocation(times(r.tags.len(), PTR))]))),
-        ]);
-        let tenants = sum([
-            table(self.tenants.capacity(), TENANT_SLOT),
-            sum(self.tenants.iter().map(|(t, set)| {
-                let nodes = set.len().saturating_mul(3).div_ceil(2 * 11).max(1);
-                sum([name(t), times(nodes, allocation(BTREE_NODE))])
-            })),
-        ]);
-        let tags = sum([
-            table(self.tags.capacity(), TAG_SLOT),
-            sum(self.tags.iter().map(|(t, members)| sum([name(t), table(members.heap_capacity(), PTR)]))),
-        ]);
-        sum([keys, tenants, tags])
+        crate::mem::sum([self.keys.heap_bytes(), self.tenants.heap_bytes(), self.tags.heap_bytes(), self.item_bytes])
+    }
+
+    /// `item_bytes` recomputed from scratch (what the running figure must equal).
+    #[cfg(test)]
+    fn item_bytes_recounted(&self) -> usize {
+        use crate::mem::sum;
+        sum([
+            sum(self.keys.iter().map(|(k, r)| footprint::key(k, &r.tags))),
+            sum(self.tenants.iter().map(|(t, set)| footprint::tenant(t, set))),
+            sum(self.tags.iter().map(|(t, members)| footprint::tag(t, members))),
+        ])
+    }
+}
+
+/// What the allocator holds per name and per structure of the index, sized the way jemalloc
+/// rounds requests.
+mod footprint {
+    use super::{Members, Name};
+    use crate::mem::{allocation, sum, times};
+    use std::collections::BTreeSet;
+    use std::mem::size_of;
+
+    const PTR: usize = size_of::<Name>();
+    /// An Arc<[u8]> allocation: two reference counts plus the bytes.
+    const ARC_HEADER: usize = 2 * size_of::<usize>();
+    /// B-tree leaves hold up to 11 names plus links; count them two-thirds full.
+    const BTREE_NODE: usize = 11 * PTR + 16;
+
+    fn name(n: &Name) -> usize {
+        allocation(n.len().saturating_add(ARC_HEADER))
+    }
+
+    /// A key's name and its record's tag list.
+    pub fn key(key: &Name, tags: &[Name]) -> usize {
+        sum([name(key), allocation(times(tags.len(), PTR))])
+    }
+
+    /// A tenant's name and the B-tree of its key names.
+    pub fn tenant(tenant: &Name, keys: &BTreeSet<Name>) -> usize {
+        let nodes = keys.len().saturating_mul(3).div_ceil(2 * 11).max(1);
+        sum([name(tenant), times(nodes, allocation(BTREE_NODE))])
+    }
+
+    /// A tag's name and its member set's tables (none for a tag held by one key).
+    pub fn tag(tag: &Name, members: &Members) -> usize {
+        sum([name(tag), members.heap_bytes()])
     }
 }
 
 /// The map's own copy of `name` when it has one, else `name` itself (shared, not copied).
-fn intern<V>(map: &HashMap<Name, V>, name: &Name) -> Name {
-    map.get_key_value(&**name)
+fn intern<V>(map: &ShardMap<Name, V>, name: &Name) -> Name {
+    map.get_key_value(name)
         .map(|(k, _)| k.clone())
         .unwrap_or_else(|| name.clone())
 }
@@ -706,6 +759,51 @@ mod tests {
         put(&mut ix, b"k2", b"", &tags(&["b"]), 10);
         put(&mut ix, b"k3", b"", &tags(&["c"]), 10);
         assert_eq!(names(ix.tagged(&tags(&["a", "b", "zz"]))), ["k1", "k2"]);
+    }
+
+    #[test]
+    fn the_running_heap_figure_always_equals_a_recount() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut ix = DbIndex::default();
+        for step in 0..20_000 {
+            let key = format!("k:{}", rng.gen_range(0..400));
+            match rng.gen_range(0..100) {
+                0..=59 => {
+                    let tenant = format!("t{}", rng.gen_range(0..5));
+                    let n = rng.gen_range(0..4);
+                    let t: Vec<Vec<u8>> = (0..n).map(|_| format!("tag{}", rng.gen_range(0..30)).into_bytes()).collect();
+                    put(&mut ix, key.as_bytes(), tenant.as_bytes(), &t, 10);
+                }
+                60..=84 => {
+                    ix.remove(key.as_bytes());
+                }
+                85 => {
+                    ix.doom_tenant(Some(format!("t{}", rng.gen_range(0..5)).as_bytes()));
+                }
+                86 => {
+                    ix.doom_tenant(None);
+                }
+                87..=89 => {
+                    ix.doom_tag(format!("tag{}", rng.gen_range(0..30)).as_bytes());
+                }
+                _ => {
+                    if let Some(Some(name)) = ix.next_to_reclaim() {
+                        ix.remove(&name);
+                    }
+                }
+            }
+            assert_eq!(ix.item_bytes, ix.item_bytes_recounted(), "after step {step}");
+        }
+        while let Some(next) = ix.next_to_reclaim() {
+            if let Some(name) = next {
+                ix.remove(&name);
+            }
+        }
+        for key in ix.keys().map(<[u8]>::to_vec).collect::<Vec<_>>() {
+            ix.remove(&key);
+        }
+        assert_eq!((ix.len(), ix.item_bytes), (0, 0));
     }
 
     #[test]

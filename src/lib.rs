@@ -33,6 +33,7 @@ pub mod index;
 pub mod lease;
 pub mod mem;
 pub mod pending;
+pub mod shardmap;
 pub mod parking;
 pub mod policy;
 pub mod reclaim;

@@ -9,7 +9,7 @@
 
 use crate::glob::Glob;
 use std::sync::Arc;
-use std::collections::{btree_set, hash_set, HashSet, VecDeque};
+use std::collections::{btree_set, HashSet, VecDeque};
 
 /// A shared name, as the index holds it.
 pub type Name = Arc<[u8]>;
@@ -45,7 +45,7 @@ impl Selector {
 #[derive(Debug)]
 pub enum Todo {
     Sorted(btree_set::IntoIter<Name>),
-    Hashed(hash_set::IntoIter<Name>),
+    Hashed(crate::shardmap::IntoKeys<Name, ()>),
     Listed(std::vec::IntoIter<Name>),
 }
 

@@ -1,0 +1,363 @@
+//! A hash map keyed by byte names that grows and shrinks one small shard at a time (linear
+//! hashing over std `HashMap`s). A plain `HashMap` rehashes every entry when it resizes: at a
+//! million names that is hundreds of milliseconds during which Redis serves nobody. Here a
+//! resize touches one shard of a few thousand entries, whatever the map's size.
+//!
+//! Shards are addressed by a seeded hash of the name's bytes: shard `h mod 2^level`, or
+//! `h mod 2^(level+1)` for the shards already split at this level. Splitting shard `split`
+//! moves the half of its entries whose bit `level` is set into a new last shard; merging does
+//! the reverse. Each shard is an ordinary `HashMap` with its own (random) hasher.
+
+use crate::hash::FastHasher;
+use crate::mem::{allocation, times, Shrink};
+use std::borrow::Borrow;
+use std::collections::hash_map::{self, Entry, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::OnceLock;
+
+/// Average entries per shard above which one more shard is split off.
+const SHARD_TARGET: usize = 2048;
+
+#[derive(Debug)]
+pub struct ShardMap<K, V> {
+    shards: Vec<HashMap<K, V>>,
+    /// There are `2^level + split` shards; shard `split` is the next to split.
+    level: u32,
+    split: usize,
+    len: usize,
+    /// Bytes of the shards' tables, as the allocator rounds them (kept up to date).
+    table_bytes: usize,
+}
+
+impl<K, V> Default for ShardMap<K, V> {
+    fn default() -> Self {
+        ShardMap { shards: Vec::new(), level: 0, split: 0, len: 0, table_bytes: 0 }
+    }
+}
+
+/// Which names go to which shard is seeded per process, so that names chosen to collide
+/// cannot pile into one shard (which would bring back the long resize).
+fn shard_hash(name: &[u8]) -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let mut h = FastHasher::default();
+    h.write_u64(*SEED.get_or_init(|| RandomState::new().hash_one(0u64)));
+    h.write(name);
+    h.finish()
+}
+
+/// `2^level - 1`.
+fn mask(level: u32) -> u64 {
+    1u64.checked_shl(level).map_or(u64::MAX, |b| b.wrapping_sub(1))
+}
+
+/// Bytes of a hash table with room for `capacity` slots of `slot` bytes: hashbrown allocates
+/// buckets (capacity is 7/8 of them) of a slot plus one control byte.
+pub fn table_bytes(capacity: usize, slot: usize) -> usize {
+    allocation(times(capacity.saturating_mul(8) / 7, slot.saturating_add(1)))
+}
+
+impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Heap bytes of the map's tables and shard list, in O(1).
+    pub fn heap_bytes(&self) -> usize {
+        let list = times(self.shards.capacity(), std::mem::size_of::<HashMap<K, V>>());
+        self.table_bytes.saturating_add(allocation(list))
+    }
+
+    fn slot_of(&self, name: &[u8]) -> usize {
+        let h = shard_hash(name);
+        let mut at = h & mask(self.level);
+        if at < self.split as u64 {
+            at = h & mask(self.level.saturating_add(1));
+        }
+        usize::try_from(at).unwrap_or(0)
+    }
+
+    fn shard(&self, name: &[u8]) -> Option<&HashMap<K, V>> {
+        self.shards.get(self.slot_of(name))
+    }
+
+    pub fn get(&self, name: &[u8]) -> Option<&V> {
+        self.shard(name)?.get(name)
+    }
+
+    pub fn get_key_value(&self, name: &[u8]) -> Option<(&K, &V)> {
+        self.shard(name)?.get_key_value(name)
+    }
+
+    pub fn contains_key(&self, name: &[u8]) -> bool {
+        self.shard(name).is_some_and(|s| s.contains_key(name))
+    }
+
+    pub fn get_mut(&mut self, name: &[u8]) -> Option<&mut V> {
+        let at = self.slot_of(name);
+        self.shards.get_mut(at)?.get_mut(name)
+    }
+
+    /// The shard `name` belongs to, creating the first shard of an empty map.
+    fn locate(&mut self, name: &[u8]) -> usize {
+        if self.shards.is_empty() {
+            self.shards.push(HashMap::new());
+        }
+        self.slot_of(name)
+    }
+
+    /// Runs `change` on shard `at` and keeps the length and table figures right.
+    fn in_shard<R>(&mut self, at: usize, change: impl FnOnce(&mut HashMap<K, V>) -> R) -> Option<R> {
+        let slot = std::mem::size_of::<(K, V)>();
+        let shard = self.shards.get_mut(at)?;
+        let (len, cap) = (shard.len(), shard.capacity());
+        let result = change(shard);
+        shard.shrink_if_sparse();
+        self.len = self.len.saturating_sub(len).saturating_add(shard.len());
+        self.table_bytes = self
+            .table_bytes
+            .saturating_sub(table_bytes(cap, slot))
+            .saturating_add(table_bytes(shard.capacity(), slot));
+        self.rebalance();
+        Some(result)
+    }
+
+    /// Inserts or replaces; returns the previous value.
+    pub fn insert(&mut self, name: K, value: V) -> Option<V> {
+        self.with_entry(name, |e| match e {
+            Entry::Occupied(mut o) => Some(o.insert(value)),
+            Entry::Vacant(v) => {
+                v.insert(value);
+                None
+            }
+        })
+        .flatten()
+    }
+
+    /// Runs `f` on the map entry of `name` (which `f` may fill or leave vacant). None only if
+    /// the map could not place the name, which cannot happen.
+    pub fn with_entry<R>(&mut self, name: K, f: impl FnOnce(Entry<'_, K, V>) -> R) -> Option<R> {
+        let at = self.locate(name.borrow());
+        self.in_shard(at, |shard| f(shard.entry(name)))
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> Option<V> {
+        self.remove_entry(name).map(|(_, v)| v)
+    }
+
+    pub fn remove_entry(&mut self, name: &[u8]) -> Option<(K, V)> {
+        if !self.contains_key(name) {
+            return None;
+        }
+        let at = self.slot_of(name);
+        let removed = self.in_shard(at, |shard| shard.remove_entry(name)).flatten();
+        if self.len == 0 {
+            // Nothing left: give every table back.
+            *self = Self::default();
+        }
+        removed
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.shards.iter().flat_map(|s| s.keys())
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.shards.iter().flat_map(|s| s.values())
+    }
+
+    pub fn into_values(self) -> impl Iterator<Item = V> {
+        self.shards.into_iter().flat_map(HashMap::into_values)
+    }
+
+    pub fn into_keys(self) -> IntoKeys<K, V> {
+        IntoKeys { left: self.len, shards: self.shards.into_iter(), current: None }
+    }
+
+    /// Splits one shard when the average shard is above target, merges the last one back when
+    /// it is well below: at most one shard's entries move per change.
+    fn rebalance(&mut self) {
+        let shards = self.shards.len();
+        if self.len > shards.saturating_mul(SHARD_TARGET) {
+            self.split_one();
+        } else if shards > 1 && self.len < shards.saturating_mul(SHARD_TARGET) / 4 {
+            self.merge_one();
+        }
+    }
+
+    fn split_one(&mut self) {
+        let level = self.level;
+        let bit = 1u64.checked_shl(level).unwrap_or(0);
+        let mut moved = HashMap::new();
+        self.account_resize(self.split, |from| {
+            moved.extend(from.extract_if(|k, _| shard_hash(k.borrow()) & bit != 0));
+            from.shrink_if_sparse();
+        });
+        self.table_bytes = self.table_bytes.saturating_add(table_bytes(moved.capacity(), std::mem::size_of::<(K, V)>()));
+        self.shards.push(moved);
+        self.split = self.split.saturating_add(1);
+        if Some(self.split) == 1usize.checked_shl(level) {
+            self.level = level.saturating_add(1);
+            self.split = 0;
+        }
+    }
+
+    fn merge_one(&mut self) {
+        if self.split == 0 {
+            if self.level == 0 {
+                return;
+            }
+            self.level = self.level.saturating_sub(1);
+            self.split = 1usize.checked_shl(self.level).unwrap_or(0);
+        }
+        self.split = self.split.saturating_sub(1);
+        let Some(last) = self.shards.pop() else {
+            return;
+        };
+        let slot = std::mem::size_of::<(K, V)>();
+        self.table_bytes = self.table_bytes.saturating_sub(table_bytes(last.capacity(), slot));
+        let into = self.split;
+        self.account_resize(into, |m| m.extend(last));
+        if self.shards.capacity() > self.shards.len().saturating_mul(4) {
+            self.shards.shrink_to(self.shards.len().saturating_mul(2));
+        }
+    }
+
+    /// Runs `change` on shard `at`, keeping `table_bytes` right.
+    fn account_resize(&mut self, at: usize, change: impl FnOnce(&mut HashMap<K, V>)) {
+        let slot = std::mem::size_of::<(K, V)>();
+        if let Some(shard) = self.shards.get_mut(at) {
+            let before = shard.capacity();
+            change(shard);
+            self.table_bytes = self
+                .table_bytes
+                .saturating_sub(table_bytes(before, slot))
+                .saturating_add(table_bytes(shard.capacity(), slot));
+        }
+    }
+}
+
+/// The names of a consumed map, with how many are left.
+#[derive(Debug)]
+pub struct IntoKeys<K, V> {
+    left: usize,
+    shards: std::vec::IntoIter<HashMap<K, V>>,
+    current: Option<hash_map::IntoKeys<K, V>>,
+}
+
+impl<K, V> Iterator for IntoKeys<K, V> {
+    type Item = K;
+
+    fn next(&mut self) -> Option<K> {
+        loop {
+            if let Some(k) = self.current.as_mut().and_then(Iterator::next) {
+                self.left = self.left.saturating_sub(1);
+                return Some(k);
+            }
+            self.current = Some(self.shards.next()?.into_keys());
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<K, V> ExactSizeIterator for IntoKeys<K, V> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use std::sync::Arc;
+
+    type Name = Arc<[u8]>;
+
+    fn name(i: u32) -> Name {
+        Name::from(format!("key:{i}").as_bytes())
+    }
+
+    fn recounted_table_bytes<V>(m: &ShardMap<Name, V>) -> usize {
+        let slot = std::mem::size_of::<(Name, V)>();
+        m.shards.iter().map(|s| table_bytes(s.capacity(), slot)).sum()
+    }
+
+    fn largest_shard<V>(m: &ShardMap<Name, V>) -> usize {
+        m.shards.iter().map(HashMap::len).max().unwrap_or(0)
+    }
+
+    #[test]
+    fn behaves_like_a_hash_map_through_growth_and_shrinking() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut m: ShardMap<Name, u32> = ShardMap::default();
+        let mut model: HashMap<Name, u32> = HashMap::new();
+        // Grow to 60 000 names, then drain to nothing, with random churn on the way.
+        for phase in [(0..120_000, 0.8), (0..200_000, 0.2)] {
+            for step in phase.0 {
+                let k = name(rng.gen_range(0..60_000));
+                if rng.gen_bool(phase.1) {
+                    assert_eq!(m.insert(k.clone(), step), model.insert(k, step));
+                } else {
+                    assert_eq!(m.remove(&k), model.remove(&k));
+                }
+                if step % 997 == 0 {
+                    assert_eq!(m.len(), model.len());
+                    assert_eq!(m.table_bytes, recounted_table_bytes(&m));
+                    assert!(largest_shard(&m) <= 4 * SHARD_TARGET, "a shard holds {}", largest_shard(&m));
+                    for (k, v) in &model {
+                        assert_eq!(m.get(k), Some(v));
+                    }
+                }
+            }
+            assert_eq!(m.len(), model.len());
+        }
+        for k in model.keys().cloned().collect::<Vec<_>>() {
+            assert_eq!(m.remove(&k), model.remove(&k));
+        }
+        assert!(m.is_empty());
+        assert_eq!(m.heap_bytes(), 0, "an emptied map gives every table back");
+    }
+
+    #[test]
+    fn many_names_never_resize_more_than_one_small_shard_at_once() {
+        let mut m: ShardMap<Name, ()> = ShardMap::default();
+        let mut moved_at_once = 0;
+        for i in 0..300_000 {
+            let before: Vec<usize> = m.shards.iter().map(HashMap::capacity).collect();
+            m.insert(name(i), ());
+            // Entries rehashed by this insert: those of any shard whose table changed.
+            let rehashed: usize = m
+                .shards
+                .iter()
+                .enumerate()
+                .filter(|(at, s)| before.get(*at).is_none_or(|c| *c != s.capacity()))
+                .map(|(_, s)| s.len())
+                .sum();
+            moved_at_once = moved_at_once.max(rehashed);
+        }
+        assert!(m.shards.len() >= 300_000 / SHARD_TARGET / 2, "{} shards", m.shards.len());
+        assert!(moved_at_once <= 4 * SHARD_TARGET, "one insert rehashed {moved_at_once} entries");
+        assert_eq!(m.keys().count(), 300_000);
+        assert_eq!(m.into_keys().len(), 300_000);
+    }
+
+    #[test]
+    fn into_keys_counts_down() {
+        let mut m: ShardMap<Name, ()> = ShardMap::default();
+        for i in 0..10_000 {
+            m.insert(name(i), ());
+        }
+        let mut keys = m.into_keys();
+        assert_eq!(keys.len(), 10_000);
+        keys.next();
+        assert_eq!(keys.len(), 9_999);
+        assert_eq!(keys.count(), 9_999);
+    }
+}
