@@ -197,8 +197,10 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
         let bit = 1u64.checked_shl(level).unwrap_or(0);
         let mut moved = HashMap::new();
         self.account_resize(self.split, |from| {
+            moved = HashMap::with_capacity(from.len() / 2);
             moved.extend(from.extract_if(|k, _| shard_hash(k.borrow()) & bit != 0));
-            from.shrink_if_sparse();
+            // About half the entries left: fit the table to the rest (a shard is small).
+            from.shrink_to(from.len());
         });
         self.table_bytes = self.table_bytes.saturating_add(table_bytes(moved.capacity(), std::mem::size_of::<(K, V)>()));
         self.shards.push(moved);
