@@ -28,21 +28,32 @@ struct KeyRecord {
 enum Members {
     One(Name),
     /// Boxed: most tags are `One`, and the map slot of every tag is as large as this enum.
-    Many(Box<ShardMap<Name, ()>>),
+    Many(Box<NameSet>),
 }
 
+/// Key names, and the epoch the oldest of them was written in or before (see `pending`): when
+/// no pending invalidation is that recent, none of them is invalidated.
+#[derive(Debug, Default)]
+struct NameSet<S = ShardMap<Name, ()>> {
+    since: u64,
+    names: S,
+}
+
+type TenantKeys = NameSet<BTreeSet<Name>>;
+
 impl Members {
-    fn insert(&mut self, key: Name) {
+    /// Adds `key`; `born_of` gives the write epoch of a key already there.
+    fn insert(&mut self, key: Name, born_of: impl FnOnce(&[u8]) -> u64) {
         match self {
             Members::One(k) if *k == key => {}
             Members::One(k) => {
-                let mut set: Box<ShardMap<Name, ()>> = Box::default();
-                set.insert(k.clone(), ());
-                set.insert(key, ());
+                let mut set: Box<NameSet> = Box::new(NameSet { since: born_of(k), names: ShardMap::default() });
+                set.names.insert(k.clone(), ());
+                set.names.insert(key, ());
                 *self = Members::Many(set);
             }
             Members::Many(set) => {
-                set.insert(key, ());
+                set.names.insert(key, ());
             }
         }
     }
@@ -52,8 +63,8 @@ impl Members {
         match self {
             Members::One(k) => **k == *key,
             Members::Many(set) => {
-                set.remove(key);
-                let last = if set.len() == 1 { set.keys().next().cloned() } else { None };
+                set.names.remove(key);
+                let last = if set.names.len() == 1 { set.names.keys().next().cloned() } else { None };
                 if let Some(last) = last {
                     *self = Members::One(last);
                 }
@@ -65,21 +76,21 @@ impl Members {
     fn contains(&self, key: &[u8]) -> bool {
         match self {
             Members::One(k) => **k == *key,
-            Members::Many(set) => set.contains_key(key),
+            Members::Many(set) => set.names.contains_key(key),
         }
     }
 
     fn len(&self) -> usize {
         match self {
             Members::One(_) => 1,
-            Members::Many(set) => set.len(),
+            Members::Many(set) => set.names.len(),
         }
     }
 
     fn iter(&self) -> Box<dyn Iterator<Item = &Name> + '_> {
         match self {
             Members::One(k) => Box::new(std::iter::once(k)),
-            Members::Many(set) => Box::new(set.keys()),
+            Members::Many(set) => Box::new(set.names.keys()),
         }
     }
 
@@ -87,19 +98,19 @@ impl Members {
     fn heap_bytes(&self) -> usize {
         match self {
             Members::One(_) => 0,
-            Members::Many(set) => crate::mem::allocation(std::mem::size_of::<ShardMap<Name, ()>>()).saturating_add(set.heap_bytes()),
+            Members::Many(set) => crate::mem::allocation(std::mem::size_of::<NameSet>()).saturating_add(set.names.heap_bytes()),
         }
     }
 }
 
 fn set_is_empty(m: &Members) -> bool {
-    matches!(m, Members::Many(set) if set.is_empty())
+    matches!(m, Members::Many(set) if set.names.is_empty())
 }
 
 #[derive(Debug, Default)]
 pub struct DbIndex {
     keys: ShardMap<Name, KeyRecord>,
-    tenants: ShardMap<Name, BTreeSet<Name>>,
+    tenants: ShardMap<Name, TenantKeys>,
     tags: ShardMap<Name, Members>,
     entry_bytes: usize,
     /// Heap bytes of the names and per-name structures the three maps hold (their tables
@@ -158,35 +169,46 @@ impl DbIndex {
             .count()
     }
 
-    /// Live entries of `tenant` (None: of the database): O(1) unless invalidations are pending.
-    pub fn live_in_tenant(&self, tenant: Option<&[u8]>) -> usize {
-        match tenant {
-            None => self.live_len(),
-            Some(t) => self.tenants.get(t).map_or(0, |set| {
-                if self.pending.is_empty() {
-                    set.len()
-                } else {
-                    self.live_among(set.iter())
-                }
-            }),
+    /// Live entries among the `len` names of a set whose oldest entry was written at `since`
+    /// or later: O(1) unless a pending invalidation is at least as recent.
+    fn live_in_set<'a>(&self, len: usize, since: u64, names: impl Iterator<Item = &'a Name>) -> usize {
+        if self.pending.newest_epoch().is_none_or(|newest| newest < since) {
+            len
+        } else {
+            self.live_among(names)
         }
     }
 
-    /// Live entries carrying `tag`: O(1) unless invalidations are pending.
+    fn live_in_tenant_keys(&self, set: &TenantKeys) -> usize {
+        self.live_in_set(set.names.len(), set.since, set.names.iter())
+    }
+
+    fn live_in_members(&self, members: &Members) -> usize {
+        match members {
+            Members::One(k) => self.live_among(std::iter::once(k)),
+            Members::Many(set) => self.live_in_set(set.names.len(), set.since, set.names.keys()),
+        }
+    }
+
+    /// Live entries of `tenant` (None: of the database): O(1) unless an invalidation pending
+    /// since before its oldest entry may cover some.
+    pub fn live_in_tenant(&self, tenant: Option<&[u8]>) -> usize {
+        match tenant {
+            None => self.live_len(),
+            Some(t) => self.tenants.get(t).map_or(0, |set| self.live_in_tenant_keys(set)),
+        }
+    }
+
+    /// Live entries carrying `tag`: O(1) unless an invalidation pending since before its
+    /// oldest entry may cover some.
     pub fn live_with_tag(&self, tag: &[u8]) -> usize {
-        self.tags.get(tag).map_or(0, |members| {
-            if self.pending.is_empty() {
-                members.len()
-            } else {
-                self.live_among(members.iter())
-            }
-        })
+        self.tags.get(tag).map_or(0, |members| self.live_in_members(members))
     }
 
     /// Invalidates every entry of `tenant` (None: of the database) in O(1): the tenant's name
     /// set moves into a pending job. Returns the entries invalidated.
     pub fn doom_tenant(&mut self, tenant: Option<&[u8]>) -> usize {
-        let mut sets: Vec<BTreeSet<Name>> = Vec::new();
+        let mut sets: Vec<TenantKeys> = Vec::new();
         let moved;
         let selector = match tenant {
             Some(t) => {
@@ -204,18 +226,14 @@ impl DbIndex {
             }
         };
         self.item_bytes = self.item_bytes.saturating_sub(moved);
-        let count = if self.pending.is_empty() {
-            sets.iter().map(BTreeSet::len).sum()
-        } else {
-            sets.iter().map(|set| self.live_among(set.iter())).sum()
-        };
+        let count = sets.iter().map(|set| self.live_in_tenant_keys(set)).sum();
         let mut covered = count;
         for set in sets {
             let selector = match &selector {
                 Selector::Tenant(t) => Selector::Tenant(t.clone()),
                 _ => Selector::All,
             };
-            self.pending.push(selector, Todo::Sorted(set.into_iter()), std::mem::take(&mut covered));
+            self.pending.push(selector, Todo::Sorted(set.names.into_iter()), std::mem::take(&mut covered));
         }
         count
     }
@@ -226,14 +244,10 @@ impl DbIndex {
             return 0;
         };
         self.item_bytes = self.item_bytes.saturating_sub(footprint::tag(&name, &members));
-        let count = if self.pending.is_empty() {
-            members.len()
-        } else {
-            self.live_among(members.iter())
-        };
+        let count = self.live_in_members(&members);
         let todo = match members {
             Members::One(k) => Todo::Listed(vec![k].into_iter()),
-            Members::Many(set) => Todo::Hashed(set.into_keys()),
+            Members::Many(set) => Todo::Hashed(set.names.into_keys()),
         };
         self.pending.push(Selector::Tags(vec![name].into()), todo, count);
         count
@@ -309,6 +323,7 @@ impl DbIndex {
             return (0, 0);
         };
         let live: Vec<&KeyRecord> = keys
+            .names
             .iter()
             .filter_map(|k| self.keys.get(k).filter(|r| !self.dead(k, r)))
             .collect();
@@ -336,16 +351,20 @@ impl DbIndex {
         self.remove(key);
         self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
         let key: Name = Arc::from(key);
+        let born = self.pending.epoch();
         let tenant = intern(&self.tenants, tenant);
         let (before, after) = self
             .tenants
             .with_entry(tenant.clone(), |e| match e {
                 Entry::Occupied(mut e) => {
                     let before = footprint::tenant(&tenant, e.get());
-                    e.get_mut().insert(key.clone());
+                    e.get_mut().names.insert(key.clone());
                     (before, footprint::tenant(&tenant, e.get()))
                 }
-                Entry::Vacant(e) => (0, footprint::tenant(&tenant, e.insert(BTreeSet::from([key.clone()])))),
+                Entry::Vacant(e) => {
+                    let keys = TenantKeys { since: born, names: BTreeSet::from([key.clone()]) };
+                    (0, footprint::tenant(&tenant, e.insert(keys)))
+                }
             })
             .unwrap_or_default();
         self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
@@ -357,7 +376,8 @@ impl DbIndex {
                 .with_entry(tag.clone(), |e| match e {
                     Entry::Occupied(mut e) => {
                         let before = footprint::tag(&tag, e.get());
-                        e.get_mut().insert(key.clone());
+                        let keys = &self.keys;
+                        e.get_mut().insert(key.clone(), |k| keys.get(k).map_or(born, |r| r.born));
                         (before, footprint::tag(&tag, e.get()))
                     }
                     Entry::Vacant(e) => (0, footprint::tag(&tag, e.insert(Members::One(key.clone())))),
@@ -393,9 +413,9 @@ impl DbIndex {
         let mut freed = footprint::key(&key, &record.tags);
         if let Some(set) = self.tenants.get_mut(&record.tenant) {
             let before = footprint::tenant(&record.tenant, set);
-            if set.remove(&key) {
+            if set.names.remove(&key) {
                 freed = freed.saturating_add(before);
-                if set.is_empty() {
+                if set.names.is_empty() {
                     self.tenants.remove(&record.tenant);
                 } else {
                     self.item_bytes = self.item_bytes.saturating_add(footprint::tenant(&record.tenant, set));
@@ -439,12 +459,12 @@ impl DbIndex {
         match tenant {
             Some(t) => {
                 if let Some(keys) = self.tenants.get(t) {
-                    scan(keys);
+                    scan(&keys.names);
                 }
             }
             None => {
                 for keys in self.tenants.values() {
-                    scan(keys);
+                    scan(&keys.names);
                 }
             }
         }
@@ -488,7 +508,7 @@ impl DbIndex {
             if self.dead(key, record) {
                 continue;
             }
-            if !self.tenants.get(&record.tenant).is_some_and(|s| s.contains(key)) {
+            if !self.tenants.get(&record.tenant).is_some_and(|s| s.names.contains(key)) {
                 return Err(format!("key {} missing from its tenant set", show(key)));
             }
             for tag in record.tags.iter() {
@@ -500,7 +520,7 @@ impl DbIndex {
         if self.has_pending() {
             return Ok(());
         }
-        let tenant_members: usize = self.tenants.values().map(BTreeSet::len).sum();
+        let tenant_members: usize = self.tenants.values().map(|s| s.names.len()).sum();
         if tenant_members != self.keys.len() {
             return Err(format!(
                 "tenant sets hold {tenant_members} keys, index has {}",
@@ -535,9 +555,8 @@ impl DbIndex {
 /// What the allocator holds per name and per structure of the index, sized the way jemalloc
 /// rounds requests.
 mod footprint {
-    use super::{Members, Name};
+    use super::{Members, Name, TenantKeys};
     use crate::mem::{allocation, sum, times};
-    use std::collections::BTreeSet;
     use std::mem::size_of;
 
     const PTR: usize = size_of::<Name>();
@@ -556,8 +575,8 @@ mod footprint {
     }
 
     /// A tenant's name and the B-tree of its key names.
-    pub fn tenant(tenant: &Name, keys: &BTreeSet<Name>) -> usize {
-        let nodes = keys.len().saturating_mul(3).div_ceil(2 * 11).max(1);
+    pub fn tenant(tenant: &Name, keys: &TenantKeys) -> usize {
+        let nodes = keys.names.len().saturating_mul(3).div_ceil(2 * 11).max(1);
         sum([name(tenant), times(nodes, allocation(BTREE_NODE))])
     }
 
@@ -804,6 +823,26 @@ mod tests {
             ix.remove(&key);
         }
         assert_eq!((ix.len(), ix.item_bytes), (0, 0));
+    }
+
+    #[test]
+    fn counts_after_overlapping_invalidations_are_exact() {
+        let mut ix = DbIndex::default();
+        put(&mut ix, b"k1", b"t", &tags(&["x", "y"]), 10);
+        put(&mut ix, b"k2", b"t", &tags(&["y"]), 10);
+        assert_eq!(ix.doom_tag(b"y"), 2);
+        // A second key for x: the set x becomes must still see k1 (written before) as dead.
+        put(&mut ix, b"k3", b"t", &tags(&["x"]), 10);
+        assert_eq!(ix.live_with_tag(b"x"), 1);
+        // y is new since the invalidation: every member counts.
+        put(&mut ix, b"k4", b"t", &tags(&["y"]), 10);
+        put(&mut ix, b"k5", b"u", &tags(&["y"]), 10);
+        assert_eq!(ix.live_with_tag(b"y"), 2);
+        assert_eq!(ix.live_in_tenant(Some(b"t")), 2, "k3 and k4");
+        assert_eq!(ix.live_in_tenant(Some(b"u")), 1);
+        assert_eq!(ix.doom_tag(b"x"), 1);
+        assert_eq!(ix.doom_tenant(Some(b"t")), 1, "only k4 is left alive in t");
+        assert_eq!(ix.live_len(), 1);
     }
 
     #[test]

@@ -98,6 +98,11 @@ impl Pending {
         self.jobs.is_empty()
     }
 
+    /// The epoch of the most recent pending invalidation.
+    pub fn newest_epoch(&self) -> Option<u64> {
+        self.jobs.back().map(|j| j.epoch)
+    }
+
     /// Whether an entry written in `born` with this name, tenant and tags is invalidated.
     pub fn covers(&self, born: u64, key: &[u8], tenant: &[u8], tags: &[Name]) -> bool {
         self.jobs
