@@ -208,3 +208,65 @@ fn assert_gone_but_7(c: &mut Connection) {
     assert_eq!(q::<Vec<Vec<u8>>>(c, &[b"CACHE.KEYS", b"t", b"*"]).unwrap(), vec![key(7).into_bytes()]);
     assert_eq!(stats(c)["keys"], 11);
 }
+
+/// Total keys of databases 0 and 1.
+fn dbsize_0_and_1(c: &mut Connection) -> i64 {
+    let mut total = 0;
+    for db in [b"1", b"0"] {
+        let _: () = q(c, &[b"SELECT", db]).unwrap();
+        total += q::<i64>(c, &[b"DBSIZE"]).unwrap();
+    }
+    total
+}
+
+#[test]
+fn renames_moves_swapdb_eviction_and_flush_mid_reclamation_keep_the_index_exact() {
+    let s = Server::start();
+    let mut c = s.conn();
+    fill(&mut c);
+    slow(&mut c);
+    assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATE", b"t", b"*"]).unwrap(), N as i64);
+    assert!(pending(&mut c) > 0);
+
+    // An invalidated key cannot be renamed or moved: it is gone before the command runs.
+    let err = q_err(&mut c, &[b"RENAME", key(1).as_bytes(), b"c:{u}:renamed"]);
+    assert!(err.contains("no such key"), "{err}");
+    assert_eq!(q::<i64>(&mut c, &[b"MOVE", key(3).as_bytes(), b"1"]).unwrap(), 0);
+    // A live entry renamed onto an invalidated name, or moved away, lives on.
+    let _: () = q(&mut c, &[b"RENAME", b"c:{u}:0", key(2).as_bytes()]).unwrap();
+    assert_eq!(q::<i64>(&mut c, &[b"MOVE", b"c:{u}:1", b"1"]).unwrap(), 1);
+    // The pending work travels with its database.
+    let _: () = q(&mut c, &[b"SWAPDB", b"0", b"1"]).unwrap();
+    let _: () = q(&mut c, &[b"SELECT", b"1"]).unwrap();
+    assert_eq!(q::<Option<String>>(&mut c, &[b"CACHE.GET", key(2).as_bytes()]).unwrap().as_deref(), Some("v"));
+    assert_eq!(q::<i64>(&mut c, &[b"EXISTS", key(4).as_bytes()]).unwrap(), 0);
+    let _: () = q(&mut c, &[b"SELECT", b"0"]).unwrap();
+    assert_eq!(q::<Option<String>>(&mut c, &[b"CACHE.GET", b"c:{u}:1"]).unwrap().as_deref(), Some("v"));
+
+    // Memory pressure evicts keys, invalidated ones included, while reclamation runs.
+    let info: String = q(&mut c, &[b"INFO", b"memory"]).unwrap();
+    let used: i64 = info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap();
+    let _: () = q(&mut c, &[b"CONFIG", b"SET", b"maxmemory-policy", b"allkeys-random"]).unwrap();
+    let _: () = q(&mut c, &[b"CONFIG", b"SET", b"maxmemory", (used * 9 / 10).to_string().as_bytes()]).unwrap();
+    let _: () = q(&mut c, &[b"CACHE.SET", b"c:{u}:pressure", b"v"]).unwrap();
+    let _: () = q(&mut c, &[b"CONFIG", b"SET", b"maxmemory", b"0"]).unwrap();
+    let evicted: i64 = {
+        let info: String = q(&mut c, &[b"INFO", b"stats"]).unwrap();
+        info.lines().find_map(|l| l.strip_prefix("evicted_keys:")).unwrap().trim().parse().unwrap()
+    };
+    assert!(evicted > 0, "the memory limit evicted keys");
+
+    wait_reclaimed(&mut c);
+    assert_eq!(index_check(&mut c), "OK");
+    assert_eq!(stats(&mut c)["keys"].as_i64().unwrap(), dbsize_0_and_1(&mut c), "keys counts what is left, once");
+
+    // FLUSHALL in the middle of a reclamation drops the pending work with the data.
+    fill(&mut c);
+    slow(&mut c);
+    assert!(q::<i64>(&mut c, &[b"CACHE.INVALIDATETAGS", b"1", b"all"]).unwrap() > 0);
+    assert!(pending(&mut c) > 0);
+    let _: () = q(&mut c, &[b"FLUSHALL"]).unwrap();
+    assert_eq!(pending(&mut c), 0);
+    assert_eq!(stats(&mut c)["keys"], 0);
+    assert_eq!(index_check(&mut c), "OK");
+}
