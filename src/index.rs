@@ -352,37 +352,46 @@ impl DbIndex {
         self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
         let key: Name = Arc::from(key);
         let born = self.pending.epoch();
-        let tenant = intern(&self.tenants, tenant);
-        let (before, after) = self
+        // One lookup per name: an existing entry's key is the shared copy (interning).
+        let (tenant, before, after) = self
             .tenants
             .with_entry(tenant.clone(), |e| match e {
                 Entry::Occupied(mut e) => {
-                    let before = footprint::tenant(&tenant, e.get());
+                    let name = e.key().clone();
+                    let before = footprint::tenant(&name, e.get());
                     e.get_mut().names.insert(key.clone());
-                    (before, footprint::tenant(&tenant, e.get()))
+                    let after = footprint::tenant(&name, e.get());
+                    (name, before, after)
                 }
                 Entry::Vacant(e) => {
+                    let name = e.key().clone();
                     let keys = TenantKeys { since: born, names: BTreeSet::from([key.clone()]) };
-                    (0, footprint::tenant(&tenant, e.insert(keys)))
+                    let after = footprint::tenant(&name, e.insert(keys));
+                    (name, 0, after)
                 }
             })
-            .unwrap_or_default();
+            .unwrap_or_else(|| (tenant.clone(), 0, 0));
         self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
         let mut interned = Vec::with_capacity(tags.len());
         for tag in tags {
-            let tag = intern(&self.tags, tag);
-            let (before, after) = self
+            let keys = &self.keys;
+            let (tag, before, after) = self
                 .tags
                 .with_entry(tag.clone(), |e| match e {
                     Entry::Occupied(mut e) => {
-                        let before = footprint::tag(&tag, e.get());
-                        let keys = &self.keys;
+                        let name = e.key().clone();
+                        let before = footprint::tag(&name, e.get());
                         e.get_mut().insert(key.clone(), |k| keys.get(k).map_or(born, |r| r.born));
-                        (before, footprint::tag(&tag, e.get()))
+                        let after = footprint::tag(&name, e.get());
+                        (name, before, after)
                     }
-                    Entry::Vacant(e) => (0, footprint::tag(&tag, e.insert(Members::One(key.clone())))),
+                    Entry::Vacant(e) => {
+                        let name = e.key().clone();
+                        let after = footprint::tag(&name, e.insert(Members::One(key.clone())));
+                        (name, 0, after)
+                    }
                 })
-                .unwrap_or_default();
+                .unwrap_or_else(|| (tag.clone(), 0, 0));
             self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
             interned.push(tag);
         }
@@ -584,13 +593,6 @@ mod footprint {
     pub fn tag(tag: &Name, members: &Members) -> usize {
         sum([name(tag), members.heap_bytes()])
     }
-}
-
-/// The map's own copy of `name` when it has one, else `name` itself (shared, not copied).
-fn intern<V>(map: &ShardMap<Name, V>, name: &Name) -> Name {
-    map.get_key_value(name)
-        .map(|(k, _)| k.clone())
-        .unwrap_or_else(|| name.clone())
 }
 
 /// Printable form of a binary name for messages.
