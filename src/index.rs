@@ -435,9 +435,8 @@ impl DbIndex {
             let Some(members) = self.tags.get_mut(tag) else {
                 continue;
             };
-            if !members.contains(&key) {
-                continue;
-            }
+            // A set made after an invalidation moved this tag's set away may not hold `key`:
+            // removing it is then a no-op, and the footprint difference is zero.
             freed = freed.saturating_add(footprint::tag(tag, members));
             if members.remove(&key) {
                 self.tags.remove(tag);

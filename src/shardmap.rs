@@ -149,9 +149,6 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
     }
 
     pub fn remove_entry(&mut self, name: &[u8]) -> Option<(K, V)> {
-        if !self.contains_key(name) {
-            return None;
-        }
         let at = self.slot_of(name);
         let removed = self.in_shard(at, |shard| shard.remove_entry(name)).flatten();
         if self.len == 0 {

@@ -83,14 +83,20 @@ fn digest(c: &mut Connection) -> String {
     q(c, &[b"DEBUG", b"DIGEST"]).unwrap()
 }
 
-#[test]
-fn a_whole_tenant_is_gone_at_once_on_primary_and_replica_and_reclaimed_in_slices() {
+/// A primary holding `fill`'s entries, its replica, and slow reclamation on both.
+fn filled_primary_and_replica() -> (Server, Server, Connection, Connection) {
     let primary = Server::start();
     let replica = primary.replica();
     let (mut p, mut r) = (primary.conn(), replica.conn());
     fill(&mut p);
     slow(&mut p);
     slow(&mut r);
+    (primary, replica, p, r)
+}
+
+#[test]
+fn a_whole_tenant_is_gone_at_once_on_primary_and_replica_and_reclaimed_in_slices() {
+    let (primary, replica, mut p, mut r) = filled_primary_and_replica();
     // A lease granted before the invalidation on a key of the tenant.
     let lease: Vec<redis::Value> = q(&mut p, &[b"CACHE.GETORMARK", b"c:{t}:leased"]).unwrap();
     let token = match &lease[1] {
@@ -131,12 +137,7 @@ fn a_whole_tenant_is_gone_at_once_on_primary_and_replica_and_reclaimed_in_slices
 
 #[test]
 fn a_tag_is_gone_at_once_and_counted_once() {
-    let primary = Server::start();
-    let replica = primary.replica();
-    let (mut p, mut r) = (primary.conn(), replica.conn());
-    fill(&mut p);
-    slow(&mut p);
-    slow(&mut r);
+    let (primary, replica, mut p, mut r) = filled_primary_and_replica();
     assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATETAGS", b"1", b"all"]).unwrap(), N as i64);
     assert!(pending(&mut p) > 0);
     assert_gone(&mut p);
