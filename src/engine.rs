@@ -4,6 +4,7 @@
 use crate::commands::args::{err, CmdError, Expiry, Source, WriteOptions};
 use crate::config;
 use crate::entry::Entry;
+use crate::index::Name;
 use crate::ffi;
 use crate::ffi::notify::Class;
 use crate::keyspace::{self, Key, Kind};
@@ -230,33 +231,59 @@ pub fn delete_entries<'k>(ctx: &Context, keys: &'k [Vec<u8>], notice: Notice) ->
 }
 
 /// Marks entries stale now: their TTL becomes their stale window (never longer than it was).
-/// Entries without a stale window are deleted. Returns the names of the entries changed.
+/// Entries without a stale window are deleted. Returns the names of the entries changed,
+/// replicated as `PEXPIREAT k abs-ms` and one DEL of those deleted.
 pub fn soft_expire_entries(ctx: &Context, keys: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let mut to_delete = Vec::new();
+    let mut deleted: Vec<&[u8]> = Vec::new();
     let mut changed: Vec<Vec<u8>> = Vec::new();
     let now = keyspace::now_ms();
     for name in keys {
         let key = keyspace::string(ctx, name);
-        let mut handle = Key::write(ctx, &key);
-        let Some(stale_ms) = handle.entry().map(|e| e.stale_ms) else {
-            continue;
-        };
-        if stale_ms <= 0 {
-            to_delete.push(name.clone());
-            continue;
+        match make_stale(ctx, &key, now, now) {
+            Staled::NotEntry => continue,
+            Staled::Deleted(_) => deleted.push(name),
+            Staled::Expires(_, ttl) => {
+                let at = now.saturating_add(ttl).to_string();
+                ctx.replicate("PEXPIREAT", &[name.as_slice(), at.as_bytes()]);
+            }
         }
-        let ttl = handle.ttl_ms().map_or(stale_ms, |t| t.min(stale_ms)).max(1);
-        if handle.set_ttl_ms(Some(ttl)) {
-            changed.push(name.clone());
-            drop(handle);
-            notify(ctx, Notice::Invalidate, &key);
-            let at = now.saturating_add(ttl).to_string();
-            ctx.replicate("PEXPIREAT", &[name.as_slice(), at.as_bytes()]);
-        }
+        notify(ctx, Notice::Invalidate, &key);
+        changed.push(name.clone());
     }
-    let deleted = delete_entries(ctx, &to_delete, Notice::Invalidate);
-    changed.extend(deleted.into_iter().map(<[u8]>::to_vec));
+    for chunk in deleted.chunks(1024) {
+        ctx.replicate("DEL", chunk);
+    }
     changed
+}
+
+/// What `make_stale` did to a key.
+enum Staled {
+    NotEntry,
+    /// Deleted (no stale window, or it had already ended); the entry's tenant.
+    Deleted(Name),
+    /// Expires in this many ms now.
+    Expires(Name, i64),
+}
+
+/// Makes the entry at `key` stale as of `at_ms`: it expires at the latest when its stale
+/// window, counted from `at_ms`, ends (never later than it did); an entry without a stale
+/// window, or whose window has ended by `now`, is deleted.
+fn make_stale(ctx: &Context, key: &RedisString, at_ms: i64, now: i64) -> Staled {
+    let mut handle = Key::write(ctx, key);
+    let Some((tenant, stale_ms)) = handle.entry().map(|e| (e.tenant.clone(), e.stale_ms)) else {
+        return Staled::NotEntry;
+    };
+    let ends = at_ms.saturating_add(stale_ms);
+    if stale_ms <= 0 || ends <= now {
+        return if handle.delete() { Staled::Deleted(tenant) } else { Staled::NotEntry };
+    }
+    let ttl = ends.saturating_sub(now);
+    let ttl = handle.ttl_ms().map_or(ttl, |t| t.min(ttl)).max(1);
+    if handle.set_ttl_ms(Some(ttl)) {
+        Staled::Expires(tenant, ttl)
+    } else {
+        Staled::NotEntry
+    }
 }
 
 /// Removes the invalidated entry `name` of the context's database, with the notification and
@@ -279,15 +306,45 @@ pub fn remove_invalidated(ctx: &Context, name: &[u8], primary: bool) -> bool {
     true
 }
 
-/// A command about to use `name` in the context's database (our own commands inside MULTI or
-/// a script, which the filter saw at queue time): remove it first if it is invalidated.
-pub fn purge_key(ctx: &Context, name: &[u8]) {
-    if !crate::state::RECLAIM_PENDING.load(std::sync::atomic::Ordering::Relaxed) {
-        return;
-    }
+/// Marks the entry `name` of the context's database stale as of `at_ms` (a SOFT invalidation
+/// reaching it, see `make_stale`), with the notification and (on a primary) the statistics an
+/// invalidation gives it. Not replicated: each server applies its own copy of the invalidation.
+pub fn mark_stale(ctx: &Context, name: &[u8], at_ms: i64, primary: bool) -> bool {
+    let key = keyspace::string(ctx, name);
+    let tenant = match make_stale(ctx, &key, at_ms, keyspace::now_ms()) {
+        Staled::NotEntry => return false,
+        Staled::Deleted(tenant) | Staled::Expires(tenant, _) => tenant,
+    };
     let db = keyspace::selected_db(ctx.ctx);
-    if with_state(|s| s.index.is_dead(db, name)) {
-        remove_invalidated(ctx, name, keyspace::is_primary(ctx));
+    with_state(|s| s.index.restamp(db, name));
+    notify(ctx, Notice::Invalidate, &key);
+    if primary {
+        record(Event::KeyInvalidated, &tenant, name);
+    }
+    true
+}
+
+/// Applies a pending invalidation to `name` of the context's database if one covers it and
+/// has not reached it yet: a dead entry is removed, a stale one gets its shortened TTL. True
+/// when it did something.
+pub fn settle_key(ctx: &Context, name: &[u8]) -> bool {
+    let db = keyspace::selected_db(ctx.ctx);
+    let (dead, stale) = with_state(|s| (s.index.is_dead(db, name), s.index.stale_since(db, name)));
+    let primary = keyspace::is_primary(ctx);
+    if dead {
+        remove_invalidated(ctx, name, primary)
+    } else if let Some(at_ms) = stale {
+        mark_stale(ctx, name, at_ms, primary)
+    } else {
+        false
+    }
+}
+
+/// A command about to use `name` in the context's database (our own commands inside MULTI or
+/// a script, which the filter saw at queue time): apply a pending invalidation to it first.
+pub fn purge_key(ctx: &Context, name: &[u8]) {
+    if crate::state::RECLAIM_PENDING.load(std::sync::atomic::Ordering::Relaxed) {
+        settle_key(ctx, name);
     }
 }
 

@@ -8,8 +8,10 @@ use crate::index::Name;
 use crate::mem;
 use std::borrow::Cow;
 
-/// Encoding version of the RDB layout (bump on layout changes, never the type name).
-pub const ENCODING_VERSION: i32 = 1;
+/// Encoding version of the RDB layout (bump on layout changes, never the type name). 2: the
+/// aux data after the keyspace also lists entries stale by a pending SOFT invalidation;
+/// entries themselves are laid out as in 1.
+pub const ENCODING_VERSION: i32 = 2;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {

@@ -172,6 +172,7 @@ fn loading(ctx: &Context, phase: Loading) {
                 s.index.clear();
                 s.stats.forget_keys();
                 s.loaded_dead.clear();
+                s.loaded_stale.clear();
                 s.index_ready = false;
             });
             crate::parking::release_dbs(None);

@@ -3,7 +3,7 @@
 //! one allocation per key name, tenant and tag, whatever the number of structures referring to it.
 
 use crate::glob::Glob;
-use crate::pending::{Pending, Selector, Todo};
+use crate::pending::{Pending, Selector, Todo, Walk};
 use crate::shardmap::ShardMap;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -127,6 +127,81 @@ pub struct Indexed {
     pub tags: Vec<Vec<u8>>,
 }
 
+/// What an invalidation does to the entries it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Delete them.
+    Remove,
+    /// SOFT: mark them stale as of this time (unix ms).
+    MarkStale { at_ms: i64 },
+}
+
+/// What the reclaimer does with the next name it visits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing: the name was rewritten, removed or already dealt with since.
+    Skip,
+    /// A dead entry (hard invalidation): delete it.
+    Remove(Name),
+    /// An entry stale since this time (SOFT invalidation): shorten its TTL.
+    MarkStale(Name, i64),
+}
+
+/// Names a stale job's walk visits next (a few hundred at most), advancing it; the walk is
+/// `Done` once nothing is left after this batch.
+fn next_batch(walk: &mut Walk, tenants: &ShardMap<Name, TenantKeys>, tags: &ShardMap<Name, Members>, keys: &ShardMap<Name, KeyRecord>) -> Vec<Name> {
+    const BATCH: usize = 256;
+    const BUCKETS_PER_BATCH: u32 = 16;
+    let mut out = Vec::new();
+    let done = match walk {
+        Walk::Listed(names) => {
+            out.extend(names.by_ref().take(BATCH));
+            names.len() == 0
+        }
+        Walk::Tenant { tenant, after } => {
+            if let Some(set) = tenants.get(tenant) {
+                let from = after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(&a[..]));
+                out.extend(set.names.range::<[u8], _>((from, Bound::Unbounded)).take(BATCH).cloned());
+            }
+            *after = out.last().cloned();
+            out.is_empty()
+        }
+        Walk::Tag { tag, bits, bucket } => {
+            let last = crate::shardmap::bucket_mask(*bits);
+            let members = tags.get(tag);
+            for _ in 0..BUCKETS_PER_BATCH {
+                if *bucket > last || !out.is_empty() {
+                    break;
+                }
+                match members {
+                    Some(Members::One(k)) if crate::shardmap::bucket_of(k, *bits) == *bucket => out.push(k.clone()),
+                    Some(Members::Many(set)) => out.extend(set.names.names_in_bucket(*bits, *bucket)),
+                    _ => {}
+                }
+                *bucket = bucket.saturating_add(1);
+            }
+            // A tag gone has no member left from before the invalidation.
+            *bucket > last || members.is_none()
+        }
+        Walk::Keys { bits, bucket } => {
+            let last = crate::shardmap::bucket_mask(*bits);
+            for _ in 0..BUCKETS_PER_BATCH {
+                if *bucket > last || !out.is_empty() {
+                    break;
+                }
+                out.extend(keys.names_in_bucket(*bits, *bucket));
+                *bucket = bucket.saturating_add(1);
+            }
+            *bucket > last
+        }
+        Walk::Done => true,
+    };
+    if done {
+        *walk = Walk::Done;
+    }
+    out
+}
+
 impl DbIndex {
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -205,6 +280,30 @@ impl DbIndex {
         self.tags.get(tag).map_or(0, |members| self.live_in_members(members))
     }
 
+    /// `doom_tenant` or `soften_tenant`.
+    pub fn invalidate_tenant(&mut self, tenant: Option<&[u8]>, how: How) -> usize {
+        match how {
+            How::Remove => self.doom_tenant(tenant),
+            How::MarkStale { at_ms } => self.soften_tenant(tenant, at_ms),
+        }
+    }
+
+    /// `doom_tag` or `soften_tag`.
+    pub fn invalidate_tag(&mut self, tag: &[u8], how: How) -> usize {
+        match how {
+            How::Remove => self.doom_tag(tag),
+            How::MarkStale { at_ms } => self.soften_tag(tag, at_ms),
+        }
+    }
+
+    /// `doom_names` or `soften_names`.
+    pub fn invalidate_names(&mut self, selector: Selector, names: Vec<Name>, how: How) -> usize {
+        match how {
+            How::Remove => self.doom_names(selector, names),
+            How::MarkStale { at_ms } => self.soften_names(selector, names, at_ms),
+        }
+    }
+
     /// Invalidates every entry of `tenant` (None: of the database) in O(1): the tenant's name
     /// set moves into a pending job. Returns the entries invalidated.
     pub fn doom_tenant(&mut self, tenant: Option<&[u8]>) -> usize {
@@ -268,12 +367,121 @@ impl DbIndex {
         self.pending.push(Selector::Names(names), Todo::Listed(todo.into_iter()), covered);
     }
 
-    /// The next dead entry to reclaim: `Some(Some(name))`, `Some(None)` when the name visited
-    /// was rewritten or removed since, `None` when nothing is pending. The caller removes the
-    /// entry before asking again.
-    pub fn next_to_reclaim(&mut self) -> Option<Option<Name>> {
-        let name = self.pending.next_name()?;
-        Some(self.is_dead(&name).then_some(name))
+    /// The next name the reclaimer visits and what to do with it; `None` when nothing is
+    /// pending. Hard invalidations go first. The caller acts before asking again.
+    pub fn next_step(&mut self) -> Option<Step> {
+        if self.pending.has_dead() {
+            if let Some(name) = self.pending.next_name() {
+                return Some(if self.is_dead(&name) { Step::Remove(name) } else { Step::Skip });
+            }
+        }
+        let name = loop {
+            let DbIndex { pending, tenants, tags, keys, .. } = self;
+            let job = pending.front_stale()?;
+            if let Some(name) = job.batch.pop() {
+                job.left = job.left.saturating_sub(1);
+                break name;
+            }
+            if matches!(job.walk, Walk::Done) {
+                pending.drop_front_stale();
+                continue;
+            }
+            job.batch = next_batch(&mut job.walk, tenants, tags, keys);
+        };
+        Some(match self.stale_since(&name) {
+            Some(at_ms) => Step::MarkStale(name, at_ms),
+            None => Step::Skip,
+        })
+    }
+
+    /// When `key` became stale by a pending SOFT invalidation not applied to it yet (None for
+    /// a dead entry: it is gone, not stale).
+    pub fn stale_since(&self, key: &[u8]) -> Option<i64> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let r = self.keys.get(key)?;
+        if self.dead(key, r) {
+            return None;
+        }
+        self.pending.stale_since(r.born, key, &r.tenant, &r.tags)
+    }
+
+    /// A SOFT invalidation was applied to `key` (its TTL shortened): no pending job covers it
+    /// any more, as if it had just been written.
+    pub fn restamp(&mut self, key: &[u8]) {
+        let epoch = self.pending.epoch();
+        if let Some(r) = self.keys.get_mut(key) {
+            r.born = epoch;
+        }
+    }
+
+    /// SOFT-invalidates every entry of `tenant` (None: of the database) as of `at_ms`, in O(1):
+    /// a job walks the tenant's names later. Returns the entries invalidated.
+    pub fn soften_tenant(&mut self, tenant: Option<&[u8]>, at_ms: i64) -> usize {
+        let count = self.live_in_tenant(tenant);
+        let (selector, walk) = match tenant {
+            Some(t) => {
+                let Some((name, _)) = self.tenants.get_key_value(t) else {
+                    return 0;
+                };
+                (Selector::Tenant(name.clone()), Walk::Tenant { tenant: name.clone(), after: None })
+            }
+            None => (Selector::All, Walk::Keys { bits: self.keys.bucket_bits(), bucket: 0 }),
+        };
+        self.pending.push_stale(selector, walk, at_ms, count);
+        count
+    }
+
+    /// SOFT-invalidates every entry carrying `tag` as of `at_ms`, in O(1).
+    pub fn soften_tag(&mut self, tag: &[u8], at_ms: i64) -> usize {
+        let Some((name, members)) = self.tags.get_key_value(tag) else {
+            return 0;
+        };
+        let count = self.live_in_members(members);
+        let bits = match members {
+            Members::One(_) => 0,
+            Members::Many(set) => set.names.bucket_bits(),
+        };
+        let walk = Walk::Tag { tag: name.clone(), bits, bucket: 0 };
+        self.pending.push_stale(Selector::Tags(vec![name.clone()].into()), walk, at_ms, count);
+        count
+    }
+
+    /// SOFT-invalidates `names` (live entries found by `matching`/`tagged`) as of `at_ms`.
+    pub fn soften_names(&mut self, selector: Selector, names: Vec<Name>, at_ms: i64) -> usize {
+        let count = names.len();
+        self.pending.push_stale(selector, Walk::Listed(names.into_iter()), at_ms, count);
+        count
+    }
+
+    /// SOFT-invalidates exactly these entries, each as of its own time (a saved dataset's
+    /// stale entries, after a load).
+    pub fn soften_exactly(&mut self, names: HashMap<Name, i64>) {
+        let mut by_time: HashMap<i64, Vec<Name>> = HashMap::new();
+        for (name, at) in names {
+            if self.keys.contains_key(&name) {
+                by_time.entry(at).or_default().push(name);
+            }
+        }
+        for (at, names) in by_time {
+            let covered: HashSet<Name> = names.iter().cloned().collect();
+            let count = names.len();
+            self.pending.push_stale(Selector::Names(covered), Walk::Listed(names.into_iter()), at, count);
+        }
+    }
+
+    /// Entries stale by a pending SOFT invalidation not applied yet, with since when (what a
+    /// saved dataset must not bring back fresh).
+    pub fn stale_names(&self) -> Vec<(Name, i64)> {
+        if self.pending.stale_jobs().next().is_none() {
+            return Vec::new();
+        }
+        self.keys
+            .iter()
+            .filter(|(k, r)| !self.dead(k, r))
+            .filter_map(|(k, r)| Some((k.clone(), self.pending.stale_since(r.born, k, &r.tenant, &r.tags)?)))
+            .collect()
     }
 
     /// Entries invalidated but still in the keyspace.
@@ -663,9 +871,20 @@ impl Index {
         self.dbs.iter().filter(|(_, d)| d.has_pending()).map(|(db, _)| *db).collect()
     }
 
-    /// See `DbIndex::next_to_reclaim`.
-    pub fn next_to_reclaim(&mut self, db: i32) -> Option<Option<Name>> {
-        self.dbs.get_mut(&db)?.next_to_reclaim()
+    /// See `DbIndex::next_step`.
+    pub fn next_step(&mut self, db: i32) -> Option<Step> {
+        self.dbs.get_mut(&db)?.next_step()
+    }
+
+    /// See `DbIndex::stale_since`.
+    pub fn stale_since(&self, db: i32, key: &[u8]) -> Option<i64> {
+        self.dbs.get(&db)?.stale_since(key)
+    }
+
+    pub fn restamp(&mut self, db: i32, key: &[u8]) {
+        if let Some(d) = self.dbs.get_mut(&db) {
+            d.restamp(key);
+        }
     }
 
     pub fn heap_bytes(&self) -> usize {
@@ -808,15 +1027,15 @@ mod tests {
                     ix.doom_tag(format!("tag{}", rng.gen_range(0..30)).as_bytes());
                 }
                 _ => {
-                    if let Some(Some(name)) = ix.next_to_reclaim() {
+                    if let Some(Step::Remove(name)) = ix.next_step() {
                         ix.remove(&name);
                     }
                 }
             }
             assert_eq!(ix.item_bytes, ix.item_bytes_recounted(), "after step {step}");
         }
-        while let Some(next) = ix.next_to_reclaim() {
-            if let Some(name) = next {
+        while let Some(next) = ix.next_step() {
+            if let Step::Remove(name) = next {
                 ix.remove(&name);
             }
         }
@@ -844,6 +1063,123 @@ mod tests {
         assert_eq!(ix.doom_tag(b"x"), 1);
         assert_eq!(ix.doom_tenant(Some(b"t")), 1, "only k4 is left alive in t");
         assert_eq!(ix.live_len(), 1);
+    }
+
+    /// Runs the reclaimer to the end as the engine would (a stale entry is restamped once its
+    /// TTL is shortened, a dead one removed), calling `between` after every step; returns the
+    /// names marked stale, in order.
+    fn drain(ix: &mut DbIndex, mut between: impl FnMut(&mut DbIndex, usize)) -> Vec<Name> {
+        let mut marked = Vec::new();
+        let mut steps = 0;
+        while let Some(step) = ix.next_step() {
+            match step {
+                Step::Skip => {}
+                Step::Remove(k) => {
+                    ix.remove(&k);
+                }
+                Step::MarkStale(k, _) => {
+                    ix.restamp(&k);
+                    marked.push(k);
+                }
+            }
+            between(ix, steps);
+            steps += 1;
+        }
+        assert!(!ix.has_pending());
+        marked
+    }
+
+    #[test]
+    fn a_soft_invalidation_marks_each_covered_entry_once_despite_writes_meanwhile() {
+        for (which, expected) in [("tenant", 20_000), ("tag", 30_000)] {
+            let mut ix = DbIndex::default();
+            for i in 0..30_000 {
+                let tenant: &[u8] = if i % 3 == 0 { b"u" } else { b"t" };
+                put(&mut ix, format!("k{i}").as_bytes(), tenant, &tags(&["all", &format!("c{}", i % 7)]), 10);
+            }
+            let count = match which {
+                "tenant" => ix.soften_tenant(Some(b"t"), 1000),
+                _ => ix.soften_tag(b"all", 1000),
+            };
+            assert_eq!(count, expected);
+            assert_eq!(ix.stale_since(b"k1"), Some(1000));
+            assert_eq!(ix.stale_since(b"k0"), if which == "tag" { Some(1000) } else { None });
+            // Written after the invalidation: never stale by it.
+            put(&mut ix, b"late", b"t", &tags(&["all"]), 10);
+            assert_eq!(ix.stale_since(b"late"), None);
+            let marked = drain(&mut ix, |ix, step| {
+                // New members (which make the tag's set split) and removed ones on the way.
+                if step % 2 == 0 {
+                    put(ix, format!("new{step}").as_bytes(), b"t", &tags(&["all"]), 10);
+                }
+                if step % 5 == 0 && step < 30_000 {
+                    ix.remove(format!("k{}", 29_999 - step).as_bytes());
+                }
+            });
+            let unique: HashSet<&Name> = marked.iter().collect();
+            assert_eq!(unique.len(), marked.len(), "{which}: an entry was marked twice");
+            // Every covered entry still there was marked; nothing written after was.
+            for i in 0..30_000 {
+                let k = format!("k{i}");
+                let covered = which == "tag" || i % 3 != 0;
+                if covered && ix.contains(k.as_bytes()) {
+                    assert!(unique.contains(&Name::from(k.as_bytes())), "{which}: {k} never marked");
+                }
+            }
+            assert!(marked.iter().all(|k| k.starts_with(b"k")), "{which}: a later write was marked");
+            assert_eq!(ix.stale_since(b"k1"), None, "applied: no longer pending");
+        }
+    }
+
+    #[test]
+    fn dead_wins_over_stale_and_counts_stay_exact() {
+        let mut ix = DbIndex::default();
+        for i in 0..10 {
+            put(&mut ix, format!("k{i}").as_bytes(), b"t", &tags(&["x"]), 10);
+        }
+        assert_eq!(ix.soften_tag(b"x", 5), 10);
+        assert_eq!(ix.live_with_tag(b"x"), 10, "stale entries are still entries");
+        assert_eq!(ix.soften_tenant(Some(b"t"), 7), 10, "stale again: counted again");
+        assert_eq!(ix.stale_since(b"k1"), Some(5), "the earliest time wins");
+        assert_eq!(ix.doom_tenant(Some(b"t")), 10);
+        assert_eq!(ix.stale_since(b"k1"), None, "dead, not stale");
+        assert!(ix.stale_names().is_empty());
+        let mut removed = 0;
+        while let Some(step) = ix.next_step() {
+            match step {
+                Step::Remove(k) => {
+                    ix.remove(&k);
+                    removed += 1;
+                }
+                Step::MarkStale(k, _) => panic!("{} marked stale after it died", show(&k)),
+                Step::Skip => {}
+            }
+        }
+        assert_eq!((removed, ix.len()), (10, 0));
+    }
+
+    #[test]
+    fn stale_entries_listed_for_a_save_are_stale_again_after_a_load() {
+        let mut ix = DbIndex::default();
+        for i in 0..5 {
+            put(&mut ix, format!("k{i}").as_bytes(), b"t", &[], 10);
+        }
+        let k1 = Name::from(&b"k1"[..]);
+        ix.soften_names(Selector::Names(HashSet::from([k1.clone()])), vec![k1], 100);
+        ix.soften_tenant(Some(b"t"), 200);
+        let mut saved = ix.stale_names();
+        saved.sort();
+        assert_eq!(saved.len(), 5);
+        assert!(saved.contains(&(Name::from(&b"k1"[..]), 100)));
+        assert!(saved.contains(&(Name::from(&b"k2"[..]), 200)));
+        let mut loaded = DbIndex::default();
+        for i in 0..5 {
+            put(&mut loaded, format!("k{i}").as_bytes(), b"t", &[], 10);
+        }
+        loaded.soften_exactly(saved.into_iter().collect());
+        assert_eq!(loaded.stale_since(b"k1"), Some(100));
+        assert_eq!(loaded.stale_since(b"k4"), Some(200));
+        assert_eq!(drain(&mut loaded, |_, _| {}).len(), 5);
     }
 
     #[test]

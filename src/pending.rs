@@ -6,6 +6,10 @@
 //! is dead when a pending job covers it and it was written at or before that job's epoch, so a
 //! key written after the invalidation is never affected, and making a whole tenant or a tag
 //! dead is O(1): its name set is moved into the job, not walked.
+//!
+//! A SOFT invalidation is a stale job: covered entries stay in the index (they are still
+//! entries, only stale since the job's time) and the job walks their sets in place, with a
+//! cursor that survives writes between steps, shortening each entry's TTL as it goes.
 
 use crate::glob::Glob;
 use std::sync::Arc;
@@ -79,10 +83,40 @@ pub struct Job {
     pub todo: Todo,
 }
 
+/// Where a stale job has got to in the sets it walks (resolved by the index, which owns them).
+#[derive(Debug)]
+pub enum Walk {
+    /// Exactly these names.
+    Listed(std::vec::IntoIter<Name>),
+    /// A tenant's ordered names, after the last one visited.
+    Tenant { tenant: Name, after: Option<Name> },
+    /// A tag's members, bucket by bucket (see `ShardMap::names_in_bucket`).
+    Tag { tag: Name, bits: u32, bucket: u64 },
+    /// Every entry of the database, bucket by bucket.
+    Keys { bits: u32, bucket: u64 },
+    Done,
+}
+
+#[derive(Debug)]
+pub struct StaleJob {
+    /// Entries written at or before this epoch are covered.
+    pub epoch: u64,
+    /// When the invalidation happened (unix ms): covered entries are stale since then and
+    /// expire at the latest when their stale window, counted from then, ends.
+    pub at_ms: i64,
+    pub selector: Selector,
+    pub walk: Walk,
+    /// Names found by the walk, still to visit.
+    pub batch: Vec<Name>,
+    /// Covered entries not visited yet (an estimate, for statistics).
+    pub left: usize,
+}
+
 /// The pending jobs of a database, oldest first, and its write epoch.
 #[derive(Debug, Default)]
 pub struct Pending {
     jobs: VecDeque<Job>,
+    stale: VecDeque<StaleJob>,
     epoch: u64,
     /// Entries covered and still in the keyspace.
     dead: usize,
@@ -94,11 +128,17 @@ impl Pending {
         self.epoch
     }
 
+    /// Nothing pending, hard or SOFT.
     pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
+        self.jobs.is_empty() && self.stale.is_empty()
     }
 
-    /// The epoch of the most recent pending invalidation.
+    /// Whether a hard invalidation is pending (some entries are dead).
+    pub fn has_dead(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+
+    /// The epoch of the most recent pending (hard) invalidation.
     pub fn newest_epoch(&self) -> Option<u64> {
         self.jobs.back().map(|j| j.epoch)
     }
@@ -108,6 +148,37 @@ impl Pending {
         self.jobs
             .iter()
             .any(|j| born <= j.epoch && j.selector.covers(key, tenant, tags))
+    }
+
+    /// When an entry written in `born` with this name, tenant and tags became stale by a
+    /// pending SOFT invalidation (the earliest, if several cover it).
+    pub fn stale_since(&self, born: u64, key: &[u8], tenant: &[u8], tags: &[Name]) -> Option<i64> {
+        self.stale
+            .iter()
+            .filter(|j| born <= j.epoch && j.selector.covers(key, tenant, tags))
+            .map(|j| j.at_ms)
+            .min()
+    }
+
+    /// Adds a SOFT job covering everything written so far.
+    pub fn push_stale(&mut self, selector: Selector, walk: Walk, at_ms: i64, covered: usize) {
+        self.stale.push_back(StaleJob { epoch: self.epoch, at_ms, selector, walk, batch: Vec::new(), left: covered });
+        self.epoch = self.epoch.saturating_add(1);
+    }
+
+    /// The oldest SOFT job, to walk.
+    pub fn front_stale(&mut self) -> Option<&mut StaleJob> {
+        self.stale.front_mut()
+    }
+
+    /// The oldest SOFT job is done.
+    pub fn drop_front_stale(&mut self) {
+        self.stale.pop_front();
+    }
+
+    /// The SOFT jobs, oldest first.
+    pub fn stale_jobs(&self) -> impl Iterator<Item = &StaleJob> {
+        self.stale.iter()
     }
 
     /// Adds a job covering everything written so far; later writes get a newer epoch.
@@ -145,11 +216,12 @@ impl Pending {
     /// Names still to visit (an upper bound of the entries still to reclaim: a name rewritten
     /// since is visited and skipped).
     pub fn names_left(&self) -> usize {
-        self.jobs.iter().map(|j| j.todo.len()).fold(0usize, usize::saturating_add)
+        let stale = self.stale.iter().map(|j| j.left);
+        self.jobs.iter().map(|j| j.todo.len()).chain(stale).fold(0usize, usize::saturating_add)
     }
 
     pub fn job_count(&self) -> usize {
-        self.jobs.len()
+        self.jobs.len().saturating_add(self.stale.len())
     }
 }
 

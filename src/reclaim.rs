@@ -8,9 +8,9 @@
 use crate::config;
 use crate::engine;
 use crate::ffi::blocking::start_timer;
-use crate::ffi::datatype::{install_persist_hooks, PersistHooks};
+use crate::ffi::datatype::{install_persist_hooks, PersistHooks, StaleNames};
 use crate::ffi::filter::{self, FilterHooks};
-use crate::index::Name;
+use crate::index::{Name, Step};
 use crate::keyspace;
 use crate::state::{with_state, RECLAIM_PENDING};
 use redis_module::Context;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 
 pub fn install(ctx: &Context) {
-    install_persist_hooks(PersistHooks { dead_names, loaded_dead, is_dead });
+    install_persist_hooks(PersistHooks { dead_names, loaded_dead, stale_names, loaded_stale, left_out });
     if !filter::register(ctx, FilterHooks { active: maybe_pending, on_argument: purge_named }) {
         ctx.log_warning("tagcache: no command filter: native commands may see invalidated keys until they are reclaimed");
     }
@@ -58,14 +58,15 @@ fn slice(ctx: &Context, (): ()) {
                 break 'dbs;
             }
             visited = visited.wrapping_add(1);
-            match with_state(|s| s.index.next_to_reclaim(db)) {
+            let step = with_state(|s| s.index.next_step(db));
+            let done = match step {
                 None => break,
-                Some(None) => {}
-                Some(Some(name)) => {
-                    if engine::remove_invalidated(ctx, &name, primary) {
-                        reclaimed = reclaimed.saturating_add(1);
-                    }
-                }
+                Some(Step::Skip) => false,
+                Some(Step::Remove(name)) => engine::remove_invalidated(ctx, &name, primary),
+                Some(Step::MarkStale(name, at_ms)) => engine::mark_stale(ctx, &name, at_ms, primary),
+            };
+            if done {
+                reclaimed = reclaimed.saturating_add(1);
             }
         }
     }
@@ -84,21 +85,18 @@ fn slice(ctx: &Context, (): ()) {
     }
 }
 
-/// A command names `name`: where it is an invalidated entry, remove it before the command runs.
+/// A command names `name`: where a pending invalidation covers it, apply it before the
+/// command runs (remove it, or shorten its TTL for SOFT).
 fn purge_named(ctx: &Context, name: &[u8]) {
     let dbs: Vec<i32> = with_state(|s| {
         s.index
             .pending_dbs()
             .into_iter()
-            .filter(|db| s.index.is_dead(*db, name))
+            .filter(|db| s.index.is_dead(*db, name) || s.index.stale_since(*db, name).is_some())
             .collect()
     });
-    if dbs.is_empty() {
-        return;
-    }
-    let primary = keyspace::is_primary(ctx);
     for db in dbs {
-        if keyspace::select_db(ctx, db) && engine::remove_invalidated(ctx, name, primary) {
+        if keyspace::select_db(ctx, db) && engine::settle_key(ctx, name) {
             with_state(|s| s.reclaim.reclaimed = s.reclaim.reclaimed.saturating_add(1));
         }
     }
@@ -117,6 +115,29 @@ fn dead_names() -> Vec<(i32, Vec<Vec<u8>>)> {
     })
 }
 
+fn stale_names() -> StaleNames {
+    with_state(|s| {
+        s.index
+            .pending_dbs()
+            .into_iter()
+            .filter_map(|db| {
+                let names: Vec<(Vec<u8>, i64)> = s.index.db(db)?.stale_names().into_iter().map(|(n, at)| (n.to_vec(), at)).collect();
+                (!names.is_empty()).then_some((db, names))
+            })
+            .collect()
+    })
+}
+
+/// A loaded dataset listed entries a SOFT invalidation had made stale (see `loaded_dead`).
+fn loaded_stale(db: i32, names: Vec<(Vec<u8>, i64)>) {
+    with_state(|s| {
+        s.loaded_stale
+            .entry(db)
+            .or_default()
+            .extend(names.into_iter().map(|(n, at)| (Name::from(n), at)));
+    });
+}
+
 /// A loaded dataset listed entries invalidated before it was saved. Commands replayed after it
 /// (the AOF after its preamble) may rewrite or delete them: `forget_loaded_dead` drops those.
 fn loaded_dead(db: i32, names: Vec<Vec<u8>>) {
@@ -129,11 +150,21 @@ fn loaded_dead(db: i32, names: Vec<Vec<u8>>) {
 }
 
 
-/// After a load and the index rebuild: what the dataset listed as dead is invalidated again.
+/// After a load and the index rebuild: what the dataset listed as dead is invalidated again,
+/// what it listed as stale made stale again.
 pub fn after_load(ctx: &Context) {
     let any = with_state(|s| {
         let loaded: Vec<(i32, HashSet<Name>)> = s.loaded_dead.drain().collect();
+        let stale: Vec<(i32, std::collections::HashMap<Name, i64>)> = s.loaded_stale.drain().collect();
         let mut any = false;
+        for (db, names) in stale {
+            if let Some(ix) = s.index.db(db) {
+                if names.keys().any(|n| ix.contains(n)) {
+                    s.index.db_mut(db).soften_exactly(names);
+                    any = true;
+                }
+            }
+        }
         for (db, names) in loaded {
             if names.is_empty() {
                 continue;
@@ -152,6 +183,6 @@ pub fn after_load(ctx: &Context) {
     }
 }
 
-fn is_dead(db: i32, name: &[u8]) -> bool {
-    with_state(|s| s.index.is_dead(db, name))
+fn left_out(db: i32, name: &[u8]) -> bool {
+    with_state(|s| s.index.is_dead(db, name) || s.index.stale_since(db, name).is_some())
 }

@@ -45,6 +45,16 @@ fn shard_hash(name: &[u8]) -> u64 {
     h.finish()
 }
 
+/// The highest bucket number among `2^bits`.
+pub fn bucket_mask(bits: u32) -> u64 {
+    mask(bits)
+}
+
+/// The bucket of `name` among `2^bits` (see `ShardMap::names_in_bucket`).
+pub fn bucket_of(name: &[u8], bits: u32) -> u64 {
+    shard_hash(name) & mask(bits)
+}
+
 /// `2^level - 1`.
 fn mask(level: u32) -> u64 {
     1u64.checked_shl(level).map_or(u64::MAX, |b| b.wrapping_sub(1))
@@ -176,6 +186,43 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
 
     pub fn into_keys(self) -> IntoKeys<K, V> {
         IntoKeys { left: self.len, shards: self.shards.into_iter(), current: None }
+    }
+
+    /// Hash bits that split the map's names into buckets no larger than a shard: a walk over
+    /// buckets `0..2^bits` (see `names_in_bucket`) visits every name present throughout once,
+    /// whatever splits and merges happen between steps.
+    pub fn bucket_bits(&self) -> u32 {
+        if self.shards.is_empty() {
+            0
+        } else {
+            self.level.saturating_add(1)
+        }
+    }
+
+    /// The names whose hash has `bucket` in its low `bits` bits. A shard holds one or several
+    /// such buckets, or part of one, depending on how far it has split.
+    pub fn names_in_bucket(&self, bits: u32, bucket: u64) -> Vec<K>
+    where
+        K: Clone,
+    {
+        let mut out = Vec::new();
+        let first_new = 1usize.checked_shl(self.level).unwrap_or(usize::MAX);
+        for (j, shard) in self.shards.iter().enumerate() {
+            let shard_bits = if j < self.split || j >= first_new {
+                self.level.saturating_add(1)
+            } else {
+                self.level
+            };
+            let j = j as u64;
+            if shard_bits > bits {
+                if j & mask(bits) == bucket {
+                    out.extend(shard.keys().cloned());
+                }
+            } else if bucket & mask(shard_bits) == j {
+                out.extend(shard.keys().filter(|k| bucket_of((*k).borrow(), bits) == bucket).cloned());
+            }
+        }
+        out
     }
 
     /// Splits one shard when the average shard is above target, merges the last one back when
@@ -345,6 +392,44 @@ mod tests {
         assert!(moved_at_once <= 4 * SHARD_TARGET, "one insert rehashed {moved_at_once} entries");
         assert_eq!(m.keys().count(), 300_000);
         assert_eq!(m.into_keys().len(), 300_000);
+    }
+
+    #[test]
+    fn a_bucket_walk_visits_every_name_once_through_splits_and_merges() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut m: ShardMap<Name, ()> = ShardMap::default();
+        for i in 0..40_000 {
+            m.insert(name(i), ());
+        }
+        let bits = m.bucket_bits();
+        let buckets = 1u64 << bits;
+        let shards_at_start = m.shards.len();
+        let mut seen: HashMap<Name, u32> = HashMap::new();
+        for bucket in 0..buckets {
+            for k in m.names_in_bucket(bits, bucket) {
+                *seen.entry(k).or_default() += 1;
+            }
+            // Between steps the map grows past several splits, then shrinks past merges.
+            let grow = bucket < buckets / 2;
+            for _ in 0..8000 {
+                if grow {
+                    m.insert(name(rng.gen_range(40_000..1_000_000)), ());
+                } else {
+                    let k = name(rng.gen_range(40_000..1_000_000));
+                    m.remove(&k);
+                }
+            }
+            if bucket == buckets * 3 / 4 {
+                for i in 40_000..1_000_000 {
+                    m.remove(&name(i));
+                }
+            }
+        }
+        for i in 0..40_000 {
+            assert_eq!(seen.get(&name(i)), Some(&1), "name {i}");
+        }
+        assert!(shards_at_start < (1 << bits), "some shards had not split at the start");
+        assert!(seen.len() >= 40_000);
     }
 
     #[test]

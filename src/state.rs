@@ -54,6 +54,9 @@ pub struct State {
     pub reclaim: ReclaimStats,
     /// While a dataset loads: the entries it listed as invalidated, per database.
     pub loaded_dead: HashMap<i32, std::collections::HashSet<crate::index::Name>>,
+    /// While a dataset loads: the entries it listed as stale by a SOFT invalidation, with
+    /// since when, per database.
+    pub loaded_stale: HashMap<i32, HashMap<crate::index::Name, i64>>,
 }
 
 impl State {
@@ -73,6 +76,9 @@ impl State {
     /// invalidated names meant.
     pub fn forget_loaded_dead(&mut self, db: i32, name: &[u8]) {
         if let Some(names) = self.loaded_dead.get_mut(&db) {
+            names.remove(name);
+        }
+        if let Some(names) = self.loaded_stale.get_mut(&db) {
             names.remove(name);
         }
     }

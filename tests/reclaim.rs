@@ -25,10 +25,15 @@ fn key(i: usize) -> String {
 
 /// N entries of tenant `t` (tags `all` and `cat:<i%100>`) and 10 of tenant `u`.
 fn fill(c: &mut Connection) {
+    fill_with(c, &[]);
+}
+
+/// `fill`, each CACHE.SET of tenant `t` given these options too.
+fn fill_with(c: &mut Connection, options: &[&str]) {
     for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
         let mut p = redis::pipe();
         for i in chunk {
-            p.cmd("CACHE.SET").arg(key(*i)).arg("v").arg("TAGS").arg(2).arg("all").arg(format!("cat:{}", i % 100)).ignore();
+            p.cmd("CACHE.SET").arg(key(*i)).arg("v").arg(options).arg("TAGS").arg(2).arg("all").arg(format!("cat:{}", i % 100)).ignore();
         }
         let _: () = p.query(c).unwrap();
     }
@@ -85,10 +90,14 @@ fn digest(c: &mut Connection) -> String {
 
 /// A primary holding `fill`'s entries, its replica, and slow reclamation on both.
 fn filled_primary_and_replica() -> (Server, Server, Connection, Connection) {
+    filled_primary_and_replica_with(&[])
+}
+
+fn filled_primary_and_replica_with(options: &[&str]) -> (Server, Server, Connection, Connection) {
     let primary = Server::start();
     let replica = primary.replica();
     let (mut p, mut r) = (primary.conn(), replica.conn());
-    fill(&mut p);
+    fill_with(&mut p, options);
     slow(&mut p);
     slow(&mut r);
     (primary, replica, p, r)
@@ -270,4 +279,109 @@ fn renames_moves_swapdb_eviction_and_flush_mid_reclamation_keep_the_index_exact(
     assert_eq!(pending(&mut c), 0);
     assert_eq!(stats(&mut c)["keys"], 0);
     assert_eq!(index_check(&mut c), "OK");
+}
+
+/// Fresh for an hour, then served stale for up to 10 minutes.
+const WITH_STALE_WINDOW: &[&str] = &["EX", "3600", "STALE", "600"];
+const STALE_WINDOW_MS: i64 = 600_000;
+
+/// What every reader sees right after a SOFT invalidation of tenant `t`'s entries: each is
+/// still there, stale (GET misses, GETORMARK on a primary serves it STALE), and expires within
+/// its window.
+fn assert_stale(c: &mut Connection, primary: bool) {
+    for i in [0, 1, N / 2, N - 1] {
+        let k = key(i);
+        assert_eq!(q::<Option<Vec<u8>>>(c, &[b"CACHE.GET", k.as_bytes()]).unwrap(), None, "{k}");
+        assert_eq!(q::<i64>(c, &[b"EXISTS", k.as_bytes()]).unwrap(), 1, "{k}");
+        let pttl = q::<i64>(c, &[b"PTTL", k.as_bytes()]).unwrap();
+        assert!(pttl > 0 && pttl <= STALE_WINDOW_MS, "{k}: PTTL {pttl}");
+        assert_eq!(common::inspect(c, k.as_bytes())["fresh"], false, "{k}");
+    }
+    if primary {
+        let k = key(N / 3);
+        let stale: Vec<redis::Value> = q(c, &[b"CACHE.GETORMARK", k.as_bytes(), b"LEASE", b"5000"]).unwrap();
+        assert_eq!(stale.first(), Some(&redis::Value::SimpleString("STALE".into())), "{k}: {stale:?}");
+        assert_eq!(stale.get(1), Some(&redis::Value::BulkString(b"v".to_vec())), "{k}: {stale:?}");
+    }
+    assert_eq!(q::<Vec<Vec<u8>>>(c, &[b"CACHE.KEYS", b"t", b"*", b"LIMIT", b"5"]).unwrap().len(), 5);
+}
+
+/// Once the SOFT invalidation is applied everywhere: every entry of `t` but `key(7)` expires
+/// within its stale window, and `key(7)`, written after, is fresh.
+fn assert_all_stale_but_7(c: &mut Connection) {
+    for i in (0..N).step_by(997).chain([N - 1]) {
+        let k = key(i);
+        let pttl = q::<i64>(c, &[b"PTTL", k.as_bytes()]).unwrap();
+        assert!(pttl > 0 && pttl <= STALE_WINDOW_MS, "{k}: PTTL {pttl}");
+    }
+    assert_eq!(q::<Option<String>>(c, &[b"CACHE.GET", key(7).as_bytes()]).unwrap().as_deref(), Some("new"));
+    assert!(q::<i64>(c, &[b"PTTL", key(7).as_bytes()]).unwrap() > STALE_WINDOW_MS);
+}
+
+#[test]
+fn a_soft_invalidation_is_stale_at_once_on_primary_and_replica_and_applied_in_slices() {
+    let (primary, replica, mut p, mut r) = filled_primary_and_replica_with(WITH_STALE_WINDOW);
+    // An entry without a stale window: SOFT deletes it.
+    let _: () = q(&mut p, &[b"CACHE.SET", b"c:{t}:nowindow", b"v", b"EX", b"3600", b"STALE", b"0"]).unwrap();
+    primary.wait_replicated(&replica);
+
+    assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATE", b"t", b"*", b"SOFT"]).unwrap(), N as i64 + 1);
+    assert!(pending(&mut p) > 0, "the invalidation left its entries to the reclaimer");
+    assert_stale(&mut p, true);
+    assert_eq!(q::<i64>(&mut p, &[b"EXISTS", b"c:{t}:nowindow"]).unwrap(), 0);
+    // A write right after the invalidation is not touched by it.
+    let _: () = q(&mut p, &[b"CACHE.SET", key(7).as_bytes(), b"new", b"EX", b"3600", b"STALE", b"600"]).unwrap();
+    primary.wait_replicated(&replica);
+    assert!(pending(&mut r) > 0, "the replica applies its own copy in the background");
+    assert_stale(&mut r, false);
+    assert_eq!(q::<i64>(&mut r, &[b"EXISTS", b"c:{t}:nowindow"]).unwrap(), 0);
+
+    wait_reclaimed(&mut p);
+    wait_reclaimed(&mut r);
+    for c in [&mut p, &mut r] {
+        assert_all_stale_but_7(c);
+        assert_eq!(q::<i64>(c, &[b"DBSIZE"]).unwrap(), N as i64 + 10);
+        assert_eq!(index_check(c), "OK");
+    }
+    assert_eq!(stats(&mut p)["keys_invalidated"], N as u64 + 1);
+    assert_eq!(stats(&mut p)["keys"], N as u64 + 10);
+    assert_eq!(digest(&mut p), digest(&mut r));
+}
+
+#[test]
+fn a_soft_invalidation_by_tag_survives_an_rdb_save_and_an_aof_replay_mid_reclamation() {
+    for persistence in ["rdb", "aof"] {
+        let s = match persistence {
+            "rdb" => Server::start(),
+            _ => Server::start_with(&["--appendonly", "yes", "--appendfsync", "always"]),
+        };
+        let mut c = s.conn();
+        fill_with(&mut c, WITH_STALE_WINDOW);
+        slow(&mut c);
+        assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATETAGS", b"1", b"all", b"SOFT"]).unwrap(), N as i64);
+        let _: () = q(&mut c, &[b"CACHE.SET", key(7).as_bytes(), b"new", b"EX", b"3600", b"STALE", b"600", b"TAGS", b"1", b"all"]).unwrap();
+        // The saved dataset (an RDB, or the rewrite's preamble) holds entries not reached yet.
+        let _: () = match persistence {
+            "rdb" => q(&mut c, &[b"SAVE"]).unwrap(),
+            _ => q(&mut c, &[b"BGREWRITEAOF"]).unwrap_or(()),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let info: String = q(&mut c, &[b"INFO", b"persistence"]).unwrap();
+            if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "rewrite did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(pending(&mut c) > 0, "{persistence}: killed while applying");
+        let s = s.crash_and_restart();
+        let mut c = loaded(&s);
+        slow(&mut c);
+        assert_stale(&mut c, true);
+        wait_reclaimed(&mut c);
+        assert_all_stale_but_7(&mut c);
+        assert_eq!(q::<i64>(&mut c, &[b"DBSIZE"]).unwrap(), N as i64 + 10, "{persistence}");
+        assert_eq!(index_check(&mut c), "OK");
+    }
 }

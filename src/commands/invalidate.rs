@@ -6,7 +6,7 @@ use crate::config;
 use crate::engine;
 use crate::fences::Action;
 use crate::glob::Glob;
-use crate::index::{show, Name};
+use crate::index::{show, How, Name};
 use crate::pending::Selector;
 use crate::reclaim;
 use crate::keyspace;
@@ -51,10 +51,10 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .collect();
     // Nothing is touched unless the caller may write every key it would affect.
     engine::check_write_permission(ctx, &void)?;
-    let background = if soft || keyspace::is_loading(ctx) {
+    let background = if keyspace::is_loading(ctx) {
         None
     } else {
-        in_background_pattern(ctx, db, scope.as_deref(), &glob)?
+        in_background_pattern(ctx, db, scope.as_deref(), &glob, how(soft))?
     };
     let count = match background {
         Some(count) => count,
@@ -114,10 +114,10 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let started = Instant::now();
     let db = keyspace::selected_db(ctx.ctx);
     prepare_index(ctx);
-    let background = if soft || keyspace::is_loading(ctx) {
+    let background = if keyspace::is_loading(ctx) {
         None
     } else {
-        in_background_tags(ctx, db, &tags)?
+        in_background_tags(ctx, db, &tags, how(soft))?
     };
     let keys: Vec<Vec<u8>> = match background {
         Some(_) => Vec::new(),
@@ -171,10 +171,11 @@ fn prepare_index(ctx: &Context) {
     }
 }
 
-/// A large `INVALIDATE tenant pattern`: the entries become invisible now and are reclaimed in
-/// slices. A whole tenant (pattern `*`) costs O(1); another pattern, the walk of its literal
-/// prefix range. None when the invalidation is small enough to apply at once.
-fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Glob) -> Result<Option<usize>, RedisError> {
+/// A large `INVALIDATE tenant pattern`: the entries become invisible (or stale, SOFT) now and
+/// are reclaimed (or get their TTL shortened) in slices. A whole tenant (pattern `*`) costs
+/// O(1); another pattern, the walk of its literal prefix range. None when the invalidation is
+/// small enough to apply at once.
+fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Glob, how: How) -> Result<Option<usize>, RedisError> {
     let matched = |limit| {
         with_state(|s| {
             s.index
@@ -190,7 +191,7 @@ fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Gl
             return Ok(None);
         }
         engine::check_write_permission_bulk(ctx, || names(&matched(usize::MAX)))?;
-        return Ok(Some(with_state(|s| s.index.db_mut(db).doom_tenant(scope))));
+        return Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_tenant(scope, how))));
     }
     let keys = matched(usize::MAX);
     if !large_invalidation(keys.len()) {
@@ -201,12 +202,12 @@ fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Gl
         tenant: scope.map(Name::from),
         glob: glob.clone(),
     };
-    Ok(Some(with_state(|s| s.index.db_mut(db).doom_names(selector, keys))))
+    Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how))))
 }
 
-/// A large `INVALIDATETAGS`: one tag costs O(1) (its member set moves into the pending job),
-/// several tags the union of their members.
-fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>]) -> Result<Option<usize>, RedisError> {
+/// A large `INVALIDATETAGS`: one tag costs O(1) (its member set moves into the pending job, or
+/// is walked in place for SOFT), several tags the union of their members.
+fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>], how: How) -> Result<Option<usize>, RedisError> {
     let tagged = || with_state(|s| s.index.db(db).map(|ix| ix.tagged(tags)).unwrap_or_default());
     let names = |v: &[Name]| v.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
     if let [tag] = tags {
@@ -215,7 +216,7 @@ fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>]) -> Result<Option
             return Ok(None);
         }
         engine::check_write_permission_bulk(ctx, || names(&tagged()))?;
-        return Ok(Some(with_state(|s| s.index.db_mut(db).doom_tag(tag))));
+        return Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_tag(tag, how))));
     }
     let keys = tagged();
     if !large_invalidation(keys.len()) {
@@ -223,7 +224,7 @@ fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>]) -> Result<Option
     }
     engine::check_write_permission_bulk(ctx, || names(&keys))?;
     let selector = Selector::Tags(tags.iter().map(|t| Name::from(t.as_slice())).collect());
-    Ok(Some(with_state(|s| s.index.db_mut(db).doom_names(selector, keys))))
+    Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how))))
 }
 
 /// In a cluster an invalidation also fences entries that arrive later by MIGRATE/RESTORE (from
@@ -231,6 +232,15 @@ fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>]) -> Result<Option
 fn fence_until(ctx: &Context) -> Option<i64> {
     let ms = config::get(&config::MIGRATION_FENCE_MS);
     (ms > 0 && keyspace::in_cluster(ctx)).then(|| keyspace::now_ms().saturating_add(ms))
+}
+
+/// What a background invalidation does, as of now.
+fn how(soft: bool) -> How {
+    if soft {
+        How::MarkStale { at_ms: keyspace::now_ms() }
+    } else {
+        How::Remove
+    }
 }
 
 fn action(soft: bool) -> Action {

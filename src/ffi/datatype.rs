@@ -42,14 +42,21 @@ pub static TAGCACHE_TYPE: RedisType = RedisType::new(
 /// so a load never brings them back.
 /// Invalidated entry names per database.
 pub type DeadNames = Vec<(i32, Vec<Vec<u8>>)>;
+/// SOFT-invalidated entry names per database, each with the time it became stale (unix ms).
+pub type StaleNames = Vec<(i32, Vec<(Vec<u8>, i64)>)>;
 
 pub struct PersistHooks {
     /// Per database, the names of entries invalidated but still in the keyspace.
     pub dead_names: fn() -> DeadNames,
     /// A loaded dataset's list of such names.
     pub loaded_dead: fn(i32, Vec<Vec<u8>>),
-    /// Whether the entry `name` of database `db` is invalidated (an AOF rewrite leaves it out).
-    pub is_dead: fn(i32, &[u8]) -> bool,
+    /// Per database, the entries a SOFT invalidation made stale whose TTL is not shortened yet.
+    pub stale_names: fn() -> StaleNames,
+    /// A loaded dataset's list of such entries.
+    pub loaded_stale: fn(i32, Vec<(Vec<u8>, i64)>),
+    /// Whether the entry `name` of database `db` is invalidated, hard or SOFT, and not
+    /// reclaimed yet (an AOF rewrite leaves it out).
+    pub left_out: fn(i32, &[u8]) -> bool,
 }
 
 static PERSIST: std::sync::OnceLock<PersistHooks> = std::sync::OnceLock::new();
@@ -72,6 +79,17 @@ unsafe extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, when: c_int) {
             raw::save_slice(rdb, &name);
         }
     }
+    // Since encoding version 2.
+    let dbs = PERSIST.get().map(|h| (h.stale_names)()).unwrap_or_default();
+    raw::save_unsigned(rdb, dbs.len() as u64);
+    for (db, names) in dbs {
+        raw::save_signed(rdb, i64::from(db));
+        raw::save_unsigned(rdb, names.len() as u64);
+        for (name, at_ms) in names {
+            raw::save_slice(rdb, &name);
+            raw::save_signed(rdb, at_ms);
+        }
+    }
 }
 
 /// SAFETY: called by Redis with a valid IO context while loading.
@@ -83,7 +101,8 @@ unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when:
     if encver > ENCODING_VERSION {
         return raw::REDISMODULE_ERR as c_int;
     }
-    match load_dead(rdb) {
+    let loaded = load_dead(rdb).and_then(|()| if encver >= 2 { load_stale(rdb) } else { Ok(()) });
+    match loaded {
         Ok(()) => ok,
         Err(_) => raw::REDISMODULE_ERR as c_int,
     }
@@ -100,6 +119,23 @@ fn load_dead(rdb: *mut raw::RedisModuleIO) -> Result<(), redis_module::error::Er
         }
         if let Some(h) = PERSIST.get() {
             (h.loaded_dead)(db, names);
+        }
+    }
+    Ok(())
+}
+
+fn load_stale(rdb: *mut raw::RedisModuleIO) -> Result<(), redis_module::error::Error> {
+    let dbs = raw::load_unsigned(rdb)?;
+    for _ in 0..dbs {
+        let db = i32::try_from(raw::load_signed(rdb)?).unwrap_or(-1);
+        let count = raw::load_unsigned(rdb)?;
+        let mut names = Vec::new();
+        for _ in 0..count {
+            let name = raw::load_string_buffer(rdb)?.as_ref().to_vec();
+            names.push((name, raw::load_signed(rdb)?));
+        }
+        if let Some(h) = PERSIST.get() {
+            (h.loaded_stale)(db, names);
         }
     }
     Ok(())
@@ -201,7 +237,7 @@ unsafe extern "C" fn aof_rewrite(
         return;
     };
     let db = api!(RedisModule_GetDbIdFromIO).map_or(0, |f| f(aof));
-    if PERSIST.get().is_some_and(|h| (h.is_dead)(db, string_bytes(key))) {
+    if PERSIST.get().is_some_and(|h| (h.left_out)(db, string_bytes(key))) {
         return;
     }
     let args = set_command_args(string_bytes(key), e, None);
