@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// `n` entries of tenant `big`, fresh for an hour then stale for 10 minutes, tagged `bigtag`.
 fn populate(c: &mut Connection, n: usize) {
     for start in (0..n).step_by(10_000) {
         let mut p = redis::pipe();
@@ -17,6 +18,10 @@ fn populate(c: &mut Connection, n: usize) {
             p.cmd("CACHE.SET")
                 .arg(format!("c:{{big}}:{i:08}"))
                 .arg(&[b'v'; 32][..])
+                .arg("EX")
+                .arg(3600)
+                .arg("STALE")
+                .arg(600)
                 .arg("TAGS")
                 .arg(2)
                 .arg("bigtag")
@@ -102,6 +107,13 @@ pub fn rows(quick: bool) {
         populate(&mut c, n);
         let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATETAGS").arg(1).arg("bigtag"), n);
         show(format!("INVALIDATETAGS 1 bigtag ({n} entries)"), &p, true);
+        // SOFT: the entries stay, stale; the background shortens their TTLs.
+        populate(&mut c, n);
+        let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATE").arg("big").arg("*").arg("SOFT"), n);
+        show(format!("INVALIDATE big * SOFT ({n} entries)"), &p, true);
+        populate(&mut c, n);
+        let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATETAGS").arg(1).arg("bigtag").arg("SOFT"), n);
+        show(format!("INVALIDATETAGS 1 bigtag SOFT ({n} entries)"), &p, true);
     }
     // The same invalidation applied at once (what every invalidation did before issue 10).
     let n = sizes[0];
@@ -110,5 +122,8 @@ pub fn rows(quick: bool) {
     populate(&mut c, n);
     let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATE").arg("big").arg("*"), n);
     show(format!("  same, applied at once ({n} entries)"), &p, false);
+    populate(&mut c, n);
+    let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATE").arg("big").arg("*").arg("SOFT"), n);
+    show(format!("  same SOFT, applied at once ({n} entries)"), &p, false);
     println!();
 }
