@@ -385,3 +385,46 @@ fn a_soft_invalidation_by_tag_survives_an_rdb_save_and_an_aof_replay_mid_reclama
         assert_eq!(index_check(&mut c), "OK");
     }
 }
+
+#[test]
+fn renamed_moved_and_swapped_entries_stay_stale_under_a_pending_soft_invalidation() {
+    let s = Server::start();
+    let mut c = s.conn();
+    fill_with(&mut c, WITH_STALE_WINDOW);
+    slow(&mut c);
+    assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATE", b"t", b"*", b"SOFT"]).unwrap(), N as i64);
+    assert!(pending(&mut c) > 0);
+    let stale_ttl = |c: &mut Connection, k: &[u8]| {
+        let pttl = q::<i64>(c, &[b"PTTL", k]).unwrap();
+        pttl > 0 && pttl <= STALE_WINDOW_MS
+    };
+    // Renamed or moved before the job reaches it: the command sees it stale first.
+    let _: () = q(&mut c, &[b"RENAME", key(1).as_bytes(), b"c:{t}:renamed"]).unwrap();
+    assert!(stale_ttl(&mut c, b"c:{t}:renamed"));
+    assert_eq!(q::<i64>(&mut c, &[b"MOVE", key(3).as_bytes(), b"1"]).unwrap(), 1);
+    // The pending work travels with its database.
+    let _: () = q(&mut c, &[b"SWAPDB", b"0", b"1"]).unwrap();
+    let _: () = q(&mut c, &[b"SELECT", b"1"]).unwrap();
+    assert_eq!(q::<Option<String>>(&mut c, &[b"CACHE.GET", key(5).as_bytes()]).unwrap(), None);
+    assert!(stale_ttl(&mut c, key(5).as_bytes()));
+    let _: () = q(&mut c, &[b"SELECT", b"0"]).unwrap();
+    assert!(stale_ttl(&mut c, key(3).as_bytes()), "moved stale");
+    let _: () = q(&mut c, &[b"SWAPDB", b"0", b"1"]).unwrap();
+    wait_reclaimed(&mut c);
+    for i in (0..N).step_by(997).filter(|i| *i != 3) {
+        assert!(stale_ttl(&mut c, key(i).as_bytes()), "{}", key(i));
+    }
+    assert_eq!(index_check(&mut c), "OK");
+    assert_eq!(stats(&mut c)["keys"].as_i64().unwrap(), dbsize_0_and_1(&mut c));
+
+    // FLUSHALL in the middle drops the pending work with the data.
+    fill_with(&mut c, WITH_STALE_WINDOW);
+    slow(&mut c);
+    assert!(q::<i64>(&mut c, &[b"CACHE.INVALIDATETAGS", b"1", b"all", b"SOFT"]).unwrap() > 0);
+    assert!(pending(&mut c) > 0);
+    let _: () = q(&mut c, &[b"FLUSHALL"]).unwrap();
+    assert_eq!(pending(&mut c), 0);
+    fill_with(&mut c, WITH_STALE_WINDOW);
+    assert_eq!(q::<Option<String>>(&mut c, &[b"CACHE.GET", key(9).as_bytes()]).unwrap().as_deref(), Some("v"));
+    assert_eq!(index_check(&mut c), "OK");
+}
