@@ -1091,7 +1091,7 @@ mod tests {
 
     #[test]
     fn a_soft_invalidation_marks_each_covered_entry_once_despite_writes_meanwhile() {
-        for (which, expected) in [("tenant", 20_000), ("tag", 30_000)] {
+        for (which, expected) in [("tenant", 20_000), ("tag", 30_000), ("database", 30_000)] {
             let mut ix = DbIndex::default();
             for i in 0..30_000 {
                 let tenant: &[u8] = if i % 3 == 0 { b"u" } else { b"t" };
@@ -1099,11 +1099,13 @@ mod tests {
             }
             let count = match which {
                 "tenant" => ix.soften_tenant(Some(b"t"), 1000),
-                _ => ix.soften_tag(b"all", 1000),
+                "tag" => ix.soften_tag(b"all", 1000),
+                _ => ix.soften_tenant(None, 1000),
             };
+            let covers_u = which != "tenant";
             assert_eq!(count, expected);
             assert_eq!(ix.stale_since(b"k1"), Some(1000));
-            assert_eq!(ix.stale_since(b"k0"), if which == "tag" { Some(1000) } else { None });
+            assert_eq!(ix.stale_since(b"k0"), covers_u.then_some(1000));
             // Written after the invalidation: never stale by it.
             put(&mut ix, b"late", b"t", &tags(&["all"]), 10);
             assert_eq!(ix.stale_since(b"late"), None);
@@ -1121,7 +1123,7 @@ mod tests {
             // Every covered entry still there was marked; nothing written after was.
             for i in 0..30_000 {
                 let k = format!("k{i}");
-                let covered = which == "tag" || i % 3 != 0;
+                let covered = covers_u || i % 3 != 0;
                 if covered && ix.contains(k.as_bytes()) {
                     assert!(unique.contains(&Name::from(k.as_bytes())), "{which}: {k} never marked");
                 }
