@@ -84,6 +84,19 @@ fn loaded(s: &Server) -> Connection {
     }
 }
 
+/// Waits until no AOF rewrite is running or scheduled.
+fn wait_rewritten(c: &mut Connection) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info: String = q(c, &[b"INFO", b"persistence"]).unwrap();
+        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "rewrite did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn digest(c: &mut Connection) -> String {
     q(c, &[b"DEBUG", b"DIGEST"]).unwrap()
 }
@@ -171,15 +184,7 @@ fn kill_9_mid_reclamation_then_aof_replay_brings_nothing_back() {
     assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATE", b"t", b"*"]).unwrap(), N as i64);
     // A rewrite mid-reclamation: its RDB preamble still holds the invalidated entries.
     let _: () = q(&mut c, &[b"BGREWRITEAOF"]).unwrap_or(());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let info: String = q(&mut c, &[b"INFO", b"persistence"]).unwrap();
-        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "rewrite did not end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_rewritten(&mut c);
     let _: () = q(&mut c, &[b"CACHE.SET", key(7).as_bytes(), b"new"]).unwrap();
     assert!(pending(&mut c) > 0, "killed while reclaiming");
     let s = s.crash_and_restart();
@@ -365,15 +370,7 @@ fn a_soft_invalidation_by_tag_survives_an_rdb_save_and_an_aof_replay_mid_reclama
             "rdb" => q(&mut c, &[b"SAVE"]).unwrap(),
             _ => q(&mut c, &[b"BGREWRITEAOF"]).unwrap_or(()),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let info: String = q(&mut c, &[b"INFO", b"persistence"]).unwrap();
-            if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "rewrite did not end");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_rewritten(&mut c);
         assert!(pending(&mut c) > 0, "{persistence}: killed while applying");
         let s = s.crash_and_restart();
         let mut c = loaded(&s);

@@ -101,42 +101,38 @@ unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, when:
     if encver > ENCODING_VERSION {
         return raw::REDISMODULE_ERR as c_int;
     }
-    let loaded = load_dead(rdb).and_then(|()| if encver >= 2 { load_stale(rdb) } else { Ok(()) });
+    // Without hooks the lists are still read (the rest of the file follows them), then dropped.
+    let (loaded_dead, loaded_stale) = PERSIST.get().map_or((drop_list as fn(i32, Vec<Vec<u8>>), drop_list as fn(i32, Vec<(Vec<u8>, i64)>)), |h| (h.loaded_dead, h.loaded_stale));
+    let dead = load_db_lists(rdb, |rdb| Ok(raw::load_string_buffer(rdb)?.as_ref().to_vec()), loaded_dead);
+    let stale_item = |rdb| {
+        let name = raw::load_string_buffer(rdb)?.as_ref().to_vec();
+        Ok((name, raw::load_signed(rdb)?))
+    };
+    let loaded = dead.and_then(|()| if encver >= 2 { load_db_lists(rdb, stale_item, loaded_stale) } else { Ok(()) });
     match loaded {
         Ok(()) => ok,
         Err(_) => raw::REDISMODULE_ERR as c_int,
     }
 }
 
-fn load_dead(rdb: *mut raw::RedisModuleIO) -> Result<(), redis_module::error::Error> {
-    let dbs = raw::load_unsigned(rdb)?;
-    for _ in 0..dbs {
-        let db = i32::try_from(raw::load_signed(rdb)?).unwrap_or(-1);
-        let count = raw::load_unsigned(rdb)?;
-        let mut names = Vec::new();
-        for _ in 0..count {
-            names.push(raw::load_string_buffer(rdb)?.as_ref().to_vec());
-        }
-        if let Some(h) = PERSIST.get() {
-            (h.loaded_dead)(db, names);
-        }
-    }
-    Ok(())
-}
+fn drop_list<T>(_: i32, _: Vec<T>) {}
 
-fn load_stale(rdb: *mut raw::RedisModuleIO) -> Result<(), redis_module::error::Error> {
+/// Reads per-database lists (`dbs`, then per database its number, length and items) and
+/// hands each to `deliver`.
+fn load_db_lists<T>(
+    rdb: *mut raw::RedisModuleIO,
+    item: impl Fn(*mut raw::RedisModuleIO) -> Result<T, redis_module::error::Error>,
+    deliver: fn(i32, Vec<T>),
+) -> Result<(), redis_module::error::Error> {
     let dbs = raw::load_unsigned(rdb)?;
     for _ in 0..dbs {
         let db = i32::try_from(raw::load_signed(rdb)?).unwrap_or(-1);
         let count = raw::load_unsigned(rdb)?;
-        let mut names = Vec::new();
+        let mut items = Vec::new();
         for _ in 0..count {
-            let name = raw::load_string_buffer(rdb)?.as_ref().to_vec();
-            names.push((name, raw::load_signed(rdb)?));
+            items.push(item(rdb)?);
         }
-        if let Some(h) = PERSIST.get() {
-            (h.loaded_stale)(db, names);
-        }
+        deliver(db, items);
     }
     Ok(())
 }
