@@ -179,6 +179,7 @@ pub fn store(
         None if handle.ttl_ms().is_some() => handle.set_ttl_ms(None),
         None => true,
     };
+    let expires_at = handle.expires_at();
     let Some(stored) = handle.entry() else {
         return Err(err("could not store the entry"));
     };
@@ -190,9 +191,11 @@ pub fn store(
         // While invalidations are pending the entry may have left its sets already: a full
         // reindex puts it back (and stamps it with the current epoch).
         if reindex || s.index.db(db).is_some_and(crate::index::DbIndex::has_pending) {
-            s.index_insert(db, name, stored, &sep);
+            s.index_insert(db, name, stored, expires_at, &sep);
         } else {
-            s.index.db_mut(db).set_entry_bytes(name, stored.footprint(name));
+            let ix = s.index.db_mut(db);
+            ix.set_entry_bytes(name, stored.footprint(name));
+            ix.set_expiry(name, expires_at);
         }
         s.leases.void(db, name);
         // `sets` counts CACHE.SET calls; a FILL is counted as a fill by its command.
@@ -280,6 +283,8 @@ fn make_stale(ctx: &Context, key: &RedisString, at_ms: i64, now: i64) -> Staled 
     let ttl = ends.saturating_sub(now);
     let ttl = handle.ttl_ms().map_or(ttl, |t| t.min(ttl)).max(1);
     if handle.set_ttl_ms(Some(ttl)) {
+        let (db, at) = (keyspace::selected_db(ctx.ctx), handle.expires_at());
+        with_state(|s| s.index.db_mut(db).set_expiry(key.as_slice(), at));
         Staled::Expires(tenant, ttl)
     } else {
         Staled::NotEntry

@@ -44,6 +44,20 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
             fence_arrival(ctx, &name);
         }
     }
+    if matches!(event, "expire" | "persist") {
+        expiry_changed(ctx, key);
+    }
+}
+
+/// EXPIRE, PEXPIREAT (a primary's, replayed), PERSIST… moved an entry's TTL: the index follows,
+/// so invalidation counts leave out exactly the entries expired by then.
+fn expiry_changed(ctx: &Context, key: &[u8]) {
+    let db = keyspace::selected_db(ctx.ctx);
+    if !with_state(|s| s.index.db(db).is_some_and(|ix| ix.contains(key))) {
+        return;
+    }
+    let at = Key::peek(ctx, &keyspace::string(ctx, key)).expires_at();
+    with_state(|s| s.index.db_mut(db).set_expiry(key, at));
 }
 
 /// An entry that arrived by MIGRATE/RESTORE under a recent invalidation's fence (the other
@@ -110,6 +124,7 @@ fn invalidate_fenced(ctx: &Context, (db, key, action): (i32, Vec<u8>, Action)) {
 /// Indexes the entry at `name` in the context's selected db (a derived tenant follows the name).
 pub fn reindex_key(ctx: &Context, name: &RedisString) {
     let mut key = Key::peek(ctx, name);
+    let expires_at = key.expires_at();
     let Some(entry) = key.entry() else {
         return;
     };
@@ -119,7 +134,7 @@ pub fn reindex_key(ctx: &Context, name: &RedisString) {
     }
     let db = keyspace::selected_db(ctx.ctx);
     let sep = config::NAMESPACE_SEPARATOR.get();
-    with_state(|s| s.index_insert(db, bytes, entry, &sep));
+    with_state(|s| s.index_insert(db, bytes, entry, expires_at, &sep));
 }
 
 /// Rebuilds the whole index from the keyspace (after RDB/AOF load or a replica's full sync),
@@ -131,11 +146,11 @@ pub fn rebuild_index(ctx: &Context) {
         s.index.clear();
         s.stats.forget_keys();
     });
-    for_each_entry(ctx, |db, name, entry| {
+    for_each_entry(ctx, |db, name, entry, expires_at| {
         if !entry.tenant_explicit {
             entry.tenant = crate::policy::tenant_from_key(name, regex.as_ref().as_ref()).into();
         }
-        with_state(|s| s.index_insert(db, name, entry, &sep));
+        with_state(|s| s.index_insert(db, name, entry, expires_at, &sep));
     });
     with_state(|s| s.index_ready = true);
 }

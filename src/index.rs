@@ -2,6 +2,7 @@
 //! key → (tenant, tags) so any removal needs only the key name. Names are shared `Arc<[u8]>`s:
 //! one allocation per key name, tenant and tag, whatever the number of structures referring to it.
 
+use crate::expiry::{self, Expiries};
 use crate::glob::Glob;
 use crate::pending::{Pending, Selector, Todo, Walk};
 use crate::shardmap::ShardMap;
@@ -20,6 +21,8 @@ struct KeyRecord {
     entry_bytes: usize,
     /// The write epoch (see `pending`): invalidations pending since then may cover it.
     born: u64,
+    /// When the key expires (unix ms, `expiry::NEVER` without a TTL), as Redis holds it.
+    expires_at: i64,
 }
 
 /// The keys carrying one tag. Most tags in real workloads (`item:<id>`) have a single key:
@@ -118,6 +121,9 @@ pub struct DbIndex {
     item_bytes: usize,
     /// Invalidations made visible but not yet reclaimed.
     pending: Pending,
+    /// Names by expiry time, to leave out of an invalidation's count the entries whose TTL
+    /// has passed but that Redis has not removed yet.
+    expiries: Expiries,
 }
 
 /// What an index holds for one key, owned (for checks and reports).
@@ -125,6 +131,18 @@ pub struct DbIndex {
 pub struct Indexed {
     pub tenant: Vec<u8>,
     pub tags: Vec<Vec<u8>>,
+    /// Unix ms, `expiry::NEVER` without a TTL.
+    pub expires_at: i64,
+}
+
+impl Indexed {
+    fn of(r: &KeyRecord) -> Indexed {
+        Indexed {
+            tenant: r.tenant.to_vec(),
+            tags: r.tags.iter().map(|t| t.to_vec()).collect(),
+            expires_at: r.expires_at,
+        }
+    }
 }
 
 /// What an invalidation does to the entries it covers.
@@ -280,50 +298,57 @@ impl DbIndex {
         self.tags.get(tag).map_or(0, |members| self.live_in_members(members))
     }
 
-    /// `doom_tenant` or `soften_tenant`.
-    pub fn invalidate_tenant(&mut self, tenant: Option<&[u8]>, how: How) -> usize {
+    /// `doom_tenant` or `soften_tenant`, at `now_ms`.
+    pub fn invalidate_tenant(&mut self, tenant: Option<&[u8]>, how: How, now_ms: i64) -> usize {
         match how {
-            How::Remove => self.doom_tenant(tenant),
-            How::MarkStale { at_ms } => self.soften_tenant(tenant, at_ms),
+            How::Remove => self.doom_tenant(tenant, now_ms),
+            How::MarkStale { at_ms } => self.soften_tenant(tenant, at_ms, now_ms),
         }
     }
 
-    /// `doom_tag` or `soften_tag`.
-    pub fn invalidate_tag(&mut self, tag: &[u8], how: How) -> usize {
+    /// `doom_tag` or `soften_tag`, at `now_ms`.
+    pub fn invalidate_tag(&mut self, tag: &[u8], how: How, now_ms: i64) -> usize {
         match how {
-            How::Remove => self.doom_tag(tag),
-            How::MarkStale { at_ms } => self.soften_tag(tag, at_ms),
+            How::Remove => self.doom_tag(tag, now_ms),
+            How::MarkStale { at_ms } => self.soften_tag(tag, at_ms, now_ms),
         }
     }
 
-    /// `doom_names` or `soften_names`.
-    pub fn invalidate_names(&mut self, selector: Selector, names: Vec<Name>, how: How) -> usize {
+    /// `doom_names` or `soften_names`, at `now_ms`.
+    pub fn invalidate_names(&mut self, selector: Selector, names: Vec<Name>, how: How, now_ms: i64) -> usize {
         match how {
-            How::Remove => self.doom_names(selector, names),
-            How::MarkStale { at_ms } => self.soften_names(selector, names, at_ms),
+            How::Remove => self.doom_names(selector, names, now_ms),
+            How::MarkStale { at_ms } => self.soften_names(selector, names, at_ms, now_ms),
         }
     }
 
     /// Invalidates every entry of `tenant` (None: of the database) in O(1): the tenant's name
-    /// set moves into a pending job. Returns the entries invalidated.
-    pub fn doom_tenant(&mut self, tenant: Option<&[u8]>) -> usize {
+    /// set moves into a pending job. Returns the entries invalidated (not those found expired
+    /// at `now_ms`, though they are covered too).
+    pub fn doom_tenant(&mut self, tenant: Option<&[u8]>, now_ms: i64) -> usize {
         let mut sets: Vec<TenantKeys> = Vec::new();
         let moved;
         let selector = match tenant {
+            Some(t) => match self.tenants.get_key_value(t) {
+                Some((name, _)) => Selector::Tenant(name.clone()),
+                None => return 0,
+            },
+            None => Selector::All,
+        };
+        let expired = self.expired_covered(&selector, now_ms);
+        match tenant {
             Some(t) => {
                 let Some((name, set)) = self.tenants.remove_entry(t) else {
                     return 0;
                 };
                 moved = footprint::tenant(&name, &set);
                 sets.push(set);
-                Selector::Tenant(name)
             }
             None => {
                 moved = self.tenants.iter().map(|(t, set)| footprint::tenant(t, set)).fold(0, usize::saturating_add);
                 sets.extend(std::mem::take(&mut self.tenants).into_values());
-                Selector::All
             }
-        };
+        }
         self.item_bytes = self.item_bytes.saturating_sub(moved);
         let count = sets.iter().map(|set| self.live_in_tenant_keys(set)).sum();
         let mut covered = count;
@@ -334,11 +359,16 @@ impl DbIndex {
             };
             self.pending.push(selector, Todo::Sorted(set.names.into_iter()), std::mem::take(&mut covered));
         }
-        count
+        count.saturating_sub(expired)
     }
 
     /// Invalidates every entry carrying `tag` in O(1): its member set moves into a pending job.
-    pub fn doom_tag(&mut self, tag: &[u8]) -> usize {
+    pub fn doom_tag(&mut self, tag: &[u8], now_ms: i64) -> usize {
+        let Some(name) = self.tags.get_key_value(tag).map(|(name, _)| name.clone()) else {
+            return 0;
+        };
+        let selector = Selector::Tags(vec![name].into());
+        let expired = self.expired_covered(&selector, now_ms);
         let Some((name, members)) = self.tags.remove_entry(tag) else {
             return 0;
         };
@@ -348,16 +378,17 @@ impl DbIndex {
             Members::One(k) => Todo::Listed(vec![k].into_iter()),
             Members::Many(set) => Todo::Hashed(set.names.into_keys()),
         };
-        self.pending.push(Selector::Tags(vec![name].into()), todo, count);
-        count
+        self.pending.push(selector, todo, count);
+        count.saturating_sub(expired)
     }
 
     /// Invalidates `names` (live entries already found by `matching`/`tagged`), covered by
     /// `selector`, without touching them now.
-    pub fn doom_names(&mut self, selector: Selector, names: Vec<Name>) -> usize {
+    pub fn doom_names(&mut self, selector: Selector, names: Vec<Name>, now_ms: i64) -> usize {
         let count = names.len();
+        let expired = self.expired_covered(&selector, now_ms);
         self.pending.push(selector, Todo::Listed(names.into_iter()), count);
-        count
+        count.saturating_sub(expired)
     }
 
     /// Invalidates exactly `names` (the dead entries of a saved dataset, after a load).
@@ -418,7 +449,7 @@ impl DbIndex {
 
     /// SOFT-invalidates every entry of `tenant` (None: of the database) as of `at_ms`, in O(1):
     /// a job walks the tenant's names later. Returns the entries invalidated.
-    pub fn soften_tenant(&mut self, tenant: Option<&[u8]>, at_ms: i64) -> usize {
+    pub fn soften_tenant(&mut self, tenant: Option<&[u8]>, at_ms: i64, now_ms: i64) -> usize {
         let count = self.live_in_tenant(tenant);
         let (selector, walk) = match tenant {
             Some(t) => {
@@ -429,12 +460,13 @@ impl DbIndex {
             }
             None => (Selector::All, Walk::Keys { bits: self.keys.bucket_bits(), bucket: 0 }),
         };
+        let expired = self.expired_covered(&selector, now_ms);
         self.pending.push_stale(selector, walk, at_ms, count);
-        count
+        count.saturating_sub(expired)
     }
 
     /// SOFT-invalidates every entry carrying `tag` as of `at_ms`, in O(1).
-    pub fn soften_tag(&mut self, tag: &[u8], at_ms: i64) -> usize {
+    pub fn soften_tag(&mut self, tag: &[u8], at_ms: i64, now_ms: i64) -> usize {
         let Some((name, members)) = self.tags.get_key_value(tag) else {
             return 0;
         };
@@ -444,15 +476,18 @@ impl DbIndex {
             Members::Many(set) => set.names.bucket_bits(),
         };
         let walk = Walk::Tag { tag: name.clone(), bits, bucket: 0 };
-        self.pending.push_stale(Selector::Tags(vec![name.clone()].into()), walk, at_ms, count);
-        count
+        let selector = Selector::Tags(vec![name.clone()].into());
+        let expired = self.expired_covered(&selector, now_ms);
+        self.pending.push_stale(selector, walk, at_ms, count);
+        count.saturating_sub(expired)
     }
 
     /// SOFT-invalidates `names` (live entries found by `matching`/`tagged`) as of `at_ms`.
-    pub fn soften_names(&mut self, selector: Selector, names: Vec<Name>, at_ms: i64) -> usize {
+    pub fn soften_names(&mut self, selector: Selector, names: Vec<Name>, at_ms: i64, now_ms: i64) -> usize {
         let count = names.len();
+        let expired = self.expired_covered(&selector, now_ms);
         self.pending.push_stale(selector, Walk::Listed(names.into_iter()), at_ms, count);
-        count
+        count.saturating_sub(expired)
     }
 
     /// SOFT-invalidates exactly these entries, each as of its own time (a saved dataset's
@@ -519,10 +554,7 @@ impl DbIndex {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Indexed> {
-        self.keys.get(key).map(|r| Indexed {
-            tenant: r.tenant.to_vec(),
-            tags: r.tags.iter().map(|t| t.to_vec()).collect(),
-        })
+        self.keys.get(key).map(Indexed::of)
     }
 
     /// How many entries a tenant has here and their memory.
@@ -552,10 +584,39 @@ impl DbIndex {
         }
     }
 
-    /// Registers a key, replacing whatever was indexed for it.
-    /// Registers a key, replacing whatever was indexed for it. Returns the tenant and tag names
-    /// as the index holds them (one allocation per name), for the entry to share.
-    pub fn insert(&mut self, key: &[u8], tenant: &Name, tags: &[Name], entry_bytes: usize) -> (Name, Box<[Name]>) {
+    /// The key's TTL changed: it now expires at `expires_at` (`expiry::NEVER`: no TTL).
+    pub fn set_expiry(&mut self, key: &[u8], expires_at: i64) {
+        let Some(name) = self.keys.get_key_value(key).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        let Some(r) = self.keys.get_mut(key) else {
+            return;
+        };
+        if r.expires_at != expires_at {
+            self.expiries.remove(key, r.expires_at);
+            r.expires_at = expires_at;
+            self.expiries.add(&name, expires_at);
+        }
+    }
+
+    /// Entries `selector` covers, not invalidated already, whose TTL has passed at `now_ms`
+    /// but that Redis has not removed yet: an invalidation does not count them. Walks only the
+    /// names whose expiry bucket has begun.
+    fn expired_covered(&self, selector: &Selector, now_ms: i64) -> usize {
+        self.expiries
+            .due(now_ms)
+            .filter(|k| {
+                self.keys.get(k).is_some_and(|r| {
+                    expiry::has_expired(r.expires_at, now_ms) && selector.covers(k, &r.tenant, &r.tags) && !self.dead(k, r)
+                })
+            })
+            .count()
+    }
+
+    /// Registers a key expiring at `expires_at` (`expiry::NEVER`: no TTL), replacing whatever
+    /// was indexed for it. Returns the tenant and tag names as the index holds them (one
+    /// allocation per name), for the entry to share.
+    pub fn insert(&mut self, key: &[u8], tenant: &Name, tags: &[Name], entry_bytes: usize, expires_at: i64) -> (Name, Box<[Name]>) {
         self.remove(key);
         self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
         let key: Name = Arc::from(key);
@@ -606,6 +667,7 @@ impl DbIndex {
         let tags: Box<[Name]> = interned.into_boxed_slice();
         self.item_bytes = self.item_bytes.saturating_add(footprint::key(&key, &tags));
         let shared = (tenant.clone(), tags.clone());
+        self.expiries.add(&key, expires_at);
         self.keys.insert(
             key,
             KeyRecord {
@@ -613,6 +675,7 @@ impl DbIndex {
                 tags,
                 entry_bytes,
                 born: self.pending.epoch(),
+                expires_at,
             },
         );
         shared
@@ -626,6 +689,7 @@ impl DbIndex {
         if self.dead(&key, &record) {
             self.pending.dead_gone();
         }
+        self.expiries.remove(&key, record.expires_at);
         self.entry_bytes = self.entry_bytes.saturating_sub(record.entry_bytes);
         let mut freed = footprint::key(&key, &record.tags);
         if let Some(set) = self.tenants.get_mut(&record.tenant) {
@@ -706,15 +770,7 @@ impl DbIndex {
 
     /// All indexed keys with what the index holds for them (for consistency checks).
     pub fn entries(&self) -> impl Iterator<Item = (&[u8], Indexed)> + '_ {
-        self.keys.iter().map(|(k, r)| {
-            (
-                k.as_ref(),
-                Indexed {
-                    tenant: r.tenant.to_vec(),
-                    tags: r.tags.iter().map(|t| t.to_vec()).collect(),
-                },
-            )
-        })
+        self.keys.iter().map(|(k, r)| (k.as_ref(), Indexed::of(r)))
     }
 
     /// Checks the three maps agree with each other; returns the first problem found.
@@ -732,6 +788,13 @@ impl DbIndex {
                     return Err(format!("key {} missing from tag {}", show(key), show(tag)));
                 }
             }
+        }
+        let expiring = self.keys.values().filter(|r| r.expires_at != expiry::NEVER).count();
+        if expiring != self.expiries.len() {
+            return Err(format!("{expiring} keys have a TTL, expiry buckets hold {}", self.expiries.len()));
+        }
+        if let Some((key, _)) = self.keys.iter().find(|(k, r)| !self.expiries.contains(k, r.expires_at)) {
+            return Err(format!("key {} missing from its expiry bucket", show(key)));
         }
         if self.has_pending() {
             return Ok(());
@@ -753,7 +816,13 @@ impl DbIndex {
 
     /// Bytes the allocator holds for the index structures of this database, in O(1).
     pub fn heap_bytes(&self) -> usize {
-        crate::mem::sum([self.keys.heap_bytes(), self.tenants.heap_bytes(), self.tags.heap_bytes(), self.item_bytes])
+        crate::mem::sum([
+            self.keys.heap_bytes(),
+            self.tenants.heap_bytes(),
+            self.tags.heap_bytes(),
+            self.item_bytes,
+            self.expiries.heap_bytes(),
+        ])
     }
 
     /// `item_bytes` recomputed from scratch (what the running figure must equal).
@@ -903,7 +972,7 @@ mod tests {
     /// `DbIndex::insert` from byte strings.
     fn put(ix: &mut DbIndex, key: &[u8], tenant: &[u8], tags: &[Vec<u8>], bytes: usize) {
         let tags: Vec<Name> = tags.iter().map(|t| Name::from(t.as_slice())).collect();
-        ix.insert(key, &Name::from(tenant), &tags, bytes);
+        ix.insert(key, &Name::from(tenant), &tags, bytes, expiry::NEVER);
     }
 
     fn tags(t: &[&str]) -> Vec<Vec<u8>> {
@@ -1018,13 +1087,13 @@ mod tests {
                     ix.remove(key.as_bytes());
                 }
                 85 => {
-                    ix.doom_tenant(Some(format!("t{}", rng.gen_range(0..5)).as_bytes()));
+                    ix.doom_tenant(Some(format!("t{}", rng.gen_range(0..5)).as_bytes()), 0);
                 }
                 86 => {
-                    ix.doom_tenant(None);
+                    ix.doom_tenant(None, 0);
                 }
                 87..=89 => {
-                    ix.doom_tag(format!("tag{}", rng.gen_range(0..30)).as_bytes());
+                    ix.doom_tag(format!("tag{}", rng.gen_range(0..30)).as_bytes(), 0);
                 }
                 _ => {
                     if let Some(Step::Remove(name)) = ix.next_step() {
@@ -1046,11 +1115,41 @@ mod tests {
     }
 
     #[test]
+    fn entries_expired_at_the_invalidation_are_covered_but_not_counted() {
+        let mut ix = DbIndex::default();
+        for i in 0..100i64 {
+            let tenant: &[u8] = if i % 2 == 0 { b"t" } else { b"u" };
+            let tags: Vec<Name> = vec![Name::from(&b"all"[..])];
+            // Keys 0..10 expire at 1 000, 10..20 at 5 000, the rest never.
+            let at = match i {
+                0..10 => 1_000,
+                10..20 => 5_000,
+                _ => expiry::NEVER,
+            };
+            ix.insert(format!("k{i}").as_bytes(), &Name::from(tenant), &tags, 10, at);
+        }
+        // k10..k20 get a later TTL, then k10 none, as EXPIRE and PERSIST would.
+        for i in 10..20 {
+            ix.set_expiry(format!("k{i}").as_bytes(), 9_000);
+        }
+        ix.set_expiry(b"k10", expiry::NEVER);
+        assert_eq!(ix.self_check(), Ok(()));
+        // At 1 000 nothing has expired yet; at 1 001 k0..k10 have (5 of them in t).
+        assert_eq!(ix.soften_tenant(Some(b"t"), 1_000, 1_000), 50);
+        assert_eq!(ix.soften_tag(b"all", 1_001, 1_001), 90);
+        assert_eq!(ix.doom_tenant(Some(b"u"), 9_001), 50 - 5 - 5, "k11..k19 odd have expired too");
+        assert_eq!(ix.doom_tag(b"all", 9_001), 50 - 5 - 4, "k12..k18 even, not k10 (persisted)");
+        assert_eq!(ix.live_len(), 0, "expired entries are dead too, only not counted");
+        drain(&mut ix, |_, _| {});
+        assert_eq!((ix.len(), ix.expiries.len(), ix.expiries.heap_bytes()), (0, 0, 0));
+    }
+
+    #[test]
     fn counts_after_overlapping_invalidations_are_exact() {
         let mut ix = DbIndex::default();
         put(&mut ix, b"k1", b"t", &tags(&["x", "y"]), 10);
         put(&mut ix, b"k2", b"t", &tags(&["y"]), 10);
-        assert_eq!(ix.doom_tag(b"y"), 2);
+        assert_eq!(ix.doom_tag(b"y", 0), 2);
         // A second key for x: the set x becomes must still see k1 (written before) as dead.
         put(&mut ix, b"k3", b"t", &tags(&["x"]), 10);
         assert_eq!(ix.live_with_tag(b"x"), 1);
@@ -1060,8 +1159,8 @@ mod tests {
         assert_eq!(ix.live_with_tag(b"y"), 2);
         assert_eq!(ix.live_in_tenant(Some(b"t")), 2, "k3 and k4");
         assert_eq!(ix.live_in_tenant(Some(b"u")), 1);
-        assert_eq!(ix.doom_tag(b"x"), 1);
-        assert_eq!(ix.doom_tenant(Some(b"t")), 1, "only k4 is left alive in t");
+        assert_eq!(ix.doom_tag(b"x", 0), 1);
+        assert_eq!(ix.doom_tenant(Some(b"t"), 0), 1, "only k4 is left alive in t");
         assert_eq!(ix.live_len(), 1);
     }
 
@@ -1098,9 +1197,9 @@ mod tests {
                 put(&mut ix, format!("k{i}").as_bytes(), tenant, &tags(&["all", &format!("c{}", i % 7)]), 10);
             }
             let count = match which {
-                "tenant" => ix.soften_tenant(Some(b"t"), 1000),
-                "tag" => ix.soften_tag(b"all", 1000),
-                _ => ix.soften_tenant(None, 1000),
+                "tenant" => ix.soften_tenant(Some(b"t"), 1000, 1000),
+                "tag" => ix.soften_tag(b"all", 1000, 1000),
+                _ => ix.soften_tenant(None, 1000, 1000),
             };
             let covers_u = which != "tenant";
             assert_eq!(count, expected);
@@ -1139,11 +1238,11 @@ mod tests {
         for i in 0..10 {
             put(&mut ix, format!("k{i}").as_bytes(), b"t", &tags(&["x"]), 10);
         }
-        assert_eq!(ix.soften_tag(b"x", 5), 10);
+        assert_eq!(ix.soften_tag(b"x", 5, 5), 10);
         assert_eq!(ix.live_with_tag(b"x"), 10, "stale entries are still entries");
-        assert_eq!(ix.soften_tenant(Some(b"t"), 7), 10, "stale again: counted again");
+        assert_eq!(ix.soften_tenant(Some(b"t"), 7, 7), 10, "stale again: counted again");
         assert_eq!(ix.stale_since(b"k1"), Some(5), "the earliest time wins");
-        assert_eq!(ix.doom_tenant(Some(b"t")), 10);
+        assert_eq!(ix.doom_tenant(Some(b"t"), 0), 10);
         assert_eq!(ix.stale_since(b"k1"), None, "dead, not stale");
         assert!(ix.stale_names().is_empty());
         let mut removed = 0;
@@ -1167,8 +1266,8 @@ mod tests {
             put(&mut ix, format!("k{i}").as_bytes(), b"t", &[], 10);
         }
         let k1 = Name::from(&b"k1"[..]);
-        ix.soften_names(Selector::Names(HashSet::from([k1.clone()])), vec![k1], 100);
-        ix.soften_tenant(Some(b"t"), 200);
+        ix.soften_names(Selector::Names(HashSet::from([k1.clone()])), vec![k1], 100, 100);
+        ix.soften_tenant(Some(b"t"), 200, 200);
         let mut saved = ix.stale_names();
         saved.sort();
         assert_eq!(saved.len(), 5);

@@ -24,6 +24,7 @@ pub mod config;
 pub mod engine;
 pub mod entry;
 pub mod events;
+pub mod expiry;
 pub mod fences;
 #[allow(unsafe_code)]
 pub mod ffi;

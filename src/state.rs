@@ -60,14 +60,14 @@ pub struct State {
 }
 
 impl State {
-    /// Indexes a key (replacing what was indexed for it) and keeps namespace key counts exact.
+    /// Indexes a key expiring at `expires_at` (replacing what was indexed for it) and keeps namespace key counts exact.
     /// The entry then shares the index's copies of its tenant and tag names.
-    pub fn index_insert(&mut self, db: i32, key: &[u8], entry: &mut Entry, sep: &[u8]) {
+    pub fn index_insert(&mut self, db: i32, key: &[u8], entry: &mut Entry, expires_at: i64, sep: &[u8]) {
         let ix = self.index.db_mut(db);
         if !ix.contains(key) {
             self.stats.key_added(policy::namespace(key, sep));
         }
-        let (tenant, tags) = ix.insert(key, &entry.tenant, &entry.tags, entry.footprint(key));
+        let (tenant, tags) = ix.insert(key, &entry.tenant, &entry.tags, entry.footprint(key), expires_at);
         entry.tenant = tenant;
         entry.tags = tags;
     }

@@ -425,3 +425,66 @@ fn renamed_moved_and_swapped_entries_stay_stale_under_a_pending_soft_invalidatio
     assert_eq!(q::<Option<String>>(&mut c, &[b"CACHE.GET", key(9).as_bytes()]).unwrap().as_deref(), Some("v"));
     assert_eq!(index_check(&mut c), "OK");
 }
+
+/// 1 000 entries of tenant `e` tagged `all`, of which 200 have expired but are still in the
+/// keyspace (active expiry is off): 100 written with `PX 50`, 100 given `PEXPIRE 50` afterwards.
+/// 50 more had a TTL that PERSIST removed: they count.
+fn with_expired_entries(c: &mut Connection) {
+    let _: () = q(c, &[b"FLUSHALL"]).unwrap();
+    let mut p = redis::pipe();
+    for i in 0..1000 {
+        let k = format!("e:{{e}}:{i:04}");
+        let mut set = redis::cmd("CACHE.SET");
+        set.arg(&k).arg("v").arg("TAGS").arg(1).arg("all");
+        match i {
+            0..100 => set.arg("PX").arg(50),
+            100..150 => set.arg("PX").arg(100_000),
+            _ => &mut set,
+        };
+        p.add_command(set).ignore();
+        match i {
+            100..150 => p.cmd("PERSIST").arg(&k).ignore(),
+            900.. => p.cmd("PEXPIRE").arg(&k).arg(50).ignore(),
+            _ => &mut p,
+        };
+    }
+    p.cmd("SET").arg("sentinel").arg("v").arg("PX").arg(50).ignore();
+    let _: () = p.query(c).unwrap();
+    // Once the sentinel, written last, has expired (PTTL removes it), so have the 200.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while q::<i64>(c, &[b"PTTL", b"sentinel"]).unwrap() != -2 {
+        assert!(Instant::now() < deadline, "the sentinel did not expire");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(q::<i64>(c, &[b"DBSIZE"]).unwrap(), 1000, "the expired entries are still there");
+}
+
+#[test]
+fn entries_expired_but_not_yet_removed_are_not_counted_by_an_invalidation_made_in_the_background() {
+    let s = Server::start();
+    let mut c = s.conn();
+    let _: () = q(&mut c, &[b"CONFIG", b"SET", b"tagcache.reclaim-sync-max", b"10"]).unwrap();
+    let _: () = q(&mut c, &[b"DEBUG", b"SET-ACTIVE-EXPIRE", b"0"]).unwrap();
+    let cases: [&[&[u8]]; 8] = [
+        &[b"CACHE.INVALIDATE", b"e", b"*"],
+        &[b"CACHE.INVALIDATE", b"e", b"*", b"SOFT"],
+        &[b"CACHE.INVALIDATE", b"*", b"*"],
+        &[b"CACHE.INVALIDATE", b"e", b"e:*"],
+        &[b"CACHE.INVALIDATETAGS", b"1", b"all"],
+        &[b"CACHE.INVALIDATETAGS", b"1", b"all", b"SOFT"],
+        &[b"CACHE.INVALIDATETAGS", b"2", b"all", b"other"],
+        &[b"CACHE.INVALIDATETAGS", b"2", b"all", b"other", b"SOFT"],
+    ];
+    for args in cases {
+        with_expired_entries(&mut c);
+        assert_eq!(q::<i64>(&mut c, args).unwrap(), 800, "{}", common::show_args(args));
+        wait_reclaimed(&mut c);
+        slow(&mut c);
+        // The index followed every TTL change (INDEXCHECK compares each entry's expiry).
+        assert_eq!(index_check(&mut c), "OK", "{}", common::show_args(args));
+    }
+    // The same invalidation applied at once counts the same.
+    let _: () = q(&mut c, &[b"CONFIG", b"SET", b"tagcache.reclaim-sync-max", b"100000"]).unwrap();
+    with_expired_entries(&mut c);
+    assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATE", b"e", b"*"]).unwrap(), 800);
+}

@@ -23,10 +23,12 @@ fn index_check(ctx: &Context) -> RedisResult {
     let mut live: HashMap<(i32, Vec<u8>), Indexed> = HashMap::new();
     for_each_key(ctx, |c, name| {
         let mut key = Key::peek(c, name);
+        let expires_at = key.expires_at();
         if let Some(e) = key.entry() {
             let indexed = Indexed {
                 tenant: e.tenant.to_vec(),
                 tags: e.tags.iter().map(|t| t.to_vec()).collect(),
+                expires_at,
             };
             live.insert((keyspace::selected_db(c.ctx), name.as_slice().to_vec()), indexed);
         }
@@ -43,12 +45,14 @@ fn index_check(ctx: &Context) -> RedisResult {
                     None => return Some(format!("db {db}: index holds {} which is not a live entry", show(key))),
                     Some(e) if *e != held => {
                         return Some(format!(
-                            "db {db}: {} indexed with tenant {} and {} tags, entry has tenant {} and {} tags",
+                            "db {db}: {} indexed with tenant {}, {} tags, expiry {}; entry has tenant {}, {} tags, expiry {}",
                             show(key),
                             show(&held.tenant),
                             held.tags.len(),
+                            held.expires_at,
                             show(&e.tenant),
-                            e.tags.len()
+                            e.tags.len(),
+                            e.expires_at
                         ))
                     }
                     Some(_) => {}

@@ -191,7 +191,7 @@ fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Gl
             return Ok(None);
         }
         engine::check_write_permission_bulk(ctx, || names(&matched(usize::MAX)))?;
-        return Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_tenant(scope, how))));
+        return Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_tenant(scope, how, keyspace::now_ms()))));
     }
     let keys = matched(usize::MAX);
     if !large_invalidation(keys.len()) {
@@ -202,7 +202,7 @@ fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Gl
         tenant: scope.map(Name::from),
         glob: glob.clone(),
     };
-    Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how))))
+    Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how, keyspace::now_ms()))))
 }
 
 /// A large `INVALIDATETAGS`: one tag costs O(1) (its member set moves into the pending job, or
@@ -216,7 +216,7 @@ fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>], how: How) -> Res
             return Ok(None);
         }
         engine::check_write_permission_bulk(ctx, || names(&tagged()))?;
-        return Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_tag(tag, how))));
+        return Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_tag(tag, how, keyspace::now_ms()))));
     }
     let keys = tagged();
     if !large_invalidation(keys.len()) {
@@ -224,7 +224,7 @@ fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>], how: How) -> Res
     }
     engine::check_write_permission_bulk(ctx, || names(&keys))?;
     let selector = Selector::Tags(tags.iter().map(|t| Name::from(t.as_slice())).collect());
-    Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how))))
+    Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how, keyspace::now_ms()))))
 }
 
 /// In a cluster an invalidation also fences entries that arrive later by MIGRATE/RESTORE (from

@@ -161,10 +161,10 @@ fn scan_selected(ctx: &Context, mut visit: Visit) {
     }
 }
 
-/// Calls `f(db, key name, entry)` for every entry of every database, straight from the scan's
+/// Calls `f(db, key name, entry, expiry in unix ms)` for every entry of every database, straight from the scan's
 /// own key handles (no lookup, no expiry check, no copy of the names): the fast path for
 /// rebuilding the index after a load. `f` must not touch the keyspace.
-pub fn for_each_entry(ctx: &Context, mut f: impl FnMut(i32, &[u8], &mut Entry)) {
+pub fn for_each_entry(ctx: &Context, mut f: impl FnMut(i32, &[u8], &mut Entry, i64)) {
     let (Some(get_type), Some(get_value)) = (api!(RedisModule_ModuleTypeGetType), api!(RedisModule_ModuleTypeGetValue)) else {
         return;
     };
@@ -182,7 +182,7 @@ pub fn for_each_entry(ctx: &Context, mut f: impl FnMut(i32, &[u8], &mut Entry)) 
                 get_value(key).cast::<Entry>().as_mut()
             };
             if let Some(entry) = entry {
-                f(db, name, entry);
+                f(db, name, entry, keyspace::abs_expire(key));
             }
         });
     });

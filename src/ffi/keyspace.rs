@@ -97,6 +97,11 @@ impl Key {
         (ttl >= 0).then_some(ttl)
     }
 
+    /// When the key expires (unix ms); `expiry::NEVER` without a TTL or a key.
+    pub fn expires_at(&self) -> i64 {
+        abs_expire(self.ptr)
+    }
+
     /// Stores an entry, replacing any value of any type. False when Redis refused.
     pub fn set_entry(&self, entry: Entry) -> bool {
         let Some(set) = api!(RedisModule_ModuleTypeSetValue) else {
@@ -146,6 +151,23 @@ impl Drop for Key {
             // SAFETY: handle opened by us, closed once.
             unsafe { close(self.ptr) };
         }
+    }
+}
+
+/// The absolute expiry (unix ms) of an open key handle; `expiry::NEVER` without a TTL.
+pub fn abs_expire(key: *mut raw::RedisModuleKey) -> i64 {
+    let Some(get) = api!(RedisModule_GetAbsExpire) else {
+        return crate::expiry::NEVER;
+    };
+    if key.is_null() {
+        return crate::expiry::NEVER;
+    }
+    // SAFETY: non-null key handle (GetAbsExpire on NULL crashes, as GetExpire does).
+    let at = unsafe { get(key) };
+    if at < 0 {
+        crate::expiry::NEVER
+    } else {
+        at
     }
 }
 
