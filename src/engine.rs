@@ -193,9 +193,7 @@ pub fn store(
         if reindex || s.index.db(db).is_some_and(crate::index::DbIndex::has_pending) {
             s.index_insert(db, name, stored, expires_at, &sep);
         } else {
-            let ix = s.index.db_mut(db);
-            ix.set_entry_bytes(name, stored.footprint(name));
-            ix.set_expiry(name, expires_at);
+            s.index.db_mut(db).rewritten(name, stored.footprint(name), expires_at);
         }
         s.leases.void(db, name);
         // `sets` counts CACHE.SET calls; a FILL is counted as a fill by its command.

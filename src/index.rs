@@ -571,31 +571,39 @@ impl DbIndex {
         (live.len(), bytes)
     }
 
-    /// Total memory of the indexed entries (as given to `insert` / `set_entry_bytes`).
+    /// Total memory of the indexed entries (as given to `insert` / `rewritten`).
     pub fn entry_bytes(&self) -> usize {
         self.entry_bytes
     }
 
-    /// Updates the recorded size of an indexed entry (overwritten in place).
-    pub fn set_entry_bytes(&mut self, key: &[u8], bytes: usize) {
-        if let Some(r) = self.keys.get_mut(key) {
-            self.entry_bytes = self.entry_bytes.saturating_sub(r.entry_bytes).saturating_add(bytes);
-            r.entry_bytes = bytes;
-        }
+    /// An entry overwritten in place (same tenant and tags): its new size and expiry.
+    pub fn rewritten(&mut self, key: &[u8], bytes: usize, expires_at: i64) {
+        let Some(r) = self.keys.get_mut(key) else {
+            return;
+        };
+        self.entry_bytes = self.entry_bytes.saturating_sub(r.entry_bytes).saturating_add(bytes);
+        r.entry_bytes = bytes;
+        let before = std::mem::replace(&mut r.expires_at, expires_at);
+        self.move_expiry(key, before, expires_at);
     }
 
     /// The key's TTL changed: it now expires at `expires_at` (`expiry::NEVER`: no TTL).
     pub fn set_expiry(&mut self, key: &[u8], expires_at: i64) {
-        let Some(name) = self.keys.get_key_value(key).map(|(k, _)| k.clone()) else {
-            return;
-        };
         let Some(r) = self.keys.get_mut(key) else {
             return;
         };
-        if r.expires_at != expires_at {
-            self.expiries.remove(key, r.expires_at);
-            r.expires_at = expires_at;
-            self.expiries.add(&name, expires_at);
+        let before = std::mem::replace(&mut r.expires_at, expires_at);
+        self.move_expiry(key, before, expires_at);
+    }
+
+    /// Moves an indexed key between expiry buckets (nothing when its time did not change).
+    fn move_expiry(&mut self, key: &[u8], before: i64, after: i64) {
+        if before == after {
+            return;
+        }
+        self.expiries.remove(key, before);
+        if let Some((name, _)) = self.keys.get_key_value(key) {
+            self.expiries.add(name, after);
         }
     }
 
@@ -1028,7 +1036,7 @@ mod tests {
         assert_eq!((ix.len(), ix.tenant_count(), ix.tag_count()), (3, 2, 2));
         put(&mut ix, b"a:1", b"t3", &tags(&["z"]), 10);
         assert_eq!(ix.entry_bytes(), 30, "a replaced key is counted once");
-        ix.set_entry_bytes(b"a:1", 15);
+        ix.rewritten(b"a:1", 15, expiry::NEVER);
         assert_eq!(ix.entry_bytes(), 35);
         assert_eq!(ix.get(b"a:1").unwrap().tenant, b"t3");
         assert_eq!(names(ix.tagged(&tags(&["x"]))), ["b:1"]);
