@@ -165,6 +165,7 @@ fn flushed(db: Option<i32>) {
         }
         s.recount_namespaces(&sep);
     });
+    crate::reclaim::answer_counted();
     crate::parking::release_dbs(db.as_ref().map(std::slice::from_ref));
 }
 
@@ -190,6 +191,7 @@ fn loading(ctx: &Context, phase: Loading) {
                 s.loaded_stale.clear();
                 s.index_ready = false;
             });
+            crate::reclaim::answer_counted();
             crate::parking::release_dbs(None);
         }
     }

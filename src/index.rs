@@ -298,20 +298,40 @@ impl DbIndex {
         self.tags.get(tag).map_or(0, |members| self.live_in_members(members))
     }
 
-    /// `doom_tenant` or `soften_tenant`, at `now_ms`.
-    pub fn invalidate_tenant(&mut self, tenant: Option<&[u8]>, how: How, now_ms: i64) -> usize {
-        match how {
-            How::Remove => self.doom_tenant(tenant, now_ms),
-            How::MarkStale { at_ms } => self.soften_tenant(tenant, at_ms, now_ms),
+    /// Entries of `tenant` (None: of the database), invalidated or not: an upper bound of
+    /// `live_in_tenant`, in O(1).
+    pub fn tenant_len(&self, tenant: Option<&[u8]>) -> usize {
+        match tenant {
+            None => self.keys.len(),
+            Some(t) => self.tenants.get(t).map_or(0, |set| set.names.len()),
         }
     }
 
-    /// `doom_tag` or `soften_tag`, at `now_ms`.
-    pub fn invalidate_tag(&mut self, tag: &[u8], how: How, now_ms: i64) -> usize {
+    /// Entries carrying `tag`, invalidated or not: an upper bound of `live_with_tag`, in O(1).
+    pub fn tag_len(&self, tag: &[u8]) -> usize {
+        self.tags.get(tag).map_or(0, Members::len)
+    }
+
+    /// `doom_tenant` or `soften_tenant`, at `now_ms`; see `doom_tenant` for `ticket`.
+    pub fn invalidate_tenant(&mut self, tenant: Option<&[u8]>, how: How, now_ms: i64, ticket: u64) -> Option<usize> {
         match how {
-            How::Remove => self.doom_tag(tag, now_ms),
-            How::MarkStale { at_ms } => self.soften_tag(tag, at_ms, now_ms),
+            How::Remove => self.doom_tenant(tenant, now_ms, ticket),
+            How::MarkStale { at_ms } => Some(self.soften_tenant(tenant, at_ms, now_ms)),
         }
+    }
+
+    /// `doom_tag` or `soften_tag`, at `now_ms`; see `doom_tenant` for `ticket`.
+    pub fn invalidate_tag(&mut self, tag: &[u8], how: How, now_ms: i64, ticket: u64) -> Option<usize> {
+        match how {
+            How::Remove => self.doom_tag(tag, now_ms, ticket),
+            How::MarkStale { at_ms } => Some(self.soften_tag(tag, at_ms, now_ms)),
+        }
+    }
+
+    /// Whether `set` (written since `since`) may hold entries a pending invalidation covers,
+    /// so that its live entries need counting one by one.
+    fn overlaps_pending(&self, since: u64) -> bool {
+        self.pending.newest_epoch().is_some_and(|newest| newest >= since)
     }
 
     /// `doom_names` or `soften_names`, at `now_ms`.
@@ -323,63 +343,98 @@ impl DbIndex {
     }
 
     /// Invalidates every entry of `tenant` (None: of the database) in O(1): the tenant's name
-    /// set moves into a pending job. Returns the entries invalidated (not those found expired
-    /// at `now_ms`, though they are covered too).
-    pub fn doom_tenant(&mut self, tenant: Option<&[u8]>, now_ms: i64) -> usize {
-        let mut sets: Vec<TenantKeys> = Vec::new();
-        let moved;
+    /// set moves into a pending job (one per tenant for the database). Returns the entries
+    /// invalidated (not those found expired at `now_ms`, though they are covered too); or,
+    /// when an older pending invalidation may cover some of them, None: they are counted by
+    /// `count_some` and the answer comes out of `take_answered` under `ticket`.
+    pub fn doom_tenant(&mut self, tenant: Option<&[u8]>, now_ms: i64, ticket: u64) -> Option<usize> {
         let selector = match tenant {
             Some(t) => match self.tenants.get_key_value(t) {
                 Some((name, _)) => Selector::Tenant(name.clone()),
-                None => return 0,
+                None => return Some(0),
             },
             None => Selector::All,
         };
         let expired = self.expired_covered(&selector, now_ms);
-        match tenant {
-            Some(t) => {
-                let Some((name, set)) = self.tenants.remove_entry(t) else {
-                    return 0;
-                };
-                moved = footprint::tenant(&name, &set);
-                sets.push(set);
-            }
-            None => {
-                moved = self.tenants.iter().map(|(t, set)| footprint::tenant(t, set)).fold(0, usize::saturating_add);
-                sets.extend(std::mem::take(&mut self.tenants).into_values());
-            }
-        }
+        let sets: Vec<(Name, TenantKeys)> = match tenant {
+            Some(t) => self.tenants.remove_entry(t).into_iter().collect(),
+            None => std::mem::take(&mut self.tenants).into_entries().collect(),
+        };
+        let moved = sets.iter().map(|(t, set)| footprint::tenant(t, set)).fold(0, usize::saturating_add);
         self.item_bytes = self.item_bytes.saturating_sub(moved);
-        let count = sets.iter().map(|set| self.live_in_tenant_keys(set)).sum();
-        let mut covered = count;
-        for set in sets {
-            let selector = match &selector {
-                Selector::Tenant(t) => Selector::Tenant(t.clone()),
-                _ => Selector::All,
-            };
-            self.pending.push(selector, Todo::Sorted(set.names.into_iter()), std::mem::take(&mut covered));
+        let mut counted = 0usize;
+        for (name, set) in sets {
+            // Each tenant its own selector: a job covering the whole database would cover the
+            // members of the sets moved after it, and a count could not tell them apart.
+            let selector = Selector::Tenant(name);
+            if self.overlaps_pending(set.since) {
+                self.pending.push_counted(selector, Todo::Tenant(set.names), ticket);
+            } else {
+                let len = set.names.len();
+                counted = counted.saturating_add(len);
+                self.pending.push(selector, Todo::Tenant(set.names), len);
+            }
         }
-        count.saturating_sub(expired)
+        self.pending.open_ticket(ticket, counted, expired)
     }
 
     /// Invalidates every entry carrying `tag` in O(1): its member set moves into a pending job.
-    pub fn doom_tag(&mut self, tag: &[u8], now_ms: i64) -> usize {
+    /// Answers as `doom_tenant`.
+    pub fn doom_tag(&mut self, tag: &[u8], now_ms: i64, ticket: u64) -> Option<usize> {
         let Some(name) = self.tags.get_key_value(tag).map(|(name, _)| name.clone()) else {
-            return 0;
+            return Some(0);
         };
         let selector = Selector::Tags(vec![name].into());
         let expired = self.expired_covered(&selector, now_ms);
         let Some((name, members)) = self.tags.remove_entry(tag) else {
-            return 0;
+            return Some(0);
         };
         self.item_bytes = self.item_bytes.saturating_sub(footprint::tag(&name, &members));
-        let count = self.live_in_members(&members);
-        let todo = match members {
-            Members::One(k) => Todo::Listed(vec![k].into_iter()),
-            Members::Many(set) => Todo::Hashed(set.names.into_keys()),
+        let counted = match members {
+            Members::One(k) => {
+                let live = self.live_among(std::iter::once(&k));
+                self.pending.push(selector, Todo::Listed(vec![k].into_iter()), live);
+                live
+            }
+            Members::Many(set) if self.overlaps_pending(set.since) => {
+                self.pending.push_counted(selector, Todo::Tag(set.names), ticket);
+                0
+            }
+            Members::Many(set) => {
+                let len = set.names.len();
+                self.pending.push(selector, Todo::Tag(set.names), len);
+                len
+            }
         };
-        self.pending.push(selector, todo, count);
-        count.saturating_sub(expired)
+        self.pending.open_ticket(ticket, counted, expired)
+    }
+
+    /// Counts, for invalidations waiting for their answer, about `max` more names; false once
+    /// nothing is left to count.
+    pub fn count_some(&mut self, max: usize) -> bool {
+        let mut seen = 0usize;
+        while seen < max {
+            let Some((job, epoch, names)) = self.pending.next_to_count() else {
+                return false;
+            };
+            seen = seen.saturating_add(names.len().max(1));
+            let live = names
+                .iter()
+                .filter(|k| self.keys.get(k).is_some_and(|r| self.pending.counts_for(epoch, r.born, k, &r.tenant, &r.tags)))
+                .count();
+            self.pending.add_counted(job, live);
+        }
+        true
+    }
+
+    /// Whether an invalidation is still counting its answer here.
+    pub fn counting(&self) -> bool {
+        self.pending.counting()
+    }
+
+    /// Invalidations answered since last asked: (ticket, entries invalidated).
+    pub fn take_answered(&mut self) -> Vec<(u64, usize)> {
+        self.pending.take_answered()
     }
 
     /// Invalidates `names` (live entries already found by `matching`/`tagged`), covered by
@@ -694,6 +749,7 @@ impl DbIndex {
         let Some((key, record)) = self.keys.remove_entry(key) else {
             return false;
         };
+        self.pending.counting_sees_removal(record.born, &key, &record.tenant, &record.tags);
         if self.dead(&key, &record) {
             self.pending.dead_gone();
         }
@@ -888,6 +944,8 @@ pub fn show(bytes: &[u8]) -> String {
 #[derive(Debug, Default)]
 pub struct Index {
     dbs: HashMap<i32, DbIndex>,
+    /// Answers of databases forgotten while they counted (see `take_answered`).
+    answered: Vec<(u64, usize)>,
 }
 
 impl Index {
@@ -904,18 +962,53 @@ impl Index {
             return false;
         };
         let removed = d.remove(key);
-        if d.is_empty() {
+        if d.is_empty() && !d.counting() {
             self.dbs.remove(&db);
         }
         removed
     }
 
+    /// Forgets a database (FLUSHDB); invalidations still counting there are answered first.
     pub fn clear_db(&mut self, db: i32) {
-        self.dbs.remove(&db);
+        if let Some(mut d) = self.dbs.remove(&db) {
+            d.count_some(usize::MAX);
+            self.answered.extend(d.take_answered());
+        }
     }
 
+    /// Forgets every database (FLUSHALL, a load); invalidations still counting are answered first.
     pub fn clear(&mut self) {
-        self.dbs.clear();
+        for (_, mut d) in self.dbs.drain() {
+            d.count_some(usize::MAX);
+            self.answered.extend(d.take_answered());
+        }
+    }
+
+    /// Invalidations answered since last asked, in every database: (ticket, entries invalidated).
+    pub fn take_answered(&mut self) -> Vec<(u64, usize)> {
+        let mut out = std::mem::take(&mut self.answered);
+        for d in self.dbs.values_mut() {
+            out.extend(d.take_answered());
+        }
+        out
+    }
+
+    /// The answer of `ticket` in `db`, counted now (for a caller that cannot wait). Other
+    /// invalidations counted meanwhile are answered too (`take_answered`).
+    pub fn answer_now(&mut self, db: i32, ticket: u64) -> usize {
+        let Some(d) = self.dbs.get_mut(&db) else {
+            return 0;
+        };
+        d.count_some(usize::MAX);
+        let mut mine = 0;
+        for (t, n) in d.take_answered() {
+            if t == ticket {
+                mine = n;
+            } else {
+                self.answered.push((t, n));
+            }
+        }
+        mine
     }
 
     pub fn swap(&mut self, a: i32, b: i32) {
@@ -981,6 +1074,26 @@ mod tests {
     fn put(ix: &mut DbIndex, key: &[u8], tenant: &[u8], tags: &[Vec<u8>], bytes: usize) {
         let tags: Vec<Name> = tags.iter().map(|t| Name::from(t.as_slice())).collect();
         ix.insert(key, &Name::from(tenant), &tags, bytes, expiry::NEVER);
+    }
+
+    /// What an invalidation answers, counted to the end if it had to count.
+    fn settled(ix: &mut DbIndex, answer: Option<usize>) -> usize {
+        answer.unwrap_or_else(|| {
+            while ix.count_some(7) {}
+            let answered = ix.take_answered();
+            assert_eq!(answered.len(), 1, "one invalidation answered");
+            answered.iter().map(|(_, n)| n).sum()
+        })
+    }
+
+    fn doomed_tenant(ix: &mut DbIndex, tenant: Option<&[u8]>, now_ms: i64) -> usize {
+        let answer = ix.doom_tenant(tenant, now_ms, 1);
+        settled(ix, answer)
+    }
+
+    fn doomed_tag(ix: &mut DbIndex, tag: &[u8], now_ms: i64) -> usize {
+        let answer = ix.doom_tag(tag, now_ms, 1);
+        settled(ix, answer)
     }
 
     fn tags(t: &[&str]) -> Vec<Vec<u8>> {
@@ -1095,13 +1208,13 @@ mod tests {
                     ix.remove(key.as_bytes());
                 }
                 85 => {
-                    ix.doom_tenant(Some(format!("t{}", rng.gen_range(0..5)).as_bytes()), 0);
+                    doomed_tenant(&mut ix, Some(format!("t{}", rng.gen_range(0..5)).as_bytes()), 0);
                 }
                 86 => {
-                    ix.doom_tenant(None, 0);
+                    doomed_tenant(&mut ix, None, 0);
                 }
                 87..=89 => {
-                    ix.doom_tag(format!("tag{}", rng.gen_range(0..30)).as_bytes(), 0);
+                    doomed_tag(&mut ix, format!("tag{}", rng.gen_range(0..30)).as_bytes(), 0);
                 }
                 _ => {
                     if let Some(Step::Remove(name)) = ix.next_step() {
@@ -1120,6 +1233,89 @@ mod tests {
             ix.remove(&key);
         }
         assert_eq!((ix.len(), ix.item_bytes), (0, 0));
+    }
+
+    /// Live entries a brute-force walk finds that `covers` (tenant, tags) selects.
+    fn live_covered(ix: &DbIndex, covers: impl Fn(&Indexed) -> bool) -> usize {
+        ix.entries().filter(|(k, e)| !ix.is_dead(k) && covers(e)).count()
+    }
+
+    #[test]
+    fn answers_counted_in_slices_equal_a_count_made_at_the_invalidation() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut ix = DbIndex::default();
+        // Ticket → the answer a brute-force count gave when the invalidation was made.
+        let mut expected: HashMap<u64, usize> = HashMap::new();
+        let mut answered = 0;
+        let mut ticket = 0u64;
+        for step in 0..30_000 {
+            let key = format!("k:{}", rng.gen_range(0..600));
+            match rng.gen_range(0..1000) {
+                0..=549 => {
+                    let tenant = format!("t{}", rng.gen_range(0..3));
+                    let n = rng.gen_range(0..3);
+                    let t: Vec<Vec<u8>> = (0..n).map(|_| format!("tag{}", rng.gen_range(0..6)).into_bytes()).collect();
+                    put(&mut ix, key.as_bytes(), tenant.as_bytes(), &t, 10);
+                }
+                550..=749 => {
+                    ix.remove(key.as_bytes());
+                }
+                750..=759 => {
+                    ticket += 1;
+                    let (tag, answer) = if rng.gen_bool(0.5) {
+                        let tenant = format!("t{}", rng.gen_range(0..3)).into_bytes();
+                        let want = live_covered(&ix, |e| e.tenant == tenant);
+                        (want, ix.doom_tenant(Some(&tenant), 0, ticket))
+                    } else {
+                        let tag = format!("tag{}", rng.gen_range(0..6)).into_bytes();
+                        let want = live_covered(&ix, |e| e.tags.contains(&tag));
+                        (want, ix.doom_tag(&tag, 0, ticket))
+                    };
+                    match answer {
+                        Some(n) => assert_eq!(n, tag, "answered at once, step {step}"),
+                        None => {
+                            expected.insert(ticket, tag);
+                        }
+                    }
+                }
+                760..=761 => {
+                    ticket += 1;
+                    let want = live_covered(&ix, |_| true);
+                    match ix.doom_tenant(None, 0, ticket) {
+                        Some(n) => assert_eq!(n, want, "answered at once, step {step}"),
+                        None => {
+                            expected.insert(ticket, want);
+                        }
+                    }
+                }
+                762..=899 => {
+                    ix.count_some(rng.gen_range(1..40));
+                }
+                _ => {
+                    if let Some(Step::Remove(name)) = ix.next_step() {
+                        ix.remove(&name);
+                    }
+                }
+            }
+            for (t, n) in ix.take_answered() {
+                assert_eq!(Some(n), expected.remove(&t), "ticket {t}, answered at step {step}");
+                answered += 1;
+            }
+            if expected.is_empty() && step % 16 == 0 {
+                let dead = ix.keys().filter(|k| ix.is_dead(k)).count();
+                assert_eq!(ix.dead_count(), dead, "dead entries at step {step}");
+            }
+        }
+        while ix.count_some(100) {}
+        for (t, n) in ix.take_answered() {
+            assert_eq!(Some(n), expected.remove(&t), "ticket {t}");
+            answered += 1;
+        }
+        assert!(expected.is_empty());
+        assert!(answered > 50, "only {answered} invalidations had to count");
+        eprintln!("{answered} answered later");
+        assert_eq!(ix.self_check(), Ok(()));
     }
 
     #[test]
@@ -1145,8 +1341,8 @@ mod tests {
         // At 1 000 nothing has expired yet; at 1 001 k0..k10 have (5 of them in t).
         assert_eq!(ix.soften_tenant(Some(b"t"), 1_000, 1_000), 50);
         assert_eq!(ix.soften_tag(b"all", 1_001, 1_001), 90);
-        assert_eq!(ix.doom_tenant(Some(b"u"), 9_001), 50 - 5 - 5, "k11..k19 odd have expired too");
-        assert_eq!(ix.doom_tag(b"all", 9_001), 50 - 5 - 4, "k12..k18 even, not k10 (persisted)");
+        assert_eq!(doomed_tenant(&mut ix, Some(b"u"), 9_001), 50 - 5 - 5, "k11..k19 odd have expired too");
+        assert_eq!(doomed_tag(&mut ix, b"all", 9_001), 50 - 5 - 4, "k12..k18 even, not k10 (persisted)");
         assert_eq!(ix.live_len(), 0, "expired entries are dead too, only not counted");
         drain(&mut ix, |_, _| {});
         assert_eq!((ix.len(), ix.expiries.len(), ix.expiries.heap_bytes()), (0, 0, 0));
@@ -1157,7 +1353,7 @@ mod tests {
         let mut ix = DbIndex::default();
         put(&mut ix, b"k1", b"t", &tags(&["x", "y"]), 10);
         put(&mut ix, b"k2", b"t", &tags(&["y"]), 10);
-        assert_eq!(ix.doom_tag(b"y", 0), 2);
+        assert_eq!(doomed_tag(&mut ix, b"y", 0), 2);
         // A second key for x: the set x becomes must still see k1 (written before) as dead.
         put(&mut ix, b"k3", b"t", &tags(&["x"]), 10);
         assert_eq!(ix.live_with_tag(b"x"), 1);
@@ -1167,8 +1363,8 @@ mod tests {
         assert_eq!(ix.live_with_tag(b"y"), 2);
         assert_eq!(ix.live_in_tenant(Some(b"t")), 2, "k3 and k4");
         assert_eq!(ix.live_in_tenant(Some(b"u")), 1);
-        assert_eq!(ix.doom_tag(b"x", 0), 1);
-        assert_eq!(ix.doom_tenant(Some(b"t"), 0), 1, "only k4 is left alive in t");
+        assert_eq!(doomed_tag(&mut ix, b"x", 0), 1);
+        assert_eq!(doomed_tenant(&mut ix, Some(b"t"), 0), 1, "only k4 is left alive in t");
         assert_eq!(ix.live_len(), 1);
     }
 
@@ -1250,7 +1446,7 @@ mod tests {
         assert_eq!(ix.live_with_tag(b"x"), 10, "stale entries are still entries");
         assert_eq!(ix.soften_tenant(Some(b"t"), 7, 7), 10, "stale again: counted again");
         assert_eq!(ix.stale_since(b"k1"), Some(5), "the earliest time wins");
-        assert_eq!(ix.doom_tenant(Some(b"t"), 0), 10);
+        assert_eq!(doomed_tenant(&mut ix, Some(b"t"), 0), 10);
         assert_eq!(ix.stale_since(b"k1"), None, "dead, not stale");
         assert!(ix.stale_names().is_empty());
         let mut removed = 0;

@@ -13,7 +13,9 @@
 
 use crate::glob::Glob;
 use std::sync::Arc;
-use std::collections::{btree_set, HashSet, VecDeque};
+use crate::shardmap::ShardMap;
+use std::collections::{btree_set, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 
 /// A shared name, as the index holds it.
 pub type Name = Arc<[u8]>;
@@ -48,6 +50,10 @@ impl Selector {
 /// The names an invalidation still has to visit, consumed as it goes.
 #[derive(Debug)]
 pub enum Todo {
+    /// A tenant's name set, whole (a count may still walk it), consumed once visited.
+    Tenant(BTreeSet<Name>),
+    /// A tag's member set, whole (a count may still walk it), consumed once visited.
+    Tag(ShardMap<Name, ()>),
     Sorted(btree_set::IntoIter<Name>),
     Hashed(crate::shardmap::IntoKeys<Name, ()>),
     Listed(std::vec::IntoIter<Name>),
@@ -56,6 +62,14 @@ pub enum Todo {
 impl Todo {
     fn next(&mut self) -> Option<Name> {
         match self {
+            Todo::Tenant(set) => {
+                *self = Todo::Sorted(std::mem::take(set).into_iter());
+                self.next()
+            }
+            Todo::Tag(set) => {
+                *self = Todo::Hashed(std::mem::take(set).into_keys());
+                self.next()
+            }
             Todo::Sorted(it) => it.next(),
             Todo::Hashed(it) => it.next(),
             Todo::Listed(it) => it.next(),
@@ -64,9 +78,50 @@ impl Todo {
 
     pub fn len(&self) -> usize {
         match self {
+            Todo::Tenant(set) => set.len(),
+            Todo::Tag(set) => set.len(),
             Todo::Sorted(it) => it.len(),
             Todo::Hashed(it) => it.len(),
             Todo::Listed(it) => it.len(),
+        }
+    }
+
+    /// Where a count of this (whole) set starts.
+    fn count_start(&self) -> Option<Counted> {
+        match self {
+            Todo::Tenant(_) => Some(Counted::After(None)),
+            Todo::Tag(set) => Some(Counted::Buckets { bits: set.bucket_bits(), next: 0 }),
+            _ => None,
+        }
+    }
+
+    /// The next names a count visits after `at`, advancing it; None once the set is done.
+    fn count_batch(&self, at: &mut Counted) -> Option<Vec<Name>> {
+        const BATCH: usize = 256;
+        const BUCKETS_PER_BATCH: u32 = 16;
+        match (self, at) {
+            (Todo::Tenant(set), Counted::After(after)) => {
+                let from = after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(&a[..]));
+                let out: Vec<Name> = set.range::<[u8], _>((from, Bound::Unbounded)).take(BATCH).cloned().collect();
+                *after = Some(out.last()?.clone());
+                Some(out)
+            }
+            (Todo::Tag(set), Counted::Buckets { bits, next }) => {
+                let last = crate::shardmap::bucket_mask(*bits);
+                if *next > last {
+                    return None;
+                }
+                let mut out = Vec::new();
+                for _ in 0..BUCKETS_PER_BATCH {
+                    if *next > last || !out.is_empty() {
+                        break;
+                    }
+                    out.extend(set.names_in_bucket(*bits, *next));
+                    *next = next.saturating_add(1);
+                }
+                Some(out)
+            }
+            _ => None,
         }
     }
 
@@ -81,6 +136,45 @@ pub struct Job {
     pub epoch: u64,
     pub selector: Selector,
     pub todo: Todo,
+    /// While its answer is being counted (see `Pending::push_counted`).
+    count: Option<Count>,
+}
+
+/// How far a count has walked a job's set: names after it are still to count.
+#[derive(Debug, Clone)]
+enum Counted {
+    /// A tenant set, in name order.
+    After(Option<Name>),
+    /// A tag set, bucket by bucket (`ShardMap::names_in_bucket`).
+    Buckets { bits: u32, next: u64 },
+}
+
+impl Counted {
+    fn passed(&self, name: &[u8]) -> bool {
+        match self {
+            Counted::After(after) => after.as_ref().is_some_and(|a| name <= &a[..]),
+            Counted::Buckets { bits, next } => crate::shardmap::bucket_of(name, *bits) < *next,
+        }
+    }
+}
+
+/// The count of one job's covered entries that no older job covered: an invalidation of a set
+/// some of whose members an older pending invalidation already covers is answered once a walk
+/// in the reclaimer's slices has counted them, instead of by a walk that stalls the server.
+#[derive(Debug)]
+struct Count {
+    ticket: u64,
+    at: Counted,
+    live: usize,
+}
+
+/// One invalidation's answer while some of its jobs are still counting.
+#[derive(Debug, Default)]
+struct Ticket {
+    jobs_counting: usize,
+    counted: usize,
+    /// Covered entries whose TTL had passed at the invalidation: not in the answer.
+    expired: usize,
 }
 
 /// Where a stale job has got to in the sets it walks (resolved by the index, which owns them).
@@ -118,8 +212,12 @@ pub struct Pending {
     jobs: VecDeque<Job>,
     stale: VecDeque<StaleJob>,
     epoch: u64,
-    /// Entries covered and still in the keyspace.
+    /// Entries covered and still in the keyspace (those of jobs still counting as they are
+    /// counted).
     dead: usize,
+    tickets: HashMap<u64, Ticket>,
+    /// Answered invalidations: (ticket, entries invalidated), for the caller to collect.
+    answered: Vec<(u64, usize)>,
 }
 
 impl Pending {
@@ -148,6 +246,126 @@ impl Pending {
         self.jobs
             .iter()
             .any(|j| born <= j.epoch && j.selector.covers(key, tenant, tags))
+    }
+
+    /// Whether a job older than `epoch` covers the entry.
+    fn covered_before(&self, epoch: u64, born: u64, key: &[u8], tenant: &[u8], tags: &[Name]) -> bool {
+        self.jobs
+            .iter()
+            .take_while(|j| j.epoch < epoch)
+            .any(|j| born <= j.epoch && j.selector.covers(key, tenant, tags))
+    }
+
+    /// Adds a job whose covered entries are counted later (see `Count`), under `ticket`; the
+    /// set must be whole (`Todo::Tenant` or `Todo::Tag`). Its covered entries are dead at
+    /// once; they enter `dead` as they are counted.
+    pub fn push_counted(&mut self, selector: Selector, todo: Todo, ticket: u64) {
+        let Some(at) = todo.count_start() else {
+            return self.push(selector, todo, 0);
+        };
+        let t = self.tickets.entry(ticket).or_default();
+        t.jobs_counting = t.jobs_counting.saturating_add(1);
+        let count = Some(Count { ticket, at, live: 0 });
+        self.jobs.push_back(Job { epoch: self.epoch, selector, todo, count });
+        self.epoch = self.epoch.saturating_add(1);
+    }
+
+    /// The answer of `ticket`, after its jobs were pushed: `counted` entries counted at once,
+    /// `expired` to leave out. Returned now when none of its jobs counts, otherwise answered
+    /// (`take_answered`) once they have.
+    pub fn open_ticket(&mut self, ticket: u64, counted: usize, expired: usize) -> Option<usize> {
+        let t = self.tickets.entry(ticket).or_default();
+        t.counted = t.counted.saturating_add(counted);
+        t.expired = t.expired.saturating_add(expired);
+        if t.jobs_counting > 0 {
+            return None;
+        }
+        let t = self.tickets.remove(&ticket)?;
+        Some(t.counted.saturating_sub(t.expired))
+    }
+
+    fn close(&mut self, ticket: u64) {
+        if let Some(t) = self.tickets.remove(&ticket) {
+            self.answered.push((ticket, t.counted.saturating_sub(t.expired)));
+        }
+    }
+
+    /// Whether some invalidation is still counting.
+    pub fn counting(&self) -> bool {
+        !self.tickets.is_empty()
+    }
+
+    /// Answered invalidations since last asked.
+    pub fn take_answered(&mut self) -> Vec<(u64, usize)> {
+        std::mem::take(&mut self.answered)
+    }
+
+    /// An entry written in `born` leaves the keyspace (or is rewritten): a counting job that
+    /// covers it and has not reached it yet counts it now, unless an older job covers it.
+    pub fn counting_sees_removal(&mut self, born: u64, key: &[u8], tenant: &[u8], tags: &[Name]) {
+        if !self.counting() {
+            return;
+        }
+        let counts: Vec<usize> = (0..self.jobs.len())
+            .filter(|&i| {
+                self.jobs.get(i).is_some_and(|j| {
+                    j.count.as_ref().is_some_and(|c| !c.at.passed(key))
+                        && born <= j.epoch
+                        && j.selector.covers(key, tenant, tags)
+                        && !self.covered_before(j.epoch, born, key, tenant, tags)
+                })
+            })
+            .collect();
+        for i in counts {
+            if let Some(c) = self.jobs.get_mut(i).and_then(|j| j.count.as_mut()) {
+                c.live = c.live.saturating_add(1);
+                self.dead = self.dead.saturating_add(1);
+            }
+        }
+    }
+
+    /// The next names the oldest counting job visits, with its index and epoch, advancing its
+    /// walk; a job that has nothing left is finished (its ticket answered when its last job
+    /// is) and the next one asked.
+    pub fn next_to_count(&mut self) -> Option<(usize, u64, Vec<Name>)> {
+        loop {
+            let i = self.jobs.iter().position(|j| j.count.is_some())?;
+            let job = self.jobs.get_mut(i)?;
+            let epoch = job.epoch;
+            let Job { todo, count, .. } = job;
+            let batch = count.as_mut().and_then(|c| todo.count_batch(&mut c.at));
+            match batch {
+                Some(names) => return Some((i, epoch, names)),
+                None => self.finish_count(i),
+            }
+        }
+    }
+
+    /// Of the entries written in `born` among a counting job's names, those no older job covers.
+    pub fn counts_for(&self, epoch: u64, born: u64, key: &[u8], tenant: &[u8], tags: &[Name]) -> bool {
+        born <= epoch && !self.covered_before(epoch, born, key, tenant, tags)
+    }
+
+    /// `live` more entries counted by job `i`.
+    pub fn add_counted(&mut self, i: usize, live: usize) {
+        if let Some(c) = self.jobs.get_mut(i).and_then(|j| j.count.as_mut()) {
+            c.live = c.live.saturating_add(live);
+            self.dead = self.dead.saturating_add(live);
+        }
+    }
+
+    fn finish_count(&mut self, i: usize) {
+        let Some(c) = self.jobs.get_mut(i).and_then(|j| j.count.take()) else {
+            return;
+        };
+        let Some(t) = self.tickets.get_mut(&c.ticket) else {
+            return;
+        };
+        t.counted = t.counted.saturating_add(c.live);
+        t.jobs_counting = t.jobs_counting.saturating_sub(1);
+        if t.jobs_counting == 0 {
+            self.close(c.ticket);
+        }
     }
 
     /// When an entry written in `born` with this name, tenant and tags became stale by a
@@ -183,7 +401,7 @@ impl Pending {
 
     /// Adds a job covering everything written so far; later writes get a newer epoch.
     pub fn push(&mut self, selector: Selector, todo: Todo, covered: usize) {
-        self.jobs.push_back(Job { epoch: self.epoch, selector, todo });
+        self.jobs.push_back(Job { epoch: self.epoch, selector, todo, count: None });
         self.epoch = self.epoch.saturating_add(1);
         self.dead = self.dead.saturating_add(covered);
     }
@@ -199,10 +417,14 @@ impl Pending {
     }
 
     /// The next name to visit, dropping finished jobs first (their last name was dealt with by
-    /// the caller before it asked again); None when nothing is pending.
+    /// the caller before it asked again); None when nothing is pending or the oldest job is
+    /// still counting.
     pub fn next_name(&mut self) -> Option<Name> {
         loop {
             let job = self.jobs.front_mut()?;
+            if job.count.is_some() {
+                return None;
+            }
             if let Some(name) = job.todo.next() {
                 return Some(name);
             }

@@ -7,7 +7,7 @@
 
 use crate::config;
 use crate::engine;
-use crate::ffi::blocking::start_timer;
+use crate::ffi::blocking::{answer, start_timer};
 use crate::ffi::datatype::{install_persist_hooks, PersistHooks, StaleNames};
 use crate::ffi::filter::{self, FilterHooks};
 use crate::index::{Name, Step};
@@ -40,14 +40,19 @@ pub fn schedule(ctx: &Context) {
     }
 }
 
-/// One slice: remove dead entries until the budget is spent or nothing is left.
+/// One slice: count for invalidations waiting for their answer first, then remove dead
+/// entries, until the budget is spent or nothing is left.
 fn slice(ctx: &Context, (): ()) {
     let budget = Duration::from_micros(u64::try_from(config::get(&config::RECLAIM_SLICE_US)).unwrap_or(1000));
     let started = Instant::now();
     let primary = keyspace::is_primary(ctx);
     let mut reclaimed = 0u64;
-    let mut out_of_time = false;
+    let mut out_of_time = count_answers(started, budget);
+    answer_counted();
     'dbs: for db in with_state(|s| s.index.pending_dbs()) {
+        if out_of_time {
+            break;
+        }
         if !keyspace::select_db(ctx, db) {
             continue;
         }
@@ -82,6 +87,50 @@ fn slice(ctx: &Context, (): ()) {
         start_timer(ctx, 1, (), slice);
     } else {
         RECLAIM_PENDING.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Counts for the invalidations waiting for their answer until `budget` is spent since
+/// `started`; true when it ran out of time.
+fn count_answers(started: Instant, budget: Duration) -> bool {
+    const NAMES_PER_STEP: usize = 512;
+    for db in with_state(|s| s.index.pending_dbs()) {
+        loop {
+            if started.elapsed() >= budget {
+                return true;
+            }
+            if !with_state(|s| s.index.db_mut(db).count_some(NAMES_PER_STEP)) {
+                break;
+            }
+        }
+    }
+    false
+}
+
+/// Answers the invalidations whose count is complete (their callers were blocked) and logs
+/// the large ones.
+pub fn answer_counted() {
+    let done: Vec<(crate::state::Waiting, usize)> = with_state(|s| {
+        let answered = s.index.take_answered();
+        answered.into_iter().filter_map(|(ticket, n)| Some((s.waiting.remove(&ticket)?, n))).collect()
+    });
+    for (waiting, n) in done {
+        if let Some(waiter) = waiting.waiter {
+            answer(waiter, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        log_if_large(n, waiting.started, || waiting.what);
+    }
+}
+
+/// The log line of an invalidation of more than `tagcache.log-invalidations-over` entries.
+pub fn log_if_large(count: usize, started: Instant, what: impl FnOnce() -> String) {
+    let threshold = config::get(&config::LOG_INVALIDATIONS_OVER);
+    if i64::try_from(count).unwrap_or(i64::MAX) > threshold {
+        redis_module::logging::log_notice(format!(
+            "tagcache: invalidated {count} keys ({}) in {} ms",
+            what(),
+            started.elapsed().as_millis()
+        ));
     }
 }
 

@@ -23,6 +23,16 @@ pub struct ParkedClient {
     pub tenant: Vec<u8>,
 }
 
+/// An invalidation whose answer is still being counted (see `pending::Count`).
+#[derive(Debug)]
+pub struct Waiting {
+    /// The blocked caller; None when nobody waits for the number (a replicated command).
+    pub waiter: Option<crate::ffi::blocking::Waiter>,
+    /// What the log line of a large invalidation names.
+    pub what: String,
+    pub started: std::time::Instant,
+}
+
 /// Reclamation figures for CACHE.STATS / INFO (see `reclaim`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReclaimStats {
@@ -57,9 +67,18 @@ pub struct State {
     /// While a dataset loads: the entries it listed as stale by a SOFT invalidation, with
     /// since when, per database.
     pub loaded_stale: HashMap<i32, HashMap<crate::index::Name, i64>>,
+    /// Invalidations still counting their answer, by ticket.
+    pub waiting: HashMap<u64, Waiting>,
+    pub next_ticket: u64,
 }
 
 impl State {
+    /// A new ticket for an invalidation's answer.
+    pub fn ticket(&mut self) -> u64 {
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        self.next_ticket
+    }
+
     /// Indexes a key expiring at `expires_at` (replacing what was indexed for it) and keeps namespace key counts exact.
     /// The entry then shares the index's copies of its tenant and tag names.
     pub fn index_insert(&mut self, db: i32, key: &[u8], entry: &mut Entry, expires_at: i64, sep: &[u8]) {

@@ -488,3 +488,80 @@ fn entries_expired_but_not_yet_removed_are_not_counted_by_an_invalidation_made_i
     with_expired_entries(&mut c);
     assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATE", b"e", b"*"]).unwrap(), 800);
 }
+
+fn blocked_clients(c: &mut Connection) -> u64 {
+    let info: String = q(c, &[b"INFO", b"clients"]).unwrap();
+    let line = info.lines().find_map(|l| l.strip_prefix("blocked_clients:")).unwrap();
+    line.trim().parse().unwrap()
+}
+
+/// Sends `INVALIDATE t *` on `c` from a thread, waits until the server has parked it (its answer
+/// is being counted), then runs `meanwhile` and returns the answer.
+fn invalidate_tenant_t_while(mut c: Connection, other: &mut Connection, meanwhile: impl FnOnce(&mut Connection)) -> i64 {
+    let caller = std::thread::spawn(move || q::<i64>(&mut c, &[b"CACHE.INVALIDATE", b"t", b"*"]).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while blocked_clients(other) == 0 {
+        assert!(!caller.is_finished(), "answered without waiting for a count");
+        assert!(Instant::now() < deadline, "never parked");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The server still serves everyone else while it counts.
+    assert_eq!(q::<String>(other, &[b"PING"]).unwrap(), "PONG");
+    meanwhile(other);
+    caller.join().unwrap()
+}
+
+#[test]
+fn an_invalidation_overlapping_a_pending_one_is_answered_exactly_once_counted_in_slices() {
+    let (primary, replica, mut p, mut r) = filled_primary_and_replica();
+    for c in [&mut p, &mut r] {
+        let _: () = q(c, &[b"CONFIG", b"SET", b"tagcache.reclaim-sync-max", b"10"]).unwrap();
+    }
+    let expected = (N - N / 100) as i64;
+
+    // 1. The tenant's entries of cat:0 are dead already: the tenant's set cannot be counted in
+    //    O(1). Writes made while the count runs change nothing to the answer.
+    assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATETAGS", b"1", b"cat:0"]).unwrap(), (N / 100) as i64);
+    let answer = invalidate_tenant_t_while(primary.conn(), &mut p, |c| {
+        let _: () = q(c, &[b"DEL", key(1).as_bytes()]).unwrap();
+        let _: () = q(c, &[b"CACHE.SET", key(2).as_bytes(), b"new"]).unwrap();
+        let _: () = q(c, &[b"CACHE.SET", b"c:{t}:new", b"new"]).unwrap();
+        assert_eq!(q::<Option<String>>(c, &[b"CACHE.GET", key(3).as_bytes()]).unwrap(), None);
+    });
+    assert_eq!(answer, expected);
+    assert_eq!(blocked_clients(&mut p), 0);
+    primary.wait_replicated(&replica);
+    for c in [&mut p, &mut r] {
+        assert_eq!(q::<Option<String>>(c, &[b"CACHE.GET", key(3).as_bytes()]).unwrap(), None);
+        assert_eq!(q::<Option<String>>(c, &[b"CACHE.GET", key(2).as_bytes()]).unwrap().as_deref(), Some("new"));
+    }
+    wait_reclaimed(&mut p);
+    wait_reclaimed(&mut r);
+    for c in [&mut p, &mut r] {
+        assert_eq!(q::<i64>(c, &[b"DBSIZE"]).unwrap(), 12, "10 of u, the two written meanwhile");
+        assert_eq!(index_check(c), "OK");
+    }
+    assert_eq!(digest(&mut p), digest(&mut r));
+
+    // 2. Inside MULTI the caller cannot wait: the count is made at once, just as exact.
+    fill(&mut p);
+    slow(&mut p);
+    assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATETAGS", b"1", b"cat:1"]).unwrap(), (N / 100) as i64);
+    let (answer,): (i64,) = redis::pipe().atomic().cmd("CACHE.INVALIDATE").arg("t").arg("*").query(&mut p).unwrap();
+    assert_eq!(answer, expected + 1, "with c:{{t}}:new");
+
+    // 3. FLUSHALL while the count runs: the caller still gets the exact answer.
+    wait_reclaimed(&mut p);
+    fill(&mut p);
+    slow(&mut p);
+    assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATETAGS", b"1", b"cat:2"]).unwrap(), (N / 100) as i64);
+    let answer = invalidate_tenant_t_while(primary.conn(), &mut p, |c| {
+        let _: () = q(c, &[b"FLUSHALL"]).unwrap();
+    });
+    assert_eq!(answer, expected);
+    primary.wait_replicated(&replica);
+    for c in [&mut p, &mut r] {
+        assert_eq!(q::<i64>(c, &[b"DBSIZE"]).unwrap(), 0);
+        assert_eq!(index_check(c), "OK");
+    }
+}

@@ -12,7 +12,8 @@ use crate::reclaim;
 use crate::keyspace;
 use crate::parking;
 use crate::policy;
-use crate::state::with_state;
+use crate::ffi::blocking::block_for_answer;
+use crate::state::{with_state, Waiting};
 use crate::stats::Event;
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 use std::time::Instant;
@@ -57,7 +58,7 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         in_background_pattern(ctx, db, scope.as_deref(), &glob, how(soft))?
     };
     let count = match background {
-        Some(count) => count,
+        Some(reply) => reply,
         None => {
             let keys: Vec<Vec<u8>> = with_state(|s| {
                 s.index
@@ -69,7 +70,7 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     .collect()
             });
             engine::check_write_permission(ctx, &keys)?;
-            apply(ctx, db, &keys, soft)
+            Reply::Now(apply(ctx, db, &keys, soft))
         }
     };
     let fence_until = fence_until(ctx);
@@ -90,15 +91,14 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         ctx.replicate_verbatim();
         reclaim::schedule(ctx);
     }
-    log_if_large(ctx, count, started, || {
+    answer(ctx, db, count, started, || {
         format!(
             "tenant {} pattern {}{}",
             scope.as_deref().map_or_else(|| "*".to_string(), show),
             show(pattern.as_slice()),
             if soft { " SOFT" } else { "" }
         )
-    });
-    Ok(RedisValue::Integer(count as i64))
+    })
 }
 
 /// `CACHE.INVALIDATETAGS numtags tag [tag …] [SOFT]` → entries invalidated (each once).
@@ -142,7 +142,7 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             reclaim::schedule(ctx);
             count
         }
-        None => apply(ctx, db, &keys, soft),
+        None => Reply::Now(apply(ctx, db, &keys, soft)),
     };
     let fence_until = fence_until(ctx);
     with_state(|s| {
@@ -151,11 +151,44 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             s.migration_fences.add_tags(db, &tags, action(soft), user.as_deref(), until);
         }
     });
-    log_if_large(ctx, count, started, || {
+    answer(ctx, db, count, started, || {
         let names: Vec<String> = tags.iter().map(|t| show(t)).collect();
         format!("tags {}{}", names.join(" "), if soft { " SOFT" } else { "" })
-    });
-    Ok(RedisValue::Integer(count as i64))
+    })
+}
+
+/// What an invalidation answers.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    /// This many entries.
+    Now(usize),
+    /// The count under this ticket, once the reclaimer's slices have made it (some entries
+    /// were covered by an older invalidation still pending, and telling them apart one by one
+    /// here would stall the server).
+    Counting(u64),
+}
+
+/// Replies, or blocks the caller until its count is made (`reclaim::answer_counted`). A
+/// caller that cannot block (MULTI, scripts) gets the count made now; a replicated command,
+/// whose reply nobody reads, leaves it to the slices (for the log line).
+fn answer(ctx: &Context, db: i32, reply: Reply, started: Instant, what: impl FnOnce() -> String) -> RedisResult {
+    let ticket = match reply {
+        Reply::Now(n) => {
+            reclaim::log_if_large(n, started, what);
+            return Ok(RedisValue::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
+        }
+        Reply::Counting(ticket) => ticket,
+    };
+    let replayed = keyspace::is_replayed(ctx);
+    let waiter = if !replayed && keyspace::may_block(ctx) { block_for_answer(ctx) } else { None };
+    if waiter.is_none() && !replayed {
+        let n = with_state(|s| s.index.answer_now(db, ticket));
+        reclaim::log_if_large(n, started, what);
+        return Ok(RedisValue::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
+    }
+    let waiting = Waiting { waiter, what: what(), started };
+    with_state(|s| s.waiting.insert(ticket, waiting));
+    Ok(if waiter.is_some() { RedisValue::NoReply } else { RedisValue::Integer(0) })
 }
 
 /// Whether an invalidation of `count` entries is made visible at once and reclaimed later.
@@ -175,7 +208,7 @@ fn prepare_index(ctx: &Context) {
 /// are reclaimed (or get their TTL shortened) in slices. A whole tenant (pattern `*`) costs
 /// O(1); another pattern, the walk of its literal prefix range. None when the invalidation is
 /// small enough to apply at once.
-fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Glob, how: How) -> Result<Option<usize>, RedisError> {
+fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Glob, how: How) -> Result<Option<Reply>, RedisError> {
     let matched = |limit| {
         with_state(|s| {
             s.index
@@ -186,12 +219,16 @@ fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Gl
     };
     let names = |v: &[Name]| v.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
     if glob.matches_everything() {
-        let count = with_state(|s| s.index.db(db).map_or(0, |ix| ix.live_in_tenant(scope)));
-        if !large_invalidation(count) {
+        let at_most = with_state(|s| s.index.db(db).map_or(0, |ix| ix.tenant_len(scope)));
+        if !large_invalidation(at_most) {
             return Ok(None);
         }
         engine::check_write_permission_bulk(ctx, || names(&matched(usize::MAX)))?;
-        return Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_tenant(scope, how, keyspace::now_ms()))));
+        return Ok(Some(with_state(|s| {
+            let ticket = s.ticket();
+            let answer = s.index.db_mut(db).invalidate_tenant(scope, how, keyspace::now_ms(), ticket);
+            answer.map_or(Reply::Counting(ticket), Reply::Now)
+        })));
     }
     let keys = matched(usize::MAX);
     if !large_invalidation(keys.len()) {
@@ -202,21 +239,25 @@ fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Gl
         tenant: scope.map(Name::from),
         glob: glob.clone(),
     };
-    Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how, keyspace::now_ms()))))
+    Ok(Some(Reply::Now(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how, keyspace::now_ms())))))
 }
 
 /// A large `INVALIDATETAGS`: one tag costs O(1) (its member set moves into the pending job, or
 /// is walked in place for SOFT), several tags the union of their members.
-fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>], how: How) -> Result<Option<usize>, RedisError> {
+fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>], how: How) -> Result<Option<Reply>, RedisError> {
     let tagged = || with_state(|s| s.index.db(db).map(|ix| ix.tagged(tags)).unwrap_or_default());
     let names = |v: &[Name]| v.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
     if let [tag] = tags {
-        let count = with_state(|s| s.index.db(db).map_or(0, |ix| ix.live_with_tag(tag)));
-        if !large_invalidation(count) {
+        let at_most = with_state(|s| s.index.db(db).map_or(0, |ix| ix.tag_len(tag)));
+        if !large_invalidation(at_most) {
             return Ok(None);
         }
         engine::check_write_permission_bulk(ctx, || names(&tagged()))?;
-        return Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_tag(tag, how, keyspace::now_ms()))));
+        return Ok(Some(with_state(|s| {
+            let ticket = s.ticket();
+            let answer = s.index.db_mut(db).invalidate_tag(tag, how, keyspace::now_ms(), ticket);
+            answer.map_or(Reply::Counting(ticket), Reply::Now)
+        })));
     }
     let keys = tagged();
     if !large_invalidation(keys.len()) {
@@ -224,7 +265,7 @@ fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>], how: How) -> Res
     }
     engine::check_write_permission_bulk(ctx, || names(&keys))?;
     let selector = Selector::Tags(tags.iter().map(|t| Name::from(t.as_slice())).collect());
-    Ok(Some(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how, keyspace::now_ms()))))
+    Ok(Some(Reply::Now(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how, keyspace::now_ms())))))
 }
 
 /// In a cluster an invalidation also fences entries that arrive later by MIGRATE/RESTORE (from
@@ -276,15 +317,4 @@ fn apply(ctx: &Context, db: i32, keys: &[Vec<u8>], soft: bool) -> usize {
         }
     });
     changed.len()
-}
-
-fn log_if_large(ctx: &Context, count: usize, started: Instant, what: impl FnOnce() -> String) {
-    let threshold = config::get(&config::LOG_INVALIDATIONS_OVER);
-    if i64::try_from(count).unwrap_or(i64::MAX) > threshold {
-        ctx.log_notice(&format!(
-            "tagcache: invalidated {count} keys ({}) in {} ms",
-            what(),
-            started.elapsed().as_millis()
-        ));
-    }
 }

@@ -112,3 +112,51 @@ unsafe extern "C" fn timer_trampoline<T: 'static>(ctx: *mut raw::RedisModuleCtx,
     let (callback, data) = *Box::from_raw(data.cast::<(fn(&Context, T), T)>());
     callback(&Context::new(ctx), data);
 }
+
+/// A client blocked until the module answers it with a number (`answer`): a command whose
+/// answer is computed in later slices. Answer each exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiter(usize);
+
+/// Blocks the calling client until `answer`, with no time limit (and no timeout callback, so
+/// CLIENT UNBLOCK cannot cut the wait short); None when Redis refused.
+pub fn block_for_answer(ctx: &Context) -> Option<Waiter> {
+    let block = api!(RedisModule_BlockClient)?;
+    // SAFETY: ctx is the command's context; the callbacks only read the privdata `answer` gives.
+    let handle = unsafe { block(ctx.ctx, Some(answer_trampoline), None, Some(answer_free_trampoline), 0) };
+    (!handle.is_null()).then_some(Waiter(handle as usize))
+}
+
+/// Unblocks `waiter` with `n` as its reply (Redis drops the reply if the client has gone).
+pub fn answer(waiter: Waiter, n: i64) {
+    let Some(unblock) = api!(RedisModule_UnblockClient) else {
+        return;
+    };
+    let data = Box::into_raw(Box::new(n));
+    // SAFETY: a Waiter is valid until it is answered, which its owner does once; Redis owns
+    // `data` from now on and hands it to answer_free_trampoline.
+    let rc = unsafe { unblock(waiter.0 as *mut raw::RedisModuleBlockedClient, data.cast()) };
+    if rc != raw::REDISMODULE_OK as c_int {
+        // SAFETY: Redis did not take the privdata.
+        drop(unsafe { Box::from_raw(data) });
+    }
+}
+
+/// SAFETY: called by Redis with the context of a client unblocked by `answer`.
+unsafe extern "C" fn answer_trampoline(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::RedisModuleString, _argc: c_int) -> c_int {
+    let Some(get) = api!(RedisModule_GetBlockedClientPrivateData) else {
+        return raw::REDISMODULE_ERR as c_int;
+    };
+    // SAFETY: the privdata of clients unblocked by `answer` is a Box<i64>, alive until
+    // answer_free_trampoline runs.
+    let n = unsafe { get(ctx).cast::<i64>().as_ref() }.copied().unwrap_or(0);
+    Context::new(ctx).reply(Ok(redis_module::RedisValue::Integer(n)));
+    raw::REDISMODULE_OK as c_int
+}
+
+/// SAFETY: called once by Redis with the privdata given to `answer`.
+unsafe extern "C" fn answer_free_trampoline(_ctx: *mut raw::RedisModuleCtx, privdata: *mut c_void) {
+    if !privdata.is_null() {
+        drop(Box::from_raw(privdata.cast::<i64>()));
+    }
+}
