@@ -90,6 +90,16 @@ fn probe_after(server: &Server, c: &mut Connection, before: Option<&redis::Cmd>,
     Probe { max_ms: *lat.last().unwrap_or(&0.0), p99_ms: p99, command_ms, reclaim_ms }
 }
 
+/// What a row is held to.
+#[derive(Clone, Copy)]
+enum Target {
+    None,
+    /// The probe's worst latency and the command's own time, each <= 10 ms.
+    ProbeAndCommand,
+    /// The probe's worst latency only: the caller itself is parked while its answer is counted.
+    Probe,
+}
+
 pub fn rows(quick: bool) {
     let sizes: &[usize] = if quick { &[200_000] } else { &[200_000, 1_000_000] };
     println!("Invalidation stall: a probe PINGs every ms during the invalidation and its reclamation");
@@ -97,13 +107,12 @@ pub fn rows(quick: bool) {
         "{:<46} {:>9} {:>9} {:>11} {:>11}",
         "row", "probe max", "probe p99", "command ms", "reclaimed in"
     );
-    let show = |name: String, p: &Probe, target: bool| {
-        let verdict = if !target {
-            String::new()
-        } else if p.max_ms <= 10.0 && p.command_ms <= 10.0 {
-            "  (target <= 10 ms: PASS)".to_string()
-        } else {
-            "  (target <= 10 ms: FAIL)".to_string()
+    let show = |name: String, p: &Probe, target: Target| {
+        let pass = |ok: bool| if ok { "PASS" } else { "FAIL" };
+        let verdict = match target {
+            Target::None => String::new(),
+            Target::ProbeAndCommand => format!("  (target <= 10 ms: {})", pass(p.max_ms <= 10.0 && p.command_ms <= 10.0)),
+            Target::Probe => format!("  (probe target <= 10 ms: {}; the caller waits for its count)", pass(p.max_ms <= 10.0)),
         };
         println!(
             "{name:<46} {:>7.1}ms {:>7.1}ms {:>9.1}ms {:>9.0}ms{verdict}",
@@ -115,23 +124,23 @@ pub fn rows(quick: bool) {
         let mut c = server.conn();
         populate(&mut c, n);
         let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATE").arg("big").arg("*"), n);
-        show(format!("INVALIDATE big * ({n} entries)"), &p, true);
+        show(format!("INVALIDATE big * ({n} entries)"), &p, Target::ProbeAndCommand);
         populate(&mut c, n);
         let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATETAGS").arg(1).arg("bigtag"), n);
-        show(format!("INVALIDATETAGS 1 bigtag ({n} entries)"), &p, true);
+        show(format!("INVALIDATETAGS 1 bigtag ({n} entries)"), &p, Target::ProbeAndCommand);
         // SOFT: the entries stay, stale; the background shortens their TTLs.
         populate(&mut c, n);
         let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATE").arg("big").arg("*").arg("SOFT"), n);
-        show(format!("INVALIDATE big * SOFT ({n} entries)"), &p, true);
+        show(format!("INVALIDATE big * SOFT ({n} entries)"), &p, Target::ProbeAndCommand);
         populate(&mut c, n);
         let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATETAGS").arg(1).arg("bigtag").arg("SOFT"), n);
-        show(format!("INVALIDATETAGS 1 bigtag SOFT ({n} entries)"), &p, true);
+        show(format!("INVALIDATETAGS 1 bigtag SOFT ({n} entries)"), &p, Target::ProbeAndCommand);
         // Half the tenant is dead already and not reclaimed yet: the answer (the other half)
         // is counted in the reclaimer's slices while the caller waits.
         populate(&mut c, n);
         let even = redis::cmd("CACHE.INVALIDATETAGS").arg(1).arg("even").clone();
         let p = probe_after(&server, &mut c, Some(&even), redis::cmd("CACHE.INVALIDATE").arg("big").arg("*"), n / 2);
-        show(format!("INVALIDATE big * after 1/2 by tag ({n} entries)"), &p, true);
+        show(format!("INVALIDATE big * after 1/2 by tag ({n} entries)"), &p, Target::Probe);
     }
     // The same invalidation applied at once (what every invalidation did before issue 10).
     let n = sizes[0];
@@ -139,9 +148,9 @@ pub fn rows(quick: bool) {
     let mut c = server.conn();
     populate(&mut c, n);
     let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATE").arg("big").arg("*"), n);
-    show(format!("  same, applied at once ({n} entries)"), &p, false);
+    show(format!("  same, applied at once ({n} entries)"), &p, Target::None);
     populate(&mut c, n);
     let p = probe_during(&server, &mut c, redis::cmd("CACHE.INVALIDATE").arg("big").arg("*").arg("SOFT"), n);
-    show(format!("  same SOFT, applied at once ({n} entries)"), &p, false);
+    show(format!("  same SOFT, applied at once ({n} entries)"), &p, Target::None);
     println!();
 }

@@ -4,7 +4,7 @@
 
 use crate::expiry::{self, Expiries};
 use crate::glob::Glob;
-use crate::pending::{Pending, Selector, Todo, Walk};
+use crate::pending::{bucket_batch, sorted_batch, CountSource, Counted, Pending, Selector, Todo, Walk};
 use crate::shardmap::ShardMap;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -316,7 +316,7 @@ impl DbIndex {
     pub fn invalidate_tenant(&mut self, tenant: Option<&[u8]>, how: How, now_ms: i64, ticket: u64) -> Option<usize> {
         match how {
             How::Remove => self.doom_tenant(tenant, now_ms, ticket),
-            How::MarkStale { at_ms } => Some(self.soften_tenant(tenant, at_ms, now_ms)),
+            How::MarkStale { at_ms } => self.soften_tenant(tenant, at_ms, now_ms, ticket),
         }
     }
 
@@ -324,7 +324,7 @@ impl DbIndex {
     pub fn invalidate_tag(&mut self, tag: &[u8], how: How, now_ms: i64, ticket: u64) -> Option<usize> {
         match how {
             How::Remove => self.doom_tag(tag, now_ms, ticket),
-            How::MarkStale { at_ms } => Some(self.soften_tag(tag, at_ms, now_ms)),
+            How::MarkStale { at_ms } => self.soften_tag(tag, at_ms, now_ms, ticket),
         }
     }
 
@@ -348,6 +348,7 @@ impl DbIndex {
     /// when an older pending invalidation may cover some of them, None: they are counted by
     /// `count_some` and the answer comes out of `take_answered` under `ticket`.
     pub fn doom_tenant(&mut self, tenant: Option<&[u8]>, now_ms: i64, ticket: u64) -> Option<usize> {
+        self.count_before_moving_sets();
         let selector = match tenant {
             Some(t) => match self.tenants.get_key_value(t) {
                 Some((name, _)) => Selector::Tenant(name.clone()),
@@ -381,6 +382,7 @@ impl DbIndex {
     /// Invalidates every entry carrying `tag` in O(1): its member set moves into a pending job.
     /// Answers as `doom_tenant`.
     pub fn doom_tag(&mut self, tag: &[u8], now_ms: i64, ticket: u64) -> Option<usize> {
+        self.count_before_moving_sets();
         let Some(name) = self.tags.get_key_value(tag).map(|(name, _)| name.clone()) else {
             return Some(0);
         };
@@ -409,22 +411,65 @@ impl DbIndex {
         self.pending.open_ticket(ticket, counted, expired)
     }
 
-    /// Counts, for invalidations waiting for their answer, about `max` more names; false once
-    /// nothing is left to count.
+    /// A SOFT count walks its tenant or tag set in place: before a hard invalidation moves
+    /// sets away, such counts finish (a rare stall: SOFT over a pending hard invalidation, then
+    /// a hard one while the first still counts).
+    fn count_before_moving_sets(&mut self) {
+        if self.pending.stale_counting() {
+            self.count_some(usize::MAX);
+        }
+    }
+
+    /// Counts, for invalidations waiting for their answer, about `max` more names (hard ones
+    /// first); false once nothing is left to count.
     pub fn count_some(&mut self, max: usize) -> bool {
         let mut seen = 0usize;
         while seen < max {
-            let Some((job, epoch, names)) = self.pending.next_to_count() else {
-                return false;
+            let counted = match self.pending.next_to_count() {
+                Some((job, epoch, names)) => {
+                    let live = self.live_for(epoch, &names);
+                    self.pending.add_counted(job, live);
+                    names.len()
+                }
+                None => {
+                    let Some((job, epoch, source, mut at)) = self.pending.next_stale_to_count() else {
+                        return false;
+                    };
+                    let names = self.names_after(&source, &mut at);
+                    let live = names.as_ref().map_or(0, |n| self.live_for(epoch, n));
+                    self.pending.stale_counted(job, names.is_some().then_some(at), live);
+                    names.map_or(0, |n| n.len())
+                }
             };
-            seen = seen.saturating_add(names.len().max(1));
-            let live = names
-                .iter()
-                .filter(|k| self.keys.get(k).is_some_and(|r| self.pending.counts_for(epoch, r.born, k, &r.tenant, &r.tags)))
-                .count();
-            self.pending.add_counted(job, live);
+            seen = seen.saturating_add(counted.max(1));
         }
         true
+    }
+
+    /// Among `names`, the entries a count of an invalidation made in `epoch` counts.
+    fn live_for(&self, epoch: u64, names: &[Name]) -> usize {
+        names
+            .iter()
+            .filter(|k| self.keys.get(k).is_some_and(|r| self.pending.counts_for(epoch, r.born, k, &r.tenant, &r.tags)))
+            .count()
+    }
+
+    /// The next names of a tenant's or a tag's set after `at`, advancing it; None once done
+    /// (a set gone has no member left from before: each one's removal was counted).
+    fn names_after(&self, source: &CountSource, at: &mut Counted) -> Option<Vec<Name>> {
+        match (source, at) {
+            (CountSource::Tenant(t), Counted::After(after)) => sorted_batch(&self.tenants.get(t)?.names, after),
+            (CountSource::Tag(t), Counted::Buckets { bits, next }) => {
+                let members = self.tags.get(t)?;
+                let bits = *bits;
+                bucket_batch(bits, next, |bucket| match members {
+                    Members::One(k) if crate::shardmap::bucket_of(k, bits) == bucket => vec![k.clone()],
+                    Members::One(_) => Vec::new(),
+                    Members::Many(set) => set.names.names_in_bucket(bits, bucket),
+                })
+            }
+            _ => None,
+        }
     }
 
     /// Whether an invalidation is still counting its answer here.
@@ -464,6 +509,9 @@ impl DbIndex {
         let name = loop {
             let DbIndex { pending, tenants, tags, keys, .. } = self;
             let job = pending.front_stale()?;
+            if job.is_counting() {
+                return None;
+            }
             if let Some(name) = job.batch.pop() {
                 job.left = job.left.saturating_sub(1);
                 break name;
@@ -497,6 +545,9 @@ impl DbIndex {
     /// any more, as if it had just been written.
     pub fn restamp(&mut self, key: &[u8]) {
         let epoch = self.pending.epoch();
+        if let Some(r) = self.keys.get(key) {
+            self.pending.counting_sees_removal(r.born, key, &r.tenant, &r.tags);
+        }
         if let Some(r) = self.keys.get_mut(key) {
             r.born = epoch;
         }
@@ -504,37 +555,56 @@ impl DbIndex {
 
     /// SOFT-invalidates every entry of `tenant` (None: of the database) as of `at_ms`, in O(1):
     /// a job walks the tenant's names later. Returns the entries invalidated.
-    pub fn soften_tenant(&mut self, tenant: Option<&[u8]>, at_ms: i64, now_ms: i64) -> usize {
-        let count = self.live_in_tenant(tenant);
-        let (selector, walk) = match tenant {
+    /// Answers as `doom_tenant` (a count walks the tenant's set in place).
+    pub fn soften_tenant(&mut self, tenant: Option<&[u8]>, at_ms: i64, now_ms: i64, ticket: u64) -> Option<usize> {
+        let (selector, walk, count) = match tenant {
             Some(t) => {
-                let Some((name, _)) = self.tenants.get_key_value(t) else {
-                    return 0;
+                let Some((name, set)) = self.tenants.get_key_value(t) else {
+                    return Some(0);
                 };
-                (Selector::Tenant(name.clone()), Walk::Tenant { tenant: name.clone(), after: None })
+                let len = set.names.len();
+                let count = if self.overlaps_pending(set.since) { Err((len, Counted::After(None))) } else { Ok(len) };
+                (Selector::Tenant(name.clone()), Walk::Tenant { tenant: name.clone(), after: None }, count)
             }
-            None => (Selector::All, Walk::Keys { bits: self.keys.bucket_bits(), bucket: 0 }),
+            None => (Selector::All, Walk::Keys { bits: self.keys.bucket_bits(), bucket: 0 }, Ok(self.live_len())),
         };
         let expired = self.expired_covered(&selector, now_ms);
-        self.pending.push_stale(selector, walk, at_ms, count);
-        count.saturating_sub(expired)
+        self.push_soft(selector, walk, at_ms, count, expired, ticket)
     }
 
-    /// SOFT-invalidates every entry carrying `tag` as of `at_ms`, in O(1).
-    pub fn soften_tag(&mut self, tag: &[u8], at_ms: i64, now_ms: i64) -> usize {
+    /// SOFT-invalidates every entry carrying `tag` as of `at_ms`, in O(1). Answers as
+    /// `doom_tenant` (a count walks the tag's set in place).
+    pub fn soften_tag(&mut self, tag: &[u8], at_ms: i64, now_ms: i64, ticket: u64) -> Option<usize> {
         let Some((name, members)) = self.tags.get_key_value(tag) else {
-            return 0;
+            return Some(0);
         };
-        let count = self.live_in_members(members);
-        let bits = match members {
-            Members::One(_) => 0,
-            Members::Many(set) => set.names.bucket_bits(),
+        let (bits, count) = match members {
+            Members::One(k) => (0, Ok(self.live_among(std::iter::once(k)))),
+            Members::Many(set) if self.overlaps_pending(set.since) => {
+                let bits = set.names.bucket_bits();
+                (bits, Err((set.names.len(), Counted::Buckets { bits, next: 0 })))
+            }
+            Members::Many(set) => (set.names.bucket_bits(), Ok(set.names.len())),
         };
         let walk = Walk::Tag { tag: name.clone(), bits, bucket: 0 };
         let selector = Selector::Tags(vec![name.clone()].into());
         let expired = self.expired_covered(&selector, now_ms);
-        self.pending.push_stale(selector, walk, at_ms, count);
-        count.saturating_sub(expired)
+        self.push_soft(selector, walk, at_ms, count, expired, ticket)
+    }
+
+    /// Pushes a SOFT job: its entries counted already (`Ok`), or to count from a cursor
+    /// (`Err`: the set's size, where the count starts).
+    fn push_soft(&mut self, selector: Selector, walk: Walk, at_ms: i64, count: Result<usize, (usize, Counted)>, expired: usize, ticket: u64) -> Option<usize> {
+        match count {
+            Ok(count) => {
+                self.pending.push_stale(selector, walk, at_ms, count);
+                Some(count.saturating_sub(expired))
+            }
+            Err((size, at)) => {
+                self.pending.push_stale_counted(selector, walk, at_ms, size, ticket, at);
+                self.pending.open_ticket(ticket, 0, expired)
+            }
+        }
     }
 
     /// SOFT-invalidates `names` (live entries found by `matching`/`tagged`) as of `at_ms`.
@@ -1096,6 +1166,16 @@ mod tests {
         settled(ix, answer)
     }
 
+    fn softened_tenant(ix: &mut DbIndex, tenant: Option<&[u8]>, at_ms: i64, now_ms: i64) -> usize {
+        let answer = ix.soften_tenant(tenant, at_ms, now_ms, 1);
+        settled(ix, answer)
+    }
+
+    fn softened_tag(ix: &mut DbIndex, tag: &[u8], at_ms: i64, now_ms: i64) -> usize {
+        let answer = ix.soften_tag(tag, at_ms, now_ms, 1);
+        settled(ix, answer)
+    }
+
     fn tags(t: &[&str]) -> Vec<Vec<u8>> {
         t.iter().map(|s| s.as_bytes().to_vec()).collect()
     }
@@ -1248,9 +1328,10 @@ mod tests {
         // Ticket → the answer a brute-force count gave when the invalidation was made.
         let mut expected: HashMap<u64, usize> = HashMap::new();
         let mut answered = 0;
+        let mut soft_later = 0;
         let mut ticket = 0u64;
         for step in 0..30_000 {
-            let key = format!("k:{}", rng.gen_range(0..600));
+            let key = format!("k:{}", rng.gen_range(0..3000));
             match rng.gen_range(0..1000) {
                 0..=549 => {
                     let tenant = format!("t{}", rng.gen_range(0..3));
@@ -1263,18 +1344,21 @@ mod tests {
                 }
                 750..=759 => {
                     ticket += 1;
+                    let soft = rng.gen_bool(0.3).then_some(How::MarkStale { at_ms: 0 });
+                    let how = soft.unwrap_or(How::Remove);
                     let (tag, answer) = if rng.gen_bool(0.5) {
                         let tenant = format!("t{}", rng.gen_range(0..3)).into_bytes();
                         let want = live_covered(&ix, |e| e.tenant == tenant);
-                        (want, ix.doom_tenant(Some(&tenant), 0, ticket))
+                        (want, ix.invalidate_tenant(Some(&tenant), how, 0, ticket))
                     } else {
                         let tag = format!("tag{}", rng.gen_range(0..6)).into_bytes();
                         let want = live_covered(&ix, |e| e.tags.contains(&tag));
-                        (want, ix.doom_tag(&tag, 0, ticket))
+                        (want, ix.invalidate_tag(&tag, how, 0, ticket))
                     };
                     match answer {
                         Some(n) => assert_eq!(n, tag, "answered at once, step {step}"),
                         None => {
+                            soft_later += usize::from(soft.is_some());
                             expected.insert(ticket, tag);
                         }
                     }
@@ -1289,14 +1373,25 @@ mod tests {
                         }
                     }
                 }
-                762..=899 => {
+                762..=849 => {
                     ix.count_some(rng.gen_range(1..40));
                 }
-                _ => {
-                    if let Some(Step::Remove(name)) = ix.next_step() {
-                        ix.remove(&name);
+                // A command naming the key applies a pending invalidation to it first.
+                850..=899 => {
+                    if ix.is_dead(key.as_bytes()) {
+                        ix.remove(key.as_bytes());
+                    } else if ix.stale_since(key.as_bytes()).is_some() {
+                        ix.restamp(key.as_bytes());
                     }
                 }
+                _ => match ix.next_step() {
+                    Some(Step::Remove(name)) => {
+                        ix.remove(&name);
+                    }
+                    // A SOFT invalidation reaching an entry (its TTL shortened).
+                    Some(Step::MarkStale(name, _)) => ix.restamp(&name),
+                    _ => {}
+                },
             }
             for (t, n) in ix.take_answered() {
                 assert_eq!(Some(n), expected.remove(&t), "ticket {t}, answered at step {step}");
@@ -1314,7 +1409,29 @@ mod tests {
         }
         assert!(expected.is_empty());
         assert!(answered > 50, "only {answered} invalidations had to count");
-        eprintln!("{answered} answered later");
+        assert!(soft_later > 20, "only {soft_later} SOFT invalidations had to count");
+        assert_eq!(ix.self_check(), Ok(()));
+    }
+
+    #[test]
+    fn a_soft_invalidation_counted_later_counts_entries_marked_removed_or_rewritten_before_it_got_there() {
+        let mut ix = DbIndex::default();
+        for i in 0..1000 {
+            let t = if i % 2 == 0 { tags(&["x"]) } else { Vec::new() };
+            put(&mut ix, format!("k{i:04}").as_bytes(), b"t", &t, 10);
+        }
+        assert_eq!(doomed_tag(&mut ix, b"x", 0), 500);
+        assert_eq!(ix.soften_tenant(Some(b"t"), 5, 5, 9), None, "half of t is dead already: counted later");
+        assert!(ix.next_step().is_some_and(|s| matches!(s, Step::Remove(_))), "the tag's entries are reclaimed meanwhile");
+        // Before the count gets there: one entry marked stale by a command naming it, one
+        // removed, one rewritten, one written anew.
+        assert_eq!(ix.stale_since(b"k0999"), Some(5));
+        ix.restamp(b"k0999");
+        assert!(ix.remove(b"k0997"));
+        put(&mut ix, b"k0995", b"t", &[], 10);
+        put(&mut ix, b"k1000", b"t", &[], 10);
+        assert!(!ix.count_some(usize::MAX));
+        assert_eq!(ix.take_answered(), vec![(9, 500)]);
         assert_eq!(ix.self_check(), Ok(()));
     }
 
@@ -1339,8 +1456,8 @@ mod tests {
         ix.set_expiry(b"k10", expiry::NEVER);
         assert_eq!(ix.self_check(), Ok(()));
         // At 1 000 nothing has expired yet; at 1 001 k0..k10 have (5 of them in t).
-        assert_eq!(ix.soften_tenant(Some(b"t"), 1_000, 1_000), 50);
-        assert_eq!(ix.soften_tag(b"all", 1_001, 1_001), 90);
+        assert_eq!(softened_tenant(&mut ix, Some(b"t"), 1_000, 1_000), 50);
+        assert_eq!(softened_tag(&mut ix, b"all", 1_001, 1_001), 90);
         assert_eq!(doomed_tenant(&mut ix, Some(b"u"), 9_001), 50 - 5 - 5, "k11..k19 odd have expired too");
         assert_eq!(doomed_tag(&mut ix, b"all", 9_001), 50 - 5 - 4, "k12..k18 even, not k10 (persisted)");
         assert_eq!(ix.live_len(), 0, "expired entries are dead too, only not counted");
@@ -1401,9 +1518,9 @@ mod tests {
                 put(&mut ix, format!("k{i}").as_bytes(), tenant, &tags(&["all", &format!("c{}", i % 7)]), 10);
             }
             let count = match which {
-                "tenant" => ix.soften_tenant(Some(b"t"), 1000, 1000),
-                "tag" => ix.soften_tag(b"all", 1000, 1000),
-                _ => ix.soften_tenant(None, 1000, 1000),
+                "tenant" => softened_tenant(&mut ix, Some(b"t"), 1000, 1000),
+                "tag" => softened_tag(&mut ix, b"all", 1000, 1000),
+                _ => softened_tenant(&mut ix, None, 1000, 1000),
             };
             let covers_u = which != "tenant";
             assert_eq!(count, expected);
@@ -1442,9 +1559,9 @@ mod tests {
         for i in 0..10 {
             put(&mut ix, format!("k{i}").as_bytes(), b"t", &tags(&["x"]), 10);
         }
-        assert_eq!(ix.soften_tag(b"x", 5, 5), 10);
+        assert_eq!(softened_tag(&mut ix, b"x", 5, 5), 10);
         assert_eq!(ix.live_with_tag(b"x"), 10, "stale entries are still entries");
-        assert_eq!(ix.soften_tenant(Some(b"t"), 7, 7), 10, "stale again: counted again");
+        assert_eq!(softened_tenant(&mut ix, Some(b"t"), 7, 7), 10, "stale again: counted again");
         assert_eq!(ix.stale_since(b"k1"), Some(5), "the earliest time wins");
         assert_eq!(doomed_tenant(&mut ix, Some(b"t"), 0), 10);
         assert_eq!(ix.stale_since(b"k1"), None, "dead, not stale");
@@ -1471,7 +1588,7 @@ mod tests {
         }
         let k1 = Name::from(&b"k1"[..]);
         ix.soften_names(Selector::Names(HashSet::from([k1.clone()])), vec![k1], 100, 100);
-        ix.soften_tenant(Some(b"t"), 200, 200);
+        softened_tenant(&mut ix, Some(b"t"), 200, 200);
         let mut saved = ix.stale_names();
         saved.sort();
         assert_eq!(saved.len(), 5);

@@ -97,30 +97,9 @@ impl Todo {
 
     /// The next names a count visits after `at`, advancing it; None once the set is done.
     fn count_batch(&self, at: &mut Counted) -> Option<Vec<Name>> {
-        const BATCH: usize = 256;
-        const BUCKETS_PER_BATCH: u32 = 16;
         match (self, at) {
-            (Todo::Tenant(set), Counted::After(after)) => {
-                let from = after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(&a[..]));
-                let out: Vec<Name> = set.range::<[u8], _>((from, Bound::Unbounded)).take(BATCH).cloned().collect();
-                *after = Some(out.last()?.clone());
-                Some(out)
-            }
-            (Todo::Tag(set), Counted::Buckets { bits, next }) => {
-                let last = crate::shardmap::bucket_mask(*bits);
-                if *next > last {
-                    return None;
-                }
-                let mut out = Vec::new();
-                for _ in 0..BUCKETS_PER_BATCH {
-                    if *next > last || !out.is_empty() {
-                        break;
-                    }
-                    out.extend(set.names_in_bucket(*bits, *next));
-                    *next = next.saturating_add(1);
-                }
-                Some(out)
-            }
+            (Todo::Tenant(set), Counted::After(after)) => sorted_batch(set, after),
+            (Todo::Tag(set), Counted::Buckets { bits, next }) => bucket_batch(*bits, next, |b| set.names_in_bucket(*bits, b)),
             _ => None,
         }
     }
@@ -128,6 +107,35 @@ impl Todo {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The next names of an ordered set after `after` (a few hundred), advancing it; None once
+/// nothing is left.
+pub fn sorted_batch(set: &BTreeSet<Name>, after: &mut Option<Name>) -> Option<Vec<Name>> {
+    const BATCH: usize = 256;
+    let from = after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(&a[..]));
+    let out: Vec<Name> = set.range::<[u8], _>((from, Bound::Unbounded)).take(BATCH).cloned().collect();
+    *after = Some(out.last()?.clone());
+    Some(out)
+}
+
+/// The names of the next few hash buckets out of `2^bits` (`in_bucket` lists one), advancing
+/// `next`; None once past the last bucket. A batch may be empty.
+pub fn bucket_batch(bits: u32, next: &mut u64, in_bucket: impl Fn(u64) -> Vec<Name>) -> Option<Vec<Name>> {
+    const BUCKETS_PER_BATCH: u32 = 16;
+    let last = crate::shardmap::bucket_mask(bits);
+    if *next > last {
+        return None;
+    }
+    let mut out = Vec::new();
+    for _ in 0..BUCKETS_PER_BATCH {
+        if *next > last || !out.is_empty() {
+            break;
+        }
+        out.extend(in_bucket(*next));
+        *next = next.saturating_add(1);
+    }
+    Some(out)
 }
 
 #[derive(Debug)]
@@ -142,7 +150,7 @@ pub struct Job {
 
 /// How far a count has walked a job's set: names after it are still to count.
 #[derive(Debug, Clone)]
-enum Counted {
+pub enum Counted {
     /// A tenant set, in name order.
     After(Option<Name>),
     /// A tag set, bucket by bucket (`ShardMap::names_in_bucket`).
@@ -204,6 +212,22 @@ pub struct StaleJob {
     pub batch: Vec<Name>,
     /// Covered entries not visited yet (an estimate, for statistics).
     pub left: usize,
+    /// While its answer is being counted (in place, in the set its selector names).
+    count: Option<Count>,
+}
+
+impl StaleJob {
+    /// Its answer is still being counted: it waits (it starts marking once counted).
+    pub fn is_counting(&self) -> bool {
+        self.count.is_some()
+    }
+}
+
+/// The set a SOFT job's count walks in place.
+#[derive(Debug, Clone)]
+pub enum CountSource {
+    Tenant(Name),
+    Tag(Name),
 }
 
 /// The pending jobs of a database, oldest first, and its write epoch.
@@ -306,20 +330,28 @@ impl Pending {
         if !self.counting() {
             return;
         }
-        let counts: Vec<usize> = (0..self.jobs.len())
-            .filter(|&i| {
-                self.jobs.get(i).is_some_and(|j| {
-                    j.count.as_ref().is_some_and(|c| !c.at.passed(key))
-                        && born <= j.epoch
-                        && j.selector.covers(key, tenant, tags)
-                        && !self.covered_before(j.epoch, born, key, tenant, tags)
-                })
-            })
+        let counts_it = |count: &Option<Count>, epoch: u64, selector: &Selector| {
+            count.as_ref().is_some_and(|c| !c.at.passed(key))
+                && born <= epoch
+                && selector.covers(key, tenant, tags)
+                && !self.covered_before(epoch, born, key, tenant, tags)
+        };
+        let hard: Vec<usize> = (0..self.jobs.len())
+            .filter(|&i| self.jobs.get(i).is_some_and(|j| counts_it(&j.count, j.epoch, &j.selector)))
             .collect();
-        for i in counts {
+        let soft: Vec<usize> = (0..self.stale.len())
+            .filter(|&i| self.stale.get(i).is_some_and(|j| counts_it(&j.count, j.epoch, &j.selector)))
+            .collect();
+        for i in hard {
             if let Some(c) = self.jobs.get_mut(i).and_then(|j| j.count.as_mut()) {
                 c.live = c.live.saturating_add(1);
                 self.dead = self.dead.saturating_add(1);
+            }
+        }
+        // A SOFT job's entries stay live: they are not in `dead`.
+        for i in soft {
+            if let Some(c) = self.stale.get_mut(i).and_then(|j| j.count.as_mut()) {
+                c.live = c.live.saturating_add(1);
             }
         }
     }
@@ -355,9 +387,13 @@ impl Pending {
     }
 
     fn finish_count(&mut self, i: usize) {
-        let Some(c) = self.jobs.get_mut(i).and_then(|j| j.count.take()) else {
-            return;
-        };
+        if let Some(c) = self.jobs.get_mut(i).and_then(|j| j.count.take()) {
+            self.settle(c);
+        }
+    }
+
+    /// A job's count is complete: its ticket is answered once all of its jobs' are.
+    fn settle(&mut self, c: Count) {
         let Some(t) = self.tickets.get_mut(&c.ticket) else {
             return;
         };
@@ -380,8 +416,55 @@ impl Pending {
 
     /// Adds a SOFT job covering everything written so far.
     pub fn push_stale(&mut self, selector: Selector, walk: Walk, at_ms: i64, covered: usize) {
-        self.stale.push_back(StaleJob { epoch: self.epoch, at_ms, selector, walk, batch: Vec::new(), left: covered });
+        self.stale.push_back(StaleJob { epoch: self.epoch, at_ms, selector, walk, batch: Vec::new(), left: covered, count: None });
         self.epoch = self.epoch.saturating_add(1);
+    }
+
+    /// Adds a SOFT job (see `push_stale`) whose covered entries are counted later, walking in
+    /// place the tenant or the tag its selector names from `at`, under `ticket`.
+    pub fn push_stale_counted(&mut self, selector: Selector, walk: Walk, at_ms: i64, estimate: usize, ticket: u64, at: Counted) {
+        let t = self.tickets.entry(ticket).or_default();
+        t.jobs_counting = t.jobs_counting.saturating_add(1);
+        let count = Some(Count { ticket, at, live: 0 });
+        self.stale.push_back(StaleJob { epoch: self.epoch, at_ms, selector, walk, batch: Vec::new(), left: estimate, count });
+        self.epoch = self.epoch.saturating_add(1);
+    }
+
+    /// Whether a SOFT invalidation is still counting (its count walks a set in place, which
+    /// must not move away meanwhile).
+    pub fn stale_counting(&self) -> bool {
+        self.stale.iter().any(|j| j.count.is_some())
+    }
+
+    /// The oldest counting SOFT job: its index, epoch, the set it walks and where it is.
+    pub fn next_stale_to_count(&self) -> Option<(usize, u64, CountSource, Counted)> {
+        self.stale.iter().enumerate().find_map(|(i, j)| {
+            let c = j.count.as_ref()?;
+            let source = match &j.selector {
+                Selector::Tenant(t) => CountSource::Tenant(t.clone()),
+                Selector::Tags(tags) => CountSource::Tag(tags.first()?.clone()),
+                _ => return None,
+            };
+            Some((i, j.epoch, source, c.at.clone()))
+        })
+    }
+
+    /// SOFT job `i` counted `live` more entries and got to `at`; None: it is done.
+    pub fn stale_counted(&mut self, i: usize, at: Option<Counted>, live: usize) {
+        let Some(job) = self.stale.get_mut(i) else {
+            return;
+        };
+        match (at, job.count.as_mut()) {
+            (Some(at), Some(c)) => {
+                c.at = at;
+                c.live = c.live.saturating_add(live);
+            }
+            _ => {
+                if let Some(c) = job.count.take() {
+                    self.settle(c);
+                }
+            }
+        }
     }
 
     /// The oldest SOFT job, to walk.

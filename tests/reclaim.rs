@@ -495,10 +495,13 @@ fn blocked_clients(c: &mut Connection) -> u64 {
     line.trim().parse().unwrap()
 }
 
-/// Sends `INVALIDATE t *` on `c` from a thread, waits until the server has parked it (its answer
-/// is being counted), then runs `meanwhile` and returns the answer.
-fn invalidate_tenant_t_while(mut c: Connection, other: &mut Connection, meanwhile: impl FnOnce(&mut Connection)) -> i64 {
-    let caller = std::thread::spawn(move || q::<i64>(&mut c, &[b"CACHE.INVALIDATE", b"t", b"*"]).unwrap());
+/// Sends `INVALIDATE t * [SOFT]` on `c` from a thread, waits until the server has parked it (its
+/// answer is being counted), then runs `meanwhile` and returns the answer.
+fn invalidate_tenant_t_while(mut c: Connection, soft: bool, other: &mut Connection, meanwhile: impl FnOnce(&mut Connection)) -> i64 {
+    let caller = std::thread::spawn(move || {
+        let args: &[&[u8]] = if soft { &[b"CACHE.INVALIDATE", b"t", b"*", b"SOFT"] } else { &[b"CACHE.INVALIDATE", b"t", b"*"] };
+        q::<i64>(&mut c, args).unwrap()
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     while blocked_clients(other) == 0 {
         assert!(!caller.is_finished(), "answered without waiting for a count");
@@ -522,7 +525,7 @@ fn an_invalidation_overlapping_a_pending_one_is_answered_exactly_once_counted_in
     // 1. The tenant's entries of cat:0 are dead already: the tenant's set cannot be counted in
     //    O(1). Writes made while the count runs change nothing to the answer.
     assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATETAGS", b"1", b"cat:0"]).unwrap(), (N / 100) as i64);
-    let answer = invalidate_tenant_t_while(primary.conn(), &mut p, |c| {
+    let answer = invalidate_tenant_t_while(primary.conn(), false, &mut p, |c| {
         let _: () = q(c, &[b"DEL", key(1).as_bytes()]).unwrap();
         let _: () = q(c, &[b"CACHE.SET", key(2).as_bytes(), b"new"]).unwrap();
         let _: () = q(c, &[b"CACHE.SET", b"c:{t}:new", b"new"]).unwrap();
@@ -555,7 +558,7 @@ fn an_invalidation_overlapping_a_pending_one_is_answered_exactly_once_counted_in
     fill(&mut p);
     slow(&mut p);
     assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATETAGS", b"1", b"cat:2"]).unwrap(), (N / 100) as i64);
-    let answer = invalidate_tenant_t_while(primary.conn(), &mut p, |c| {
+    let answer = invalidate_tenant_t_while(primary.conn(), false, &mut p, |c| {
         let _: () = q(c, &[b"FLUSHALL"]).unwrap();
     });
     assert_eq!(answer, expected);
@@ -564,4 +567,25 @@ fn an_invalidation_overlapping_a_pending_one_is_answered_exactly_once_counted_in
         assert_eq!(q::<i64>(c, &[b"DBSIZE"]).unwrap(), 0);
         assert_eq!(index_check(c), "OK");
     }
+
+    // 4. SOFT over a pending hard invalidation: counted in place the same way; the entries
+    //    are stale at once (GET misses them), those written meanwhile are fresh.
+    fill(&mut p);
+    slow(&mut p);
+    assert_eq!(q::<i64>(&mut p, &[b"CACHE.INVALIDATETAGS", b"1", b"cat:3"]).unwrap(), (N / 100) as i64);
+    let answer = invalidate_tenant_t_while(primary.conn(), true, &mut p, |c| {
+        assert_eq!(q::<Option<String>>(c, &[b"CACHE.GET", key(5).as_bytes()]).unwrap(), None);
+        let _: () = q(c, &[b"DEL", key(1).as_bytes()]).unwrap();
+        let _: () = q(c, &[b"CACHE.SET", key(2).as_bytes(), b"new"]).unwrap();
+    });
+    assert_eq!(answer, expected);
+    assert_eq!(q::<Option<String>>(&mut p, &[b"CACHE.GET", key(2).as_bytes()]).unwrap().as_deref(), Some("new"));
+    primary.wait_replicated(&replica);
+    wait_reclaimed(&mut p);
+    wait_reclaimed(&mut r);
+    for c in [&mut p, &mut r] {
+        assert_eq!(q::<Option<String>>(c, &[b"CACHE.GET", key(5).as_bytes()]).unwrap(), None);
+        assert_eq!(index_check(c), "OK");
+    }
+    assert_eq!(digest(&mut p), digest(&mut r));
 }
