@@ -154,6 +154,14 @@ pub enum How {
     MarkStale { at_ms: i64 },
 }
 
+/// Which invalidations' counts (see `DbIndex::count_some`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counts {
+    Hard,
+    Soft,
+    All,
+}
+
 /// What the reclaimer does with the next name it visits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -239,6 +247,11 @@ impl DbIndex {
 
     pub fn contains(&self, key: &[u8]) -> bool {
         self.keys.contains_key(key)
+    }
+
+    /// Whether a SOFT invalidation is waiting to be applied here.
+    pub fn has_stale_pending(&self) -> bool {
+        self.pending.stale_jobs().next().is_some()
     }
 
     /// Whether invalidations are waiting to be reclaimed here.
@@ -348,41 +361,46 @@ impl DbIndex {
     /// when an older pending invalidation may cover some of them, None: they are counted by
     /// `count_some` and the answer comes out of `take_answered` under `ticket`.
     pub fn doom_tenant(&mut self, tenant: Option<&[u8]>, now_ms: i64, ticket: u64) -> Option<usize> {
-        self.count_before_moving_sets();
-        let selector = match tenant {
-            Some(t) => match self.tenants.get_key_value(t) {
-                Some((name, _)) => Selector::Tenant(name.clone()),
-                None => return Some(0),
-            },
-            None => Selector::All,
+        let Some(t) = tenant else {
+            return Some(self.doom_all(now_ms));
         };
+        self.finish_counts(Counts::Soft);
+        let Some((name, set)) = self.tenants.remove_entry(t) else {
+            return Some(0);
+        };
+        let selector = Selector::Tenant(name.clone());
         let expired = self.expired_covered(&selector, now_ms);
-        let sets: Vec<(Name, TenantKeys)> = match tenant {
-            Some(t) => self.tenants.remove_entry(t).into_iter().collect(),
-            None => std::mem::take(&mut self.tenants).into_entries().collect(),
-        };
+        self.item_bytes = self.item_bytes.saturating_sub(footprint::tenant(&name, &set));
+        if self.overlaps_pending(set.since) {
+            self.pending.push_counted(selector, Todo::Tenant(set.names), ticket);
+            return self.pending.open_ticket(ticket, 0, expired);
+        }
+        let len = set.names.len();
+        self.pending.push(selector, Todo::Tenant(set.names), len);
+        Some(len.saturating_sub(expired))
+    }
+
+    /// Invalidates every entry of the database in O(1): every tenant's set moves into a
+    /// pending job. Its answer is every entry not invalidated already (`live_len`), exact once
+    /// no other invalidation is still counting (finished first: a stall in that case only).
+    fn doom_all(&mut self, now_ms: i64) -> usize {
+        self.finish_counts(Counts::All);
+        let expired = self.expired_covered(&Selector::All, now_ms);
+        let count = self.live_len();
+        let sets = std::mem::take(&mut self.tenants);
         let moved = sets.iter().map(|(t, set)| footprint::tenant(t, set)).fold(0, usize::saturating_add);
         self.item_bytes = self.item_bytes.saturating_sub(moved);
-        let mut counted = 0usize;
-        for (name, set) in sets {
-            // Each tenant its own selector: a job covering the whole database would cover the
-            // members of the sets moved after it, and a count could not tell them apart.
-            let selector = Selector::Tenant(name);
-            if self.overlaps_pending(set.since) {
-                self.pending.push_counted(selector, Todo::Tenant(set.names), ticket);
-            } else {
-                let len = set.names.len();
-                counted = counted.saturating_add(len);
-                self.pending.push(selector, Todo::Tenant(set.names), len);
-            }
+        let mut covered = count;
+        for set in sets.into_values() {
+            self.pending.push(Selector::All, Todo::Tenant(set.names), std::mem::take(&mut covered));
         }
-        self.pending.open_ticket(ticket, counted, expired)
+        count.saturating_sub(expired)
     }
 
     /// Invalidates every entry carrying `tag` in O(1): its member set moves into a pending job.
     /// Answers as `doom_tenant`.
     pub fn doom_tag(&mut self, tag: &[u8], now_ms: i64, ticket: u64) -> Option<usize> {
-        self.count_before_moving_sets();
+        self.finish_counts(Counts::Soft);
         let Some(name) = self.tags.get_key_value(tag).map(|(name, _)| name.clone()) else {
             return Some(0);
         };
@@ -411,13 +429,12 @@ impl DbIndex {
         self.pending.open_ticket(ticket, counted, expired)
     }
 
-    /// A SOFT count walks its tenant or tag set in place: before a hard invalidation moves
-    /// sets away, such counts finish (a rare stall: SOFT over a pending hard invalidation, then
-    /// a hard one while the first still counts).
-    fn count_before_moving_sets(&mut self) {
-        if self.pending.stale_counting() {
-            self.count_some(usize::MAX);
-        }
+    /// Finishes the counts of `which` invalidations now. Two cases need it (a stall in those
+    /// double-overlap cases only): a SOFT count walks its tenant or tag set in place, so it
+    /// must finish before a hard invalidation moves sets away; and `live_len` is exact only
+    /// while no hard invalidation is counting.
+    fn finish_counts(&mut self, which: Counts) {
+        while self.count_step(which).is_some() {}
     }
 
     /// Counts, for invalidations waiting for their answer, about `max` more names (hard ones
@@ -425,25 +442,32 @@ impl DbIndex {
     pub fn count_some(&mut self, max: usize) -> bool {
         let mut seen = 0usize;
         while seen < max {
-            let counted = match self.pending.next_to_count() {
-                Some((job, epoch, names)) => {
-                    let live = self.live_for(epoch, &names);
-                    self.pending.add_counted(job, live);
-                    names.len()
-                }
-                None => {
-                    let Some((job, epoch, source, mut at)) = self.pending.next_stale_to_count() else {
-                        return false;
-                    };
-                    let names = self.names_after(&source, &mut at);
-                    let live = names.as_ref().map_or(0, |n| self.live_for(epoch, n));
-                    self.pending.stale_counted(job, names.is_some().then_some(at), live);
-                    names.map_or(0, |n| n.len())
-                }
+            let Some(counted) = self.count_step(Counts::All) else {
+                return false;
             };
             seen = seen.saturating_add(counted.max(1));
         }
         true
+    }
+
+    /// One batch of a count of `which` invalidations: how many names it looked at; None when
+    /// none of them is counting.
+    fn count_step(&mut self, which: Counts) -> Option<usize> {
+        if which != Counts::Soft {
+            if let Some((job, epoch, names)) = self.pending.next_to_count() {
+                let live = self.live_for(epoch, &names);
+                self.pending.add_counted(job, live);
+                return Some(names.len());
+            }
+        }
+        if which == Counts::Hard {
+            return None;
+        }
+        let (job, epoch, source, mut at) = self.pending.next_stale_to_count()?;
+        let names = self.names_after(&source, &mut at);
+        let live = names.as_ref().map_or(0, |n| self.live_for(epoch, n));
+        self.pending.stale_counted(job, names.is_some().then_some(at), live);
+        Some(names.map_or(0, |n| n.len()))
     }
 
     /// Among `names`, the entries a count of an invalidation made in `epoch` counts.
@@ -566,7 +590,10 @@ impl DbIndex {
                 let count = if self.overlaps_pending(set.since) { Err((len, Counted::After(None))) } else { Ok(len) };
                 (Selector::Tenant(name.clone()), Walk::Tenant { tenant: name.clone(), after: None }, count)
             }
-            None => (Selector::All, Walk::Keys { bits: self.keys.bucket_bits(), bucket: 0 }, Ok(self.live_len())),
+            None => {
+                self.finish_counts(Counts::Hard);
+                (Selector::All, Walk::Keys { bits: self.keys.bucket_bits(), bucket: 0 }, Ok(self.live_len()))
+            }
         };
         let expired = self.expired_covered(&selector, now_ms);
         self.push_soft(selector, walk, at_ms, count, expired, ticket)
@@ -1033,6 +1060,7 @@ impl Index {
         };
         let removed = d.remove(key);
         if d.is_empty() && !d.counting() {
+            self.answered.extend(d.take_answered());
             self.dbs.remove(&db);
         }
         removed
@@ -1366,7 +1394,8 @@ mod tests {
                 760..=761 => {
                     ticket += 1;
                     let want = live_covered(&ix, |_| true);
-                    match ix.doom_tenant(None, 0, ticket) {
+                    let how = if rng.gen_bool(0.5) { How::MarkStale { at_ms: 0 } } else { How::Remove };
+                    match ix.invalidate_tenant(None, how, 0, ticket) {
                         Some(n) => assert_eq!(n, want, "answered at once, step {step}"),
                         None => {
                             expected.insert(ticket, want);
@@ -1602,6 +1631,28 @@ mod tests {
         assert_eq!(loaded.stale_since(b"k1"), Some(100));
         assert_eq!(loaded.stale_since(b"k4"), Some(200));
         assert_eq!(drain(&mut loaded, |_, _| {}).len(), 5);
+    }
+
+    #[test]
+    fn an_answer_survives_its_database_emptied_before_it_was_delivered() {
+        let mut index = Index::default();
+        for i in 0..10 {
+            let t = if i % 2 == 0 { vec![Name::from(&b"x"[..])] } else { Vec::new() };
+            index.db_mut(0).insert(format!("k{i}").as_bytes(), &Name::from(&b"t"[..]), &t, 10, expiry::NEVER);
+        }
+        let ix = index.db_mut(0);
+        assert_eq!(ix.doom_tag(b"x", 0, 1), Some(5));
+        assert_eq!(ix.soften_tenant(Some(b"t"), 0, 0, 2), None, "counted later");
+        // A hard invalidation finishes the SOFT count before it moves the tenant's set away.
+        assert_eq!(ix.doom_tenant(Some(b"t"), 0, 3), None);
+        assert!(!ix.count_some(usize::MAX));
+        for i in 0..10 {
+            index.remove(0, format!("k{i}").as_bytes());
+        }
+        assert!(index.db(0).is_none(), "an empty database with nothing counting is dropped");
+        let mut answered = index.take_answered();
+        answered.sort();
+        assert_eq!(answered, vec![(2, 5), (3, 5)]);
     }
 
     #[test]

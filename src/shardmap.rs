@@ -180,8 +180,8 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
         self.shards.iter().flat_map(|s| s.values())
     }
 
-    pub fn into_entries(self) -> impl Iterator<Item = (K, V)> {
-        self.shards.into_iter().flat_map(HashMap::into_iter)
+    pub fn into_values(self) -> impl Iterator<Item = V> {
+        self.shards.into_iter().flat_map(HashMap::into_values)
     }
 
     pub fn into_keys(self) -> IntoKeys<K, V> {
