@@ -269,16 +269,33 @@ enum Staled {
 /// Makes the entry at `key` stale as of `at_ms`: it expires at the latest when its stale
 /// window, counted from `at_ms`, ends (never later than it did); an entry without a stale
 /// window, or whose window has ended by `now`, is deleted.
+/// Whether a SOFT invalidation made at `at_ms` deletes (rather than keeps stale) an entry
+/// with this stale window, applied at `now`: it has none, or it has run out.
+fn soft_deletes(at_ms: i64, stale_ms: i64, now: i64) -> bool {
+    stale_ms <= 0 || at_ms.saturating_add(stale_ms) <= now
+}
+
+/// Whether `name` of the context's database is an entry a pending SOFT invalidation has not
+/// reached yet and will delete (see `soft_deletes`): gone for readers that list entries.
+pub fn soft_deleted_pending(ctx: &Context, name: &[u8]) -> bool {
+    let db = keyspace::selected_db(ctx.ctx);
+    let Some(at_ms) = with_state(|s| s.index.stale_since(db, name)) else {
+        return false;
+    };
+    let key = keyspace::string(ctx, name);
+    let mut handle = Key::read(ctx, &key);
+    handle.entry().is_some_and(|e| soft_deletes(at_ms, e.stale_ms, keyspace::now_ms()))
+}
+
 fn make_stale(ctx: &Context, key: &RedisString, at_ms: i64, now: i64) -> Staled {
     let mut handle = Key::write(ctx, key);
     let Some((tenant, stale_ms)) = handle.entry().map(|e| (e.tenant.clone(), e.stale_ms)) else {
         return Staled::NotEntry;
     };
-    let ends = at_ms.saturating_add(stale_ms);
-    if stale_ms <= 0 || ends <= now {
+    if soft_deletes(at_ms, stale_ms, now) {
         return if handle.delete() { Staled::Deleted(tenant) } else { Staled::NotEntry };
     }
-    let ttl = ends.saturating_sub(now);
+    let ttl = at_ms.saturating_add(stale_ms).saturating_sub(now);
     let ttl = handle.ttl_ms().map_or(ttl, |t| t.min(ttl)).max(1);
     if handle.set_ttl_ms(Some(ttl)) {
         let (db, at) = (keyspace::selected_db(ctx.ctx), handle.expires_at());

@@ -124,12 +124,29 @@ pub fn keys(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let scope = tenant_scope(tenant.as_slice());
     let glob = Glob::new(pattern.as_slice());
     let db = keyspace::selected_db(ctx.ctx);
-    let names = with_state(|s| {
-        s.index
-            .db(db)
-            .map(|ix| ix.matching(scope.as_deref(), &glob, limit))
-            .unwrap_or_default()
-    });
+    let matching = |limit| {
+        with_state(|s| {
+            s.index
+                .db(db)
+                .map(|ix| ix.matching(scope.as_deref(), &glob, limit))
+                .unwrap_or_default()
+        })
+    };
+    // Entries a pending SOFT invalidation will delete when it reaches them are gone already:
+    // asked for more until `limit` remain (only while such an invalidation is pending).
+    let mut asked = limit;
+    let names = loop {
+        let mut names = matching(asked);
+        let found = names.len();
+        if with_state(|s| s.index.db(db).is_some_and(|ix| ix.has_stale_pending())) {
+            names.retain(|n| !engine::soft_deleted_pending(ctx, n));
+        }
+        if names.len() >= limit || found < asked {
+            names.truncate(limit);
+            break names;
+        }
+        asked = asked.saturating_mul(2);
+    };
     Ok(RedisValue::Array(
         names.iter().map(|n| RedisValue::StringBuffer(n.to_vec())).collect(),
     ))
