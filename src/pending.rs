@@ -324,9 +324,10 @@ impl Pending {
         std::mem::take(&mut self.answered)
     }
 
-    /// An entry written in `born` leaves the keyspace (or is rewritten): a counting job that
-    /// covers it and has not reached it yet counts it now, unless an older job covers it.
-    pub fn counting_sees_removal(&mut self, born: u64, key: &[u8], tenant: &[u8], tags: &[Name]) {
+    /// An entry written in `born` is about to change (leave the keyspace, be rewritten, or be
+    /// restamped by a SOFT invalidation): a counting job that covers it and has not reached it
+    /// yet counts it now, unless an older job covers it.
+    pub fn counting_sees_change(&mut self, born: u64, key: &[u8], tenant: &[u8], tags: &[Name]) {
         if !self.counting() {
             return;
         }
