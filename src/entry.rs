@@ -4,7 +4,7 @@
 //! window`, so an entry is fresh while `PTTL > stale_ms`. Native EXPIRE/PERSIST therefore move
 //! the fresh deadline too, and the TTL needs no copy in the entry (Redis persists and replicates it).
 
-use crate::index::Name;
+use crate::index::{Name, Tags};
 use crate::mem;
 use std::borrow::Cow;
 
@@ -15,16 +15,18 @@ pub const ENCODING_VERSION: i32 = 2;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
-    pub value: Vec<u8>,
+    /// Boxed, not a `Vec`: no spare capacity, and the entry fits a 64-byte allocation.
+    pub value: Box<[u8]>,
     /// Shared with the index (one allocation per tenant name, whatever the number of entries).
     pub tenant: Name,
     /// True when the tenant was given with TENANT; otherwise it follows the key's name.
     pub tenant_explicit: bool,
-    /// Sorted and without duplicates; the names are shared with the index.
-    pub tags: Box<[Name]>,
+    /// Sorted and without duplicates; the list itself (and its names) is shared with the index.
+    pub tags: Tags,
     pub stale_ms: i64,
-    /// How long the fill that produced this value took, in ms (0 when unknown).
-    pub fill_ms: i64,
+    /// How long the fill that produced this value took, in ms (0 when unknown; saturates at
+    /// about 49 days).
+    pub fill_ms: u32,
     /// Arrived by MIGRATE/RESTORE under an invalidation's fence and is about to be removed
     /// (reads treat it as missing) or marked stale (reads treat it as stale). Never persisted.
     pub fence: Option<crate::fences::Action>,
@@ -42,12 +44,13 @@ impl Entry {
     }
 
     /// Bytes the allocator holds for this entry (the boxed struct, its value and its list of
-    /// tag references; the tenant and tag names themselves are the index's, counted there).
+    /// tag references, which the index shares; the tenant and tag names themselves are the
+    /// index's, counted there).
     pub fn memory_bytes(&self) -> usize {
         mem::sum([
             mem::allocation(std::mem::size_of::<Entry>()),
-            mem::allocation(self.value.capacity()),
-            mem::allocation(mem::times(self.tags.len(), std::mem::size_of::<Name>())),
+            mem::allocation(self.value.len()),
+            mem::arc_allocation(mem::times(self.tags.len(), std::mem::size_of::<Name>())),
         ])
     }
 
@@ -65,7 +68,7 @@ pub fn normalize_tags(mut tags: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 }
 
 /// A tag list as the entry keeps it: sorted, deduplicated, shared names.
-pub fn tag_names(tags: Vec<Vec<u8>>) -> Box<[Name]> {
+pub fn tag_names(tags: Vec<Vec<u8>>) -> Tags {
     normalize_tags(tags).into_iter().map(Name::from).collect()
 }
 
@@ -116,7 +119,7 @@ pub fn canonical_set<A>(
 pub fn set_command_args<'a>(key: &'a [u8], e: &'a Entry, fresh_until: Option<i64>) -> Vec<Cow<'a, [u8]>> {
     canonical_set(
         Cow::Borrowed(key),
-        Cow::Borrowed(e.value.as_slice()),
+        Cow::Borrowed(&e.value[..]),
         fresh_until,
         e.stale_ms,
         e.tags.iter().map(|t| Cow::Borrowed(&t[..])).collect(),
@@ -161,7 +164,7 @@ mod tests {
     #[test]
     fn set_command_args_round_trip_shape() {
         let e = Entry {
-            value: b"v".to_vec(),
+            value: Box::from(&b"v"[..]),
             tenant: Name::from(&b"t"[..]),
             tenant_explicit: true,
             tags: tag_names(vec![b"a".to_vec()]),

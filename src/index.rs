@@ -13,10 +13,13 @@ use std::sync::Arc;
 
 pub use crate::pending::Name;
 
+/// An entry's tag names, sorted: one list shared by the entry and its key record.
+pub type Tags = Arc<[Name]>;
+
 #[derive(Debug, Clone)]
 struct KeyRecord {
     tenant: Name,
-    tags: Box<[Name]>,
+    tags: Tags,
     /// Memory of the entry itself (value, tags, Redis's per-key structures), for statistics.
     entry_bytes: usize,
     /// The write epoch (see `pending`): invalidations pending since then may cover it.
@@ -756,7 +759,31 @@ impl DbIndex {
     /// Registers a key expiring at `expires_at` (`expiry::NEVER`: no TTL), replacing whatever
     /// was indexed for it. Returns the tenant and tag names as the index holds them (one
     /// allocation per name), for the entry to share.
-    pub fn insert(&mut self, key: &[u8], tenant: &Name, tags: &[Name], entry_bytes: usize, expires_at: i64) -> (Name, Box<[Name]>) {
+    /// Adds `key` to the members of `tag`; returns the index's shared copy of the tag's name.
+    fn add_to_tag(&mut self, tag: &Name, key: &Name, born: u64) -> Name {
+        let keys = &self.keys;
+        let (tag, before, after) = self
+            .tags
+            .with_entry(tag.clone(), |e| match e {
+                Entry::Occupied(mut e) => {
+                    let name = e.key().clone();
+                    let before = footprint::tag(&name, e.get());
+                    e.get_mut().insert(key.clone(), |k| keys.get(k).map_or(born, |r| r.born));
+                    let after = footprint::tag(&name, e.get());
+                    (name, before, after)
+                }
+                Entry::Vacant(e) => {
+                    let name = e.key().clone();
+                    let after = footprint::tag(&name, e.insert(Members::One(key.clone())));
+                    (name, 0, after)
+                }
+            })
+            .unwrap_or_else(|| (tag.clone(), 0, 0));
+        self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
+        tag
+    }
+
+    pub fn insert(&mut self, key: &[u8], tenant: &Name, tags: Tags, entry_bytes: usize, expires_at: i64) -> (Name, Tags) {
         self.remove(key);
         self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
         let key: Name = Arc::from(key);
@@ -781,31 +808,21 @@ impl DbIndex {
             })
             .unwrap_or_else(|| (tenant.clone(), 0, 0));
         self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
-        let mut interned = Vec::with_capacity(tags.len());
-        for tag in tags {
-            let keys = &self.keys;
-            let (tag, before, after) = self
-                .tags
-                .with_entry(tag.clone(), |e| match e {
-                    Entry::Occupied(mut e) => {
-                        let name = e.key().clone();
-                        let before = footprint::tag(&name, e.get());
-                        e.get_mut().insert(key.clone(), |k| keys.get(k).map_or(born, |r| r.born));
-                        let after = footprint::tag(&name, e.get());
-                        (name, before, after)
-                    }
-                    Entry::Vacant(e) => {
-                        let name = e.key().clone();
-                        let after = footprint::tag(&name, e.insert(Members::One(key.clone())));
-                        (name, 0, after)
-                    }
-                })
-                .unwrap_or_else(|| (tag.clone(), 0, 0));
-            self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
-            interned.push(tag);
+        // The list is rewritten in place with the shared names when the caller handed over
+        // its only reference (the usual case): no second allocation.
+        let mut tags = tags;
+        match Arc::get_mut(&mut tags) {
+            Some(slots) => {
+                for slot in slots.iter_mut() {
+                    *slot = self.add_to_tag(slot, &key, born);
+                }
+            }
+            None => {
+                let interned: Vec<Name> = tags.iter().map(|tag| self.add_to_tag(tag, &key, born)).collect();
+                tags = interned.into();
+            }
         }
-        let tags: Box<[Name]> = interned.into_boxed_slice();
-        self.item_bytes = self.item_bytes.saturating_add(footprint::key(&key, &tags));
+        self.item_bytes = self.item_bytes.saturating_add(footprint::key(&key));
         let shared = (tenant.clone(), tags.clone());
         self.expiries.add(&key, expires_at);
         self.keys.insert(
@@ -832,7 +849,7 @@ impl DbIndex {
         }
         self.expiries.remove(&key, record.expires_at);
         self.entry_bytes = self.entry_bytes.saturating_sub(record.entry_bytes);
-        let mut freed = footprint::key(&key, &record.tags);
+        let mut freed = footprint::key(&key);
         if let Some(set) = self.tenants.get_mut(&record.tenant) {
             let before = footprint::tenant(&record.tenant, set);
             if set.names.remove(&key) {
@@ -971,7 +988,7 @@ impl DbIndex {
     fn item_bytes_recounted(&self) -> usize {
         use crate::mem::sum;
         sum([
-            sum(self.keys.iter().map(|(k, r)| footprint::key(k, &r.tags))),
+            sum(self.keys.keys().map(footprint::key)),
             sum(self.tenants.iter().map(|(t, set)| footprint::tenant(t, set))),
             sum(self.tags.iter().map(|(t, members)| footprint::tag(t, members))),
         ])
@@ -995,9 +1012,9 @@ mod footprint {
         allocation(n.len().saturating_add(ARC_HEADER))
     }
 
-    /// A key's name and its record's tag list.
-    pub fn key(key: &Name, tags: &[Name]) -> usize {
-        sum([name(key), allocation(times(tags.len(), PTR))])
+    /// A key's name (its tag list is the entry's, counted with it).
+    pub fn key(key: &Name) -> usize {
+        name(key)
     }
 
     /// A tenant's name and the B-tree of its key names.
@@ -1151,7 +1168,7 @@ mod tests {
     /// `DbIndex::insert` from byte strings.
     fn put(ix: &mut DbIndex, key: &[u8], tenant: &[u8], tags: &[Vec<u8>], bytes: usize) {
         let tags: Vec<Name> = tags.iter().map(|t| Name::from(t.as_slice())).collect();
-        ix.insert(key, &Name::from(tenant), &tags, bytes, expiry::NEVER);
+        ix.insert(key, &Name::from(tenant), tags.clone().into(), bytes, expiry::NEVER);
     }
 
     /// What an invalidation answers, counted to the end if it had to count.
@@ -1456,7 +1473,7 @@ mod tests {
                 10..20 => 5_000,
                 _ => expiry::NEVER,
             };
-            ix.insert(format!("k{i}").as_bytes(), &Name::from(tenant), &tags, 10, at);
+            ix.insert(format!("k{i}").as_bytes(), &Name::from(tenant), tags.clone().into(), 10, at);
         }
         // k10..k20 get a later TTL, then k10 none, as EXPIRE and PERSIST would.
         for i in 10..20 {
@@ -1618,7 +1635,7 @@ mod tests {
         let mut index = Index::default();
         for i in 0..10 {
             let t = if i % 2 == 0 { vec![Name::from(&b"x"[..])] } else { Vec::new() };
-            index.db_mut(0).insert(format!("k{i}").as_bytes(), &Name::from(&b"t"[..]), &t, 10, expiry::NEVER);
+            index.db_mut(0).insert(format!("k{i}").as_bytes(), &Name::from(&b"t"[..]), t.clone().into(), 10, expiry::NEVER);
         }
         let ix = index.db_mut(0);
         assert_eq!(ix.doom_tag(b"x", 0, 1), Some(5));

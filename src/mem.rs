@@ -26,6 +26,11 @@ pub fn allocation(n: usize) -> usize {
     }
 }
 
+/// The bytes jemalloc hands out for an `Arc` of `n` bytes (two reference counts first).
+pub fn arc_allocation(n: usize) -> usize {
+    allocation(n.saturating_add(std::mem::size_of::<[usize; 2]>()))
+}
+
 /// What Redis itself spends per key of the keyspace besides the value: the key's sds string,
 /// the main and expires dict entries, the object header and module-value wrapper, and about two
 /// dict bucket pointers (tables are sized to the next power of two).

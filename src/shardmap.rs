@@ -6,14 +6,21 @@
 //! Shards are addressed by a seeded hash of the name's bytes: shard `h mod 2^level`, or
 //! `h mod 2^(level+1)` for the shards already split at this level. Splitting shard `split`
 //! moves the half of its entries whose bit `level` is set into a new last shard; merging does
-//! the reverse. Each shard is an ordinary `HashMap` with its own (random) hasher.
+//! the reverse. Each shard is an ordinary `HashMap` with its own randomly seeded hasher.
+//!
+//! Names may be chosen by clients, so both hashes are seeded per process (shards) or per table
+//! (inside a shard): foldhash, several times cheaper than std's SipHash on short names, is
+//! seeded for that use. The two hashes are independent: every name of a shard shares the low
+//! bits of the shard hash, which a table inside the shard could not use.
 
-use crate::hash::FastHasher;
 use crate::mem::{allocation, times, Shrink};
 use std::borrow::Borrow;
-use std::collections::hash_map::{self, Entry, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::collections::hash_map::{self, Entry};
+use std::hash::{BuildHasher, Hash};
 use std::sync::OnceLock;
+
+/// One shard: a std `HashMap` with a seeded fast hasher.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Average entries per shard above which one more shard is split off.
 const SHARD_TARGET: usize = 2048;
@@ -38,11 +45,8 @@ impl<K, V> Default for ShardMap<K, V> {
 /// Which names go to which shard is seeded per process, so that names chosen to collide
 /// cannot pile into one shard (which would bring back the long resize).
 fn shard_hash(name: &[u8]) -> u64 {
-    static SEED: OnceLock<u64> = OnceLock::new();
-    let mut h = FastHasher::default();
-    h.write_u64(*SEED.get_or_init(|| RandomState::new().hash_one(0u64)));
-    h.write(name);
-    h.finish()
+    static SEED: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
+    SEED.get_or_init(Default::default).hash_one(name)
 }
 
 /// The highest bucket number among `2^bits`.
@@ -114,7 +118,7 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
     /// The shard `name` belongs to, creating the first shard of an empty map.
     fn locate(&mut self, name: &[u8]) -> usize {
         if self.shards.is_empty() {
-            self.shards.push(HashMap::new());
+            self.shards.push(HashMap::default());
         }
         self.slot_of(name)
     }
@@ -239,9 +243,9 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
     fn split_one(&mut self) {
         let level = self.level;
         let bit = 1u64.checked_shl(level).unwrap_or(0);
-        let mut moved = HashMap::new();
+        let mut moved = HashMap::default();
         self.account_resize(self.split, |from| {
-            moved = HashMap::with_capacity(from.len() / 2);
+            moved = HashMap::with_capacity_and_hasher(from.len() / 2, Default::default());
             moved.extend(from.extract_if(|k, _| shard_hash(k.borrow()) & bit != 0));
             // About half the entries left: fit the table to the rest (a shard is small).
             from.shrink_to(from.len());
@@ -343,7 +347,7 @@ mod tests {
     fn behaves_like_a_hash_map_through_growth_and_shrinking() {
         let mut rng = StdRng::seed_from_u64(3);
         let mut m: ShardMap<Name, u32> = ShardMap::default();
-        let mut model: HashMap<Name, u32> = HashMap::new();
+        let mut model: std::collections::HashMap<Name, u32> = std::collections::HashMap::new();
         // Grow to 60 000 names, then drain to nothing, with random churn on the way.
         for phase in [(0..120_000, 0.8), (0..200_000, 0.2)] {
             for step in phase.0 {
@@ -404,7 +408,7 @@ mod tests {
         let bits = m.bucket_bits();
         let buckets = 1u64 << bits;
         let shards_at_start = m.shards.len();
-        let mut seen: HashMap<Name, u32> = HashMap::new();
+        let mut seen: std::collections::HashMap<Name, u32> = std::collections::HashMap::new();
         for bucket in 0..buckets {
             for k in m.names_in_bucket(bits, bucket) {
                 *seen.entry(k).or_default() += 1;

@@ -113,7 +113,7 @@ fn grant(db: i32, key: &[u8], now: i64, lease_ms: i64, tenant: &[u8]) -> Option<
 fn early_refresh(entry: &Entry, ttl: Option<i64>, db: i32, key: &[u8], now: i64, opts: &GetOptions) -> Option<Vec<u8>> {
     let beta = opts.early_beta?;
     let left = entry.fresh_ms(ttl)?;
-    if entry.fill_ms <= 0 {
+    if entry.fill_ms == 0 {
         return None;
     }
     let p = (-(left as f64) / (beta * entry.fill_ms as f64)).exp();

@@ -86,7 +86,8 @@ impl State {
         if !ix.contains(key) {
             self.stats.key_added(policy::namespace(key, sep));
         }
-        let (tenant, tags) = ix.insert(key, &entry.tenant, &entry.tags, entry.footprint(key), expires_at);
+        let bytes = entry.footprint(key);
+        let (tenant, tags) = ix.insert(key, &entry.tenant, std::mem::take(&mut entry.tags), bytes, expires_at);
         entry.tenant = tenant;
         entry.tags = tags;
     }

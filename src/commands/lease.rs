@@ -99,12 +99,12 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     };
     let deadline = engine::resolve_deadline(name, &opts, now);
     let entry = Entry {
-        value: value.as_slice().to_vec(),
+        value: value.as_slice().into(),
         tenant: tenant.as_slice().into(),
         tenant_explicit,
         tags: tags.into_iter().map(Into::into).collect(),
         stale_ms: deadline.stale_ms,
-        fill_ms: now.saturating_sub(lease.granted_at_ms).max(0),
+        fill_ms: u32::try_from(now.saturating_sub(lease.granted_at_ms).max(0)).unwrap_or(u32::MAX),
         fence: None,
     };
     engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Fill)?;

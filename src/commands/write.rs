@@ -20,7 +20,7 @@ pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant);
     let deadline = engine::resolve_deadline(name, &opts, keyspace::now_ms());
     let entry = Entry {
-        value: value.as_slice().to_vec(),
+        value: value.as_slice().into(),
         tenant: tenant.into(),
         tenant_explicit,
         tags: opts.normalized_tags().into_iter().map(Into::into).collect(),

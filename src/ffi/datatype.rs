@@ -183,11 +183,11 @@ unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) 
     raw::save_slice(rdb, &e.value);
     raw::save_slice(rdb, &e.tenant[..]);
     raw::save_unsigned(rdb, e.tags.len() as u64);
-    for tag in &e.tags {
+    for tag in e.tags.iter() {
         raw::save_slice(rdb, tag);
     }
     raw::save_signed(rdb, e.stale_ms);
-    raw::save_signed(rdb, e.fill_ms);
+    raw::save_signed(rdb, i64::from(e.fill_ms));
 }
 
 /// SAFETY: Redis passes a live IO handle; an unreadable entry returns NULL (Redis fails the load).
@@ -203,7 +203,7 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
 
 fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Entry, redis_module::error::Error> {
     let flags = raw::load_unsigned(rdb)?;
-    let value = raw::load_string_buffer(rdb)?.as_ref().to_vec();
+    let value: Box<[u8]> = raw::load_string_buffer(rdb)?.as_ref().into();
     let tenant = raw::load_string_buffer(rdb)?.as_ref().to_vec();
     let count = raw::load_unsigned(rdb)?;
     let mut tags = Vec::new();
@@ -216,7 +216,7 @@ fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Entry, redis_module::error
         tenant_explicit: flags & FLAG_TENANT_EXPLICIT != 0,
         tags: tag_names(tags),
         stale_ms: raw::load_signed(rdb)?,
-        fill_ms: raw::load_signed(rdb)?,
+        fill_ms: u32::try_from(raw::load_signed(rdb)?.max(0)).unwrap_or(u32::MAX),
         fence: None,
     })
 }
@@ -276,7 +276,7 @@ unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void)
     add(md, e.value.as_ptr().cast(), e.value.len());
     add(md, e.tenant.as_ptr().cast(), e.tenant.len());
     add_ll(md, i64::from(e.tenant_explicit));
-    for tag in &e.tags {
+    for tag in e.tags.iter() {
         add(md, tag.as_ptr().cast(), tag.len());
     }
     add_ll(md, e.stale_ms);
