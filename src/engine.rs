@@ -219,8 +219,8 @@ pub fn delete_entries<'k>(ctx: &Context, keys: &'k [Vec<u8>], notice: Notice) ->
     let mut removed: Vec<&[u8]> = Vec::new();
     for name in keys {
         let key = keyspace::string(ctx, name);
-        let is_entry = Key::read(ctx, &key).kind() == Kind::Entry;
-        if is_entry && Key::write(ctx, &key).delete() {
+        let handle = Key::write(ctx, &key);
+        if handle.kind() == Kind::Entry && handle.delete() {
             removed.push(name);
             notify(ctx, notice, &key);
         }

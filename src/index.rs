@@ -685,7 +685,12 @@ impl DbIndex {
 
     /// The tenant a key is indexed under.
     pub fn tenant_of(&self, key: &[u8]) -> Option<&[u8]> {
-        self.keys.get(key).map(|r| r.tenant.as_ref())
+        self.tenant_name_of(key).map(|t| t.as_ref())
+    }
+
+    /// The shared tenant name of an indexed key (cloning it allocates nothing).
+    pub fn tenant_name_of(&self, key: &[u8]) -> Option<&Name> {
+        self.keys.get(key).map(|r| &r.tenant)
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Indexed> {
@@ -783,8 +788,10 @@ impl DbIndex {
         tag
     }
 
-    pub fn insert(&mut self, key: &[u8], tenant: &Name, tags: Tags, entry_bytes: usize, expires_at: i64) -> (Name, Tags) {
-        self.remove(key);
+    /// Indexes `key` (replacing what was indexed for it). Returns the shared tenant name and
+    /// tag list for the entry, and whether the key was indexed already.
+    pub fn insert(&mut self, key: &[u8], tenant: &Name, tags: Tags, entry_bytes: usize, expires_at: i64) -> (Name, Tags, bool) {
+        let replaced = self.remove(key);
         self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
         let key: Name = Arc::from(key);
         let born = self.pending.epoch();
@@ -823,7 +830,7 @@ impl DbIndex {
             }
         }
         self.item_bytes = self.item_bytes.saturating_add(footprint::key(&key));
-        let shared = (tenant.clone(), tags.clone());
+        let shared = (tenant.clone(), tags.clone(), replaced);
         self.expiries.add(&key, expires_at);
         self.keys.insert(
             key,

@@ -82,12 +82,11 @@ impl State {
     /// Indexes a key expiring at `expires_at` (replacing what was indexed for it) and keeps namespace key counts exact.
     /// The entry then shares the index's copies of its tenant and tag names.
     pub fn index_insert(&mut self, db: i32, key: &[u8], entry: &mut Entry, expires_at: i64, sep: &[u8]) {
-        let ix = self.index.db_mut(db);
-        if !ix.contains(key) {
+        let bytes = entry.footprint(key);
+        let (tenant, tags, replaced) = self.index.db_mut(db).insert(key, &entry.tenant, std::mem::take(&mut entry.tags), bytes, expires_at);
+        if !replaced {
             self.stats.key_added(policy::namespace(key, sep));
         }
-        let bytes = entry.footprint(key);
-        let (tenant, tags) = ix.insert(key, &entry.tenant, std::mem::take(&mut entry.tags), bytes, expires_at);
         entry.tenant = tenant;
         entry.tags = tags;
     }

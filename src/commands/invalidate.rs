@@ -295,11 +295,10 @@ fn action(soft: bool) -> Action {
 /// Deletes (or soft-expires) the keys, counting each entry actually invalidated for its tenant
 /// (an entry found already expired is not counted).
 fn apply(ctx: &Context, db: i32, keys: &[Vec<u8>], soft: bool) -> usize {
-    let owners: std::collections::HashMap<Vec<u8>, Vec<u8>> = with_state(|s| {
+    // Each key's tenant, in the order of `keys`; the keys changed come back in that order too.
+    let owners: Vec<Option<Name>> = with_state(|s| {
         let ix = s.index.db(db);
-        keys.iter()
-            .filter_map(|k| Some((k.clone(), ix?.tenant_of(k)?.to_vec())))
-            .collect()
+        keys.iter().map(|k| ix.and_then(|ix| ix.tenant_name_of(k)).cloned()).collect()
     });
     let changed: Vec<Vec<u8>> = if soft {
         engine::soft_expire_entries(ctx, keys)
@@ -311,8 +310,9 @@ fn apply(ctx: &Context, db: i32, keys: &[Vec<u8>], soft: bool) -> usize {
     };
     let sep = config::NAMESPACE_SEPARATOR.get();
     with_state(|s| {
+        let mut owned = keys.iter().zip(&owners);
         for k in &changed {
-            let tenant = owners.get(k).map_or(&[][..], Vec::as_slice);
+            let tenant = owned.find(|(key, _)| *key == k).and_then(|(_, t)| t.as_deref()).unwrap_or_default();
             s.stats.record(Event::KeyInvalidated, tenant, policy::namespace(k, &sep));
         }
     });
