@@ -4,7 +4,7 @@
 
 use crate::mem::times;
 use crate::pending::Name;
-use crate::shardmap::ShardMap;
+use crate::shardmap::{Hashed, ShardMap};
 use std::collections::BTreeMap;
 
 /// An entry without a TTL.
@@ -36,8 +36,9 @@ fn bucket_slot() -> usize {
 }
 
 impl Expiries {
-    /// Records that `name` expires at `at_ms` (nothing for `NEVER`).
-    pub fn add(&mut self, name: &Name, at_ms: i64) {
+    /// Records that `name` (whose `Hashed::hash` is `hash`) expires at `at_ms` (nothing for
+    /// `NEVER`).
+    pub fn add(&mut self, name: &Name, hash: u64, at_ms: i64) {
         if at_ms == NEVER {
             return;
         }
@@ -45,7 +46,7 @@ impl Expiries {
         let set = self.buckets.entry(b).or_default();
         let before = set.heap_bytes();
         let fresh = set.is_empty();
-        set.insert(name.clone(), ());
+        set.insert_hashed(name.clone(), hash, ());
         self.heap = self.heap.saturating_sub(before).saturating_add(set.heap_bytes());
         if fresh {
             self.heap = self.heap.saturating_add(bucket_slot());
@@ -53,7 +54,7 @@ impl Expiries {
     }
 
     /// Forgets that `name` expires at `at_ms`.
-    pub fn remove(&mut self, name: &[u8], at_ms: i64) {
+    pub fn remove(&mut self, name: Hashed<'_>, at_ms: i64) {
         if at_ms == NEVER {
             return;
         }
@@ -62,7 +63,7 @@ impl Expiries {
             return;
         };
         let before = set.heap_bytes();
-        set.remove(name);
+        set.remove_hashed(name);
         self.heap = self.heap.saturating_sub(before).saturating_add(set.heap_bytes());
         if set.is_empty() {
             self.buckets.remove(&b);
@@ -110,13 +111,17 @@ mod tests {
         Name::from(s.as_bytes())
     }
 
+    fn add(e: &mut Expiries, s: &str, at_ms: i64) {
+        e.add(&name(s), Hashed::of(s.as_bytes()).hash, at_ms);
+    }
+
     #[test]
     fn due_names_are_those_of_begun_buckets_only() {
         let mut e = Expiries::default();
-        e.add(&name("a"), 1_000);
-        e.add(&name("b"), 1_100);
-        e.add(&name("c"), 5_000);
-        e.add(&name("n"), NEVER);
+        add(&mut e, "a", 1_000);
+        add(&mut e, "b", 1_100);
+        add(&mut e, "c", 5_000);
+        add(&mut e, "n", NEVER);
         let mut due: Vec<&[u8]> = e.due(1_050).map(|n| &n[..]).collect();
         due.sort();
         // a is in the bucket begun at 896, b in the one begun at 1 024; c's has not begun.
@@ -133,16 +138,16 @@ mod tests {
     fn removal_empties_buckets_and_gives_memory_back() {
         let mut e = Expiries::default();
         for i in 0..10_000i64 {
-            e.add(&name(&format!("k{i}")), i.saturating_mul(3));
+            add(&mut e, &format!("k{i}"), i.saturating_mul(3));
             assert_eq!(e.heap_bytes(), e.heap_recounted());
         }
         for i in 0..10_000i64 {
-            e.remove(format!("k{i}").as_bytes(), i.saturating_mul(3));
+            e.remove(Hashed::of(format!("k{i}").as_bytes()), i.saturating_mul(3));
         }
         assert!(e.is_empty());
         assert_eq!(e.heap_bytes(), 0);
         // Removing what is not there changes nothing.
-        e.remove(b"k1", 3);
+        e.remove(Hashed::of(b"k1"), 3);
         assert_eq!(e.heap_bytes(), 0);
     }
 }

@@ -5,8 +5,8 @@
 use crate::expiry::{self, Expiries};
 use crate::glob::Glob;
 use crate::pending::{bucket_batch, sorted_batch, CountSource, Counted, Pending, Selector, Todo, Walk};
-use crate::shardmap::ShardMap;
-use std::collections::hash_map::Entry;
+use crate::shardmap::{Hashed, ShardMap};
+use crate::shardmap::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -48,28 +48,29 @@ struct NameSet<S = ShardMap<Name, ()>> {
 type TenantKeys = NameSet<BTreeSet<Name>>;
 
 impl Members {
-    /// Adds `key`; `born_of` gives the write epoch of a key already there.
-    fn insert(&mut self, key: Name, born_of: impl FnOnce(&[u8]) -> u64) {
+    /// Adds `key` (whose name hashes to `hash`); `born_of` gives the write epoch of a key
+    /// already there.
+    fn insert(&mut self, key: Name, hash: u64, born_of: impl FnOnce(&[u8]) -> u64) {
         match self {
             Members::One(k) if *k == key => {}
             Members::One(k) => {
                 let mut set: Box<NameSet> = Box::new(NameSet { since: born_of(k), names: ShardMap::default() });
                 set.names.insert(k.clone(), ());
-                set.names.insert(key, ());
+                set.names.insert_hashed(key, hash, ());
                 *self = Members::Many(set);
             }
             Members::Many(set) => {
-                set.names.insert(key, ());
+                set.names.insert_hashed(key, hash, ());
             }
         }
     }
 
     /// Removes `key`; true when no key is left.
-    fn remove(&mut self, key: &[u8]) -> bool {
+    fn remove(&mut self, key: Hashed<'_>) -> bool {
         match self {
-            Members::One(k) => **k == *key,
+            Members::One(k) => **k == *key.name,
             Members::Many(set) => {
-                set.names.remove(key);
+                set.names.remove_hashed(key);
                 let last = if set.names.len() == 1 { set.names.keys().next().cloned() } else { None };
                 if let Some(last) = last {
                     *self = Members::One(last);
@@ -741,9 +742,10 @@ impl DbIndex {
         if before == after {
             return;
         }
-        self.expiries.remove(key, before);
+        let hashed = Hashed::of(key);
+        self.expiries.remove(hashed, before);
         if let Some((name, _)) = self.keys.get_key_value(key) {
-            self.expiries.add(name, after);
+            self.expiries.add(name, hashed.hash, after);
         }
     }
 
@@ -761,11 +763,9 @@ impl DbIndex {
             .count()
     }
 
-    /// Registers a key expiring at `expires_at` (`expiry::NEVER`: no TTL), replacing whatever
-    /// was indexed for it. Returns the tenant and tag names as the index holds them (one
-    /// allocation per name), for the entry to share.
-    /// Adds `key` to the members of `tag`; returns the index's shared copy of the tag's name.
-    fn add_to_tag(&mut self, tag: &Name, key: &Name, born: u64) -> Name {
+    /// Adds `key` (whose name hashes to `hash`) to the members of `tag`; returns the index's
+    /// shared copy of the tag's name.
+    fn add_to_tag(&mut self, tag: &Name, key: &Name, hash: u64, born: u64) -> Name {
         let keys = &self.keys;
         let (tag, before, after) = self
             .tags
@@ -773,7 +773,7 @@ impl DbIndex {
                 Entry::Occupied(mut e) => {
                     let name = e.key().clone();
                     let before = footprint::tag(&name, e.get());
-                    e.get_mut().insert(key.clone(), |k| keys.get(k).map_or(born, |r| r.born));
+                    e.get_mut().insert(key.clone(), hash, |k| keys.get(k).map_or(born, |r| r.born));
                     let after = footprint::tag(&name, e.get());
                     (name, before, after)
                 }
@@ -791,7 +791,9 @@ impl DbIndex {
     /// Indexes `key` (replacing what was indexed for it). Returns the shared tenant name and
     /// tag list for the entry, and whether the key was indexed already.
     pub fn insert(&mut self, key: &[u8], tenant: &Name, tags: Tags, entry_bytes: usize, expires_at: i64) -> (Name, Tags, bool) {
-        let replaced = self.remove(key);
+        // The key's name is hashed once for the five maps it goes into.
+        let hashed = Hashed::of(key);
+        let replaced = self.remove_hashed(hashed);
         self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
         let key: Name = Arc::from(key);
         let born = self.pending.epoch();
@@ -821,19 +823,20 @@ impl DbIndex {
         match Arc::get_mut(&mut tags) {
             Some(slots) => {
                 for slot in slots.iter_mut() {
-                    *slot = self.add_to_tag(slot, &key, born);
+                    *slot = self.add_to_tag(slot, &key, hashed.hash, born);
                 }
             }
             None => {
-                let interned: Vec<Name> = tags.iter().map(|tag| self.add_to_tag(tag, &key, born)).collect();
+                let interned: Vec<Name> = tags.iter().map(|tag| self.add_to_tag(tag, &key, hashed.hash, born)).collect();
                 tags = interned.into();
             }
         }
         self.item_bytes = self.item_bytes.saturating_add(footprint::key(&key));
         let shared = (tenant.clone(), tags.clone(), replaced);
-        self.expiries.add(&key, expires_at);
-        self.keys.insert(
+        self.expiries.add(&key, hashed.hash, expires_at);
+        self.keys.insert_hashed(
             key,
+            hashed.hash,
             KeyRecord {
                 tenant,
                 tags,
@@ -847,14 +850,18 @@ impl DbIndex {
 
     /// Forgets a key; true when it was indexed.
     pub fn remove(&mut self, key: &[u8]) -> bool {
-        let Some((key, record)) = self.keys.remove_entry(key) else {
+        self.remove_hashed(Hashed::of(key))
+    }
+
+    fn remove_hashed(&mut self, hashed: Hashed<'_>) -> bool {
+        let Some((key, record)) = self.keys.remove_hashed(hashed) else {
             return false;
         };
         self.pending.counting_sees_change(record.born, &key, &record.tenant, &record.tags);
         if self.dead(&key, &record) {
             self.pending.dead_gone();
         }
-        self.expiries.remove(&key, record.expires_at);
+        self.expiries.remove(hashed, record.expires_at);
         self.entry_bytes = self.entry_bytes.saturating_sub(record.entry_bytes);
         let mut freed = footprint::key(&key);
         if let Some(set) = self.tenants.get_mut(&record.tenant) {
@@ -875,7 +882,7 @@ impl DbIndex {
             // A set made after an invalidation moved this tag's set away may not hold `key`:
             // removing it is then a no-op, and the footprint difference is zero.
             freed = freed.saturating_add(footprint::tag(tag, members));
-            if members.remove(&key) {
+            if members.remove(hashed) {
                 self.tags.remove(tag);
             } else {
                 self.item_bytes = self.item_bytes.saturating_add(footprint::tag(tag, members));

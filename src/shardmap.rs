@@ -1,52 +1,73 @@
 //! A hash map keyed by byte names that grows and shrinks one small shard at a time (linear
-//! hashing over std `HashMap`s). A plain `HashMap` rehashes every entry when it resizes: at a
+//! hashing over hashbrown tables). A plain hash map rehashes every entry when it resizes: at a
 //! million names that is hundreds of milliseconds during which Redis serves nobody. Here a
 //! resize touches one shard of a few thousand entries, whatever the map's size.
 //!
-//! Shards are addressed by a seeded hash of the name's bytes: shard `h mod 2^level`, or
-//! `h mod 2^(level+1)` for the shards already split at this level. Splitting shard `split`
-//! moves the half of its entries whose bit `level` is set into a new last shard; merging does
-//! the reverse. Each shard is an ordinary `HashMap` with its own randomly seeded hasher.
-//!
-//! Names may be chosen by clients, so both hashes are seeded per process (shards) or per table
-//! (inside a shard): foldhash, several times cheaper than std's SipHash on short names, is
-//! seeded for that use. The two hashes are independent: every name of a shard shares the low
-//! bits of the shard hash, which a table inside the shard could not use.
+//! Every name is hashed once per operation ([`Hashed`]), with a hash seeded per process so that
+//! names chosen by clients cannot be made to collide. Its low bits address the shard: shard
+//! `h mod 2^level`, or `h mod 2^(level+1)` for the shards already split at this level.
+//! Splitting shard `split` moves the half of its entries whose bit `level` is set into a new
+//! last shard; merging does the reverse. Inside a shard the table is addressed by the same hash
+//! mixed with a seed of the map's own (every name of a shard shares the low bits of `h`, and
+//! two maps must not share a table order): one hash of the name's bytes serves every map it
+//! is looked up in (an index write touches five).
 
-use crate::mem::{allocation, times, Shrink};
+use crate::mem::{allocation, times};
+use hashbrown::hash_table::{self, HashTable};
 use std::borrow::Borrow;
-use std::collections::hash_map::{self, Entry};
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-
-/// One shard: a std `HashMap` with a seeded fast hasher.
-pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Average entries per shard above which one more shard is split off.
 const SHARD_TARGET: usize = 2048;
 
 #[derive(Debug)]
 pub struct ShardMap<K, V> {
-    shards: Vec<HashMap<K, V>>,
+    shards: Vec<HashTable<(K, V)>>,
     /// There are `2^level + split` shards; shard `split` is the next to split.
     level: u32,
     split: usize,
     len: usize,
     /// Bytes of the shards' tables, as the allocator rounds them (kept up to date).
     table_bytes: usize,
+    /// Mixed into every name's hash to address this map's tables.
+    seed: u64,
 }
 
 impl<K, V> Default for ShardMap<K, V> {
     fn default() -> Self {
-        ShardMap { shards: Vec::new(), level: 0, split: 0, len: 0, table_bytes: 0 }
+        static MAPS: AtomicU64 = AtomicU64::new(0);
+        let n = MAPS.fetch_add(1, Ordering::Relaxed);
+        ShardMap { shards: Vec::new(), level: 0, split: 0, len: 0, table_bytes: 0, seed: name_hash(&n.to_le_bytes()) }
     }
 }
 
-/// Which names go to which shard is seeded per process, so that names chosen to collide
-/// cannot pile into one shard (which would bring back the long resize).
-fn shard_hash(name: &[u8]) -> u64 {
+/// A name with its hash, computed once and used for every map the name is looked up in.
+#[derive(Debug, Clone, Copy)]
+pub struct Hashed<'a> {
+    pub name: &'a [u8],
+    pub hash: u64,
+}
+
+impl<'a> Hashed<'a> {
+    pub fn of(name: &'a [u8]) -> Self {
+        Hashed { name, hash: name_hash(name) }
+    }
+}
+
+/// The per-process seeded hash of a name (see the module documentation).
+fn name_hash(name: &[u8]) -> u64 {
     static SEED: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
     SEED.get_or_init(Default::default).hash_one(name)
+}
+
+/// `h` mixed with `seed`: a full 64×64→128-bit multiply folded back to 64 bits, so every bit
+/// of the result depends on every bit of `h`.
+fn mix(h: u64, seed: u64) -> u64 {
+    const ODD: u128 = 0x9e37_79b9_7f4a_7c15;
+    let p = u128::from(h ^ seed).wrapping_mul(ODD);
+    (p as u64) ^ ((p >> 64) as u64)
 }
 
 /// The highest bucket number among `2^bits`.
@@ -56,7 +77,7 @@ pub fn bucket_mask(bits: u32) -> u64 {
 
 /// The bucket of `name` among `2^bits` (see `ShardMap::names_in_bucket`).
 pub fn bucket_of(name: &[u8], bits: u32) -> u64 {
-    shard_hash(name) & mask(bits)
+    name_hash(name) & mask(bits)
 }
 
 /// `2^level - 1`.
@@ -70,7 +91,45 @@ pub fn table_bytes(capacity: usize, slot: usize) -> usize {
     allocation(times(capacity.saturating_mul(8) / 7, slot.saturating_add(1)))
 }
 
-impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
+/// An entry of the map, found or to be filled (what `with_entry` hands its closure).
+pub enum Entry<'a, K, V> {
+    Occupied(Occupied<'a, K, V>),
+    Vacant(Vacant<'a, K, V>),
+}
+
+pub struct Occupied<'a, K, V>(hash_table::OccupiedEntry<'a, (K, V)>);
+
+pub struct Vacant<'a, K, V> {
+    slot: hash_table::VacantEntry<'a, (K, V)>,
+    key: K,
+}
+
+impl<'a, K, V> Occupied<'a, K, V> {
+    pub fn key(&self) -> &K {
+        &self.0.get().0
+    }
+    pub fn get(&self) -> &V {
+        &self.0.get().1
+    }
+    pub fn get_mut(&mut self) -> &mut V {
+        &mut self.0.get_mut().1
+    }
+    /// Replaces the value, returning the previous one.
+    pub fn insert(&mut self, value: V) -> V {
+        std::mem::replace(self.get_mut(), value)
+    }
+}
+
+impl<'a, K, V> Vacant<'a, K, V> {
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+    pub fn insert(self, value: V) -> &'a mut V {
+        &mut self.slot.insert((self.key, value)).into_mut().1
+    }
+}
+
+impl<K: Borrow<[u8]>, V> ShardMap<K, V> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -81,12 +140,17 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
 
     /// Heap bytes of the map's tables and shard list, in O(1).
     pub fn heap_bytes(&self) -> usize {
-        let list = times(self.shards.capacity(), std::mem::size_of::<HashMap<K, V>>());
+        let list = times(self.shards.capacity(), std::mem::size_of::<HashTable<(K, V)>>());
         self.table_bytes.saturating_add(allocation(list))
     }
 
-    fn slot_of(&self, name: &[u8]) -> usize {
-        let h = shard_hash(name);
+    /// How a shard's table hashes its entries (on resize).
+    fn rehasher(&self) -> impl Fn(&(K, V)) -> u64 {
+        let seed = self.seed;
+        move |(k, _): &(K, V)| mix(name_hash(k.borrow()), seed)
+    }
+
+    fn slot_of(&self, h: u64) -> usize {
         let mut at = h & mask(self.level);
         if at < self.split as u64 {
             at = h & mask(self.level.saturating_add(1));
@@ -94,42 +158,58 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
         usize::try_from(at).unwrap_or(0)
     }
 
-    fn shard(&self, name: &[u8]) -> Option<&HashMap<K, V>> {
-        self.shards.get(self.slot_of(name))
+    fn find(&self, n: Hashed<'_>) -> Option<&(K, V)> {
+        let shard = self.shards.get(self.slot_of(n.hash))?;
+        shard.find(mix(n.hash, self.seed), |(k, _)| k.borrow() == n.name)
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&V> {
-        self.shard(name)?.get(name)
+        self.get_hashed(Hashed::of(name))
+    }
+
+    pub fn get_hashed(&self, n: Hashed<'_>) -> Option<&V> {
+        self.find(n).map(|(_, v)| v)
     }
 
     pub fn get_key_value(&self, name: &[u8]) -> Option<(&K, &V)> {
-        self.shard(name)?.get_key_value(name)
+        self.find(Hashed::of(name)).map(|(k, v)| (k, v))
     }
 
     pub fn contains_key(&self, name: &[u8]) -> bool {
-        self.shard(name).is_some_and(|s| s.contains_key(name))
+        self.contains_hashed(Hashed::of(name))
+    }
+
+    pub fn contains_hashed(&self, n: Hashed<'_>) -> bool {
+        self.find(n).is_some()
     }
 
     pub fn get_mut(&mut self, name: &[u8]) -> Option<&mut V> {
-        let at = self.slot_of(name);
-        self.shards.get_mut(at)?.get_mut(name)
+        self.get_mut_hashed(Hashed::of(name))
     }
 
-    /// The shard `name` belongs to, creating the first shard of an empty map.
-    fn locate(&mut self, name: &[u8]) -> usize {
+    pub fn get_mut_hashed(&mut self, n: Hashed<'_>) -> Option<&mut V> {
+        let at = self.slot_of(n.hash);
+        let h = mix(n.hash, self.seed);
+        let shard = self.shards.get_mut(at)?;
+        shard.find_mut(h, |(k, _)| k.borrow() == n.name).map(|(_, v)| v)
+    }
+
+    /// The shard `h` belongs to, creating the first shard of an empty map.
+    fn locate(&mut self, h: u64) -> usize {
         if self.shards.is_empty() {
-            self.shards.push(HashMap::default());
+            self.shards.push(HashTable::new());
         }
-        self.slot_of(name)
+        self.slot_of(h)
     }
 
     /// Runs `change` on shard `at` and keeps the length and table figures right.
-    fn in_shard<R>(&mut self, at: usize, change: impl FnOnce(&mut HashMap<K, V>) -> R) -> Option<R> {
+    fn in_shard<R>(&mut self, at: usize, change: impl FnOnce(&mut HashTable<(K, V)>, u64) -> R) -> Option<R> {
         let slot = std::mem::size_of::<(K, V)>();
+        let (seed, rehash) = (self.seed, self.rehasher());
         let shard = self.shards.get_mut(at)?;
         let (len, cap) = (shard.len(), shard.capacity());
-        let result = change(shard);
-        shard.shrink_if_sparse();
+        let result = change(shard, seed);
+        shrink_if_sparse(shard, &rehash);
         self.len = self.len.saturating_sub(len).saturating_add(shard.len());
         self.table_bytes = self
             .table_bytes
@@ -141,7 +221,13 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
 
     /// Inserts or replaces; returns the previous value.
     pub fn insert(&mut self, name: K, value: V) -> Option<V> {
-        self.with_entry(name, |e| match e {
+        let hash = name_hash(name.borrow());
+        self.insert_hashed(name, hash, value)
+    }
+
+    /// `insert` of a name whose `Hashed::hash` is `hash`.
+    pub fn insert_hashed(&mut self, name: K, hash: u64, value: V) -> Option<V> {
+        self.with_entry_hashed(name, hash, |e| match e {
             Entry::Occupied(mut o) => Some(o.insert(value)),
             Entry::Vacant(v) => {
                 v.insert(value);
@@ -154,8 +240,20 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
     /// Runs `f` on the map entry of `name` (which `f` may fill or leave vacant). None only if
     /// the map could not place the name, which cannot happen.
     pub fn with_entry<R>(&mut self, name: K, f: impl FnOnce(Entry<'_, K, V>) -> R) -> Option<R> {
-        let at = self.locate(name.borrow());
-        self.in_shard(at, |shard| f(shard.entry(name)))
+        let hash = name_hash(name.borrow());
+        self.with_entry_hashed(name, hash, f)
+    }
+
+    pub fn with_entry_hashed<R>(&mut self, name: K, hash: u64, f: impl FnOnce(Entry<'_, K, V>) -> R) -> Option<R> {
+        let at = self.locate(hash);
+        let rehash = self.rehasher();
+        self.in_shard(at, |shard, seed| {
+            let found = shard.entry(mix(hash, seed), |(k, _)| k.borrow() == name.borrow(), &rehash);
+            f(match found {
+                hash_table::Entry::Occupied(o) => Entry::Occupied(Occupied(o)),
+                hash_table::Entry::Vacant(slot) => Entry::Vacant(Vacant { slot, key: name }),
+            })
+        })
     }
 
     pub fn remove(&mut self, name: &[u8]) -> Option<V> {
@@ -163,29 +261,38 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
     }
 
     pub fn remove_entry(&mut self, name: &[u8]) -> Option<(K, V)> {
-        let at = self.slot_of(name);
-        let removed = self.in_shard(at, |shard| shard.remove_entry(name)).flatten();
-        if self.len == 0 {
+        self.remove_hashed(Hashed::of(name))
+    }
+
+    pub fn remove_hashed(&mut self, n: Hashed<'_>) -> Option<(K, V)> {
+        let at = self.slot_of(n.hash);
+        let removed = self
+            .in_shard(at, |shard, seed| match shard.find_entry(mix(n.hash, seed), |(k, _)| k.borrow() == n.name) {
+                Ok(found) => Some(found.remove().0),
+                Err(_) => None,
+            })
+            .flatten();
+        if self.len == 0 && !self.shards.is_empty() {
             // Nothing left: give every table back.
-            *self = Self::default();
+            *self = ShardMap { seed: self.seed, ..ShardMap::default() };
         }
         removed
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.shards.iter().flat_map(|s| s.iter().map(|(k, v)| (k, v)))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
-        self.shards.iter().flat_map(|s| s.keys())
+        self.shards.iter().flat_map(|s| s.iter().map(|(k, _)| k))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
-        self.shards.iter().flat_map(|s| s.values())
+        self.shards.iter().flat_map(|s| s.iter().map(|(_, v)| v))
     }
 
     pub fn into_values(self) -> impl Iterator<Item = V> {
-        self.shards.into_iter().flat_map(HashMap::into_values)
+        self.shards.into_iter().flat_map(|s| s.into_iter().map(|(_, v)| v))
     }
 
     pub fn into_keys(self) -> IntoKeys<K, V> {
@@ -220,10 +327,10 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
             let j = j as u64;
             if shard_bits > bits {
                 if j & mask(bits) == bucket {
-                    out.extend(shard.keys().cloned());
+                    out.extend(shard.iter().map(|(k, _)| k.clone()));
                 }
             } else if bucket & mask(shard_bits) == j {
-                out.extend(shard.keys().filter(|k| bucket_of((*k).borrow(), bits) == bucket).cloned());
+                out.extend(shard.iter().map(|(k, _)| k).filter(|k| bucket_of((*k).borrow(), bits) == bucket).cloned());
             }
         }
         out
@@ -243,12 +350,21 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
     fn split_one(&mut self) {
         let level = self.level;
         let bit = 1u64.checked_shl(level).unwrap_or(0);
-        let mut moved = HashMap::default();
+        let rehash = self.rehasher();
+        let seed = self.seed;
+        let mut moved = HashTable::new();
         self.account_resize(self.split, |from| {
-            moved = HashMap::with_capacity_and_hasher(from.len() / 2, Default::default());
-            moved.extend(from.extract_if(|k, _| shard_hash(k.borrow()) & bit != 0));
-            // About half the entries left: fit the table to the rest (a shard is small).
-            from.shrink_to(from.len());
+            // Both halves are rebuilt in tables fitted to them, each name hashed once (taking
+            // half out and shrinking the rest in place would hash most names twice more).
+            let half = (from.len() / 2).saturating_add(from.len() / 16);
+            let mut stay = HashTable::with_capacity(half);
+            moved = HashTable::with_capacity(half);
+            for entry in std::mem::take(from) {
+                let h = name_hash(entry.0.borrow());
+                let to = if h & bit != 0 { &mut moved } else { &mut stay };
+                to.insert_unique(mix(h, seed), entry, &rehash);
+            }
+            *from = stay;
         });
         self.table_bytes = self.table_bytes.saturating_add(table_bytes(moved.capacity(), std::mem::size_of::<(K, V)>()));
         self.shards.push(moved);
@@ -274,14 +390,21 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
         let slot = std::mem::size_of::<(K, V)>();
         self.table_bytes = self.table_bytes.saturating_sub(table_bytes(last.capacity(), slot));
         let into = self.split;
-        self.account_resize(into, |m| m.extend(last));
+        let rehash = self.rehasher();
+        self.account_resize(into, |m| {
+            m.reserve(last.len(), &rehash);
+            for entry in last {
+                let h = rehash(&entry);
+                m.insert_unique(h, entry, &rehash);
+            }
+        });
         if self.shards.capacity() > self.shards.len().saturating_mul(4) {
             self.shards.shrink_to(self.shards.len().saturating_mul(2));
         }
     }
 
     /// Runs `change` on shard `at`, keeping `table_bytes` right.
-    fn account_resize(&mut self, at: usize, change: impl FnOnce(&mut HashMap<K, V>)) {
+    fn account_resize(&mut self, at: usize, change: impl FnOnce(&mut HashTable<(K, V)>)) {
         let slot = std::mem::size_of::<(K, V)>();
         if let Some(shard) = self.shards.get_mut(at) {
             let before = shard.capacity();
@@ -294,12 +417,26 @@ impl<K: Borrow<[u8]> + Hash + Eq, V> ShardMap<K, V> {
     }
 }
 
+/// Shrinks a shard to twice its live size once three quarters are empty (amortized O(1)), and
+/// to nothing when empty (see `mem::Shrink`, the same rule for std tables).
+fn shrink_if_sparse<T>(table: &mut HashTable<T>, rehash: impl Fn(&T) -> u64) {
+    let (len, capacity) = (table.len(), table.capacity());
+    if capacity > 16 && len.saturating_mul(4) < capacity {
+        table.shrink_to(len.saturating_mul(2), rehash);
+    }
+}
+
 /// The names of a consumed map, with how many are left.
-#[derive(Debug)]
 pub struct IntoKeys<K, V> {
     left: usize,
-    shards: std::vec::IntoIter<HashMap<K, V>>,
-    current: Option<hash_map::IntoKeys<K, V>>,
+    shards: std::vec::IntoIter<HashTable<(K, V)>>,
+    current: Option<hash_table::IntoIter<(K, V)>>,
+}
+
+impl<K, V> std::fmt::Debug for IntoKeys<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntoKeys").field("left", &self.left).finish_non_exhaustive()
+    }
 }
 
 impl<K, V> Iterator for IntoKeys<K, V> {
@@ -307,11 +444,11 @@ impl<K, V> Iterator for IntoKeys<K, V> {
 
     fn next(&mut self) -> Option<K> {
         loop {
-            if let Some(k) = self.current.as_mut().and_then(Iterator::next) {
+            if let Some((k, _)) = self.current.as_mut().and_then(Iterator::next) {
                 self.left = self.left.saturating_sub(1);
                 return Some(k);
             }
-            self.current = Some(self.shards.next()?.into_keys());
+            self.current = Some(self.shards.next()?.into_iter());
         }
     }
 
@@ -340,7 +477,7 @@ mod tests {
     }
 
     fn largest_shard<V>(m: &ShardMap<Name, V>) -> usize {
-        m.shards.iter().map(HashMap::len).max().unwrap_or(0)
+        m.shards.iter().map(HashTable::len).max().unwrap_or(0)
     }
 
     #[test]
@@ -380,7 +517,7 @@ mod tests {
         let mut m: ShardMap<Name, ()> = ShardMap::default();
         let mut moved_at_once = 0;
         for i in 0..300_000 {
-            let before: Vec<usize> = m.shards.iter().map(HashMap::capacity).collect();
+            let before: Vec<usize> = m.shards.iter().map(HashTable::capacity).collect();
             m.insert(name(i), ());
             // Entries rehashed by this insert: those of any shard whose table changed.
             let rehashed: usize = m
