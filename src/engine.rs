@@ -215,41 +215,51 @@ fn replicate_set(ctx: &Context, key: &RedisString, value: &RedisString, opts: &W
 
 /// Deletes entries (never keys of other types); returns the names removed. Replicated as one
 /// DEL of the removed keys.
-pub fn delete_entries<'k>(ctx: &Context, keys: &'k [Vec<u8>], notice: Notice) -> Vec<&'k [u8]> {
-    let mut removed: Vec<&[u8]> = Vec::new();
+pub fn delete_entries<'k>(ctx: &Context, keys: &'k [Vec<u8>], notice: Notice) -> Vec<(&'k [u8], Name)> {
+    let mut removed: Vec<(&[u8], Name)> = Vec::new();
     for name in keys {
         let key = keyspace::string(ctx, name);
-        let handle = Key::write(ctx, &key);
-        if handle.kind() == Kind::Entry && handle.delete() {
-            removed.push(name);
+        let mut handle = Key::write(ctx, &key);
+        // The tenant is read from the entry about to go: no index lookup per key.
+        let Some(tenant) = handle.entry().map(|e| e.tenant.clone()) else {
+            continue;
+        };
+        if handle.delete() {
+            removed.push((name, tenant));
             notify(ctx, notice, &key);
         }
     }
     for chunk in removed.chunks(1024) {
-        ctx.replicate("DEL", chunk);
+        let names: Vec<&[u8]> = chunk.iter().map(|(name, _)| *name).collect();
+        ctx.replicate("DEL", names.as_slice());
     }
     removed
 }
 
 /// Marks entries stale now: their TTL becomes their stale window (never longer than it was).
 /// Entries without a stale window are deleted. Returns the names of the entries changed,
-/// replicated as `PEXPIREAT k abs-ms` and one DEL of those deleted.
-pub fn soft_expire_entries(ctx: &Context, keys: &[Vec<u8>]) -> Vec<Vec<u8>> {
+/// replicated as `PEXPIREAT k abs-ms` and one DEL of those deleted. Each name comes with its
+/// entry's tenant.
+pub fn soft_expire_entries<'k>(ctx: &Context, keys: &'k [Vec<u8>]) -> Vec<(&'k [u8], Name)> {
     let mut deleted: Vec<&[u8]> = Vec::new();
-    let mut changed: Vec<Vec<u8>> = Vec::new();
+    let mut changed: Vec<(&[u8], Name)> = Vec::new();
     let now = keyspace::now_ms();
     for name in keys {
         let key = keyspace::string(ctx, name);
-        match make_stale(ctx, &key, now, now) {
+        let tenant = match make_stale(ctx, &key, now, now) {
             Staled::NotEntry => continue,
-            Staled::Deleted(_) => deleted.push(name),
-            Staled::Expires(_, ttl) => {
+            Staled::Deleted(tenant) => {
+                deleted.push(name);
+                tenant
+            }
+            Staled::Expires(tenant, ttl) => {
                 let at = now.saturating_add(ttl).to_string();
                 ctx.replicate("PEXPIREAT", &[name.as_slice(), at.as_bytes()]);
+                tenant
             }
-        }
+        };
         notify(ctx, Notice::Invalidate, &key);
-        changed.push(name.clone());
+        changed.push((name, tenant));
     }
     for chunk in deleted.chunks(1024) {
         ctx.replicate("DEL", chunk);

@@ -70,7 +70,7 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     .collect()
             });
             engine::check_write_permission(ctx, &keys)?;
-            Reply::Now(apply(ctx, db, &keys, soft))
+            Reply::Now(apply(ctx, &keys, soft))
         }
     };
     let fence_until = fence_until(ctx);
@@ -142,7 +142,7 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             reclaim::schedule(ctx);
             count
         }
-        None => Reply::Now(apply(ctx, db, &keys, soft)),
+        None => Reply::Now(apply(ctx, &keys, soft)),
     };
     let fence_until = fence_until(ctx);
     with_state(|s| {
@@ -294,26 +294,16 @@ fn action(soft: bool) -> Action {
 
 /// Deletes (or soft-expires) the keys, counting each entry actually invalidated for its tenant
 /// (an entry found already expired is not counted).
-fn apply(ctx: &Context, db: i32, keys: &[Vec<u8>], soft: bool) -> usize {
-    // Each key's tenant, in the order of `keys`; the keys changed come back in that order too.
-    let owners: Vec<Option<Name>> = with_state(|s| {
-        let ix = s.index.db(db);
-        keys.iter().map(|k| ix.and_then(|ix| ix.tenant_name_of(k)).cloned()).collect()
-    });
-    let changed: Vec<Vec<u8>> = if soft {
+fn apply(ctx: &Context, keys: &[Vec<u8>], soft: bool) -> usize {
+    let changed = if soft {
         engine::soft_expire_entries(ctx, keys)
     } else {
         engine::delete_entries(ctx, keys, engine::Notice::Invalidate)
-            .into_iter()
-            .map(<[u8]>::to_vec)
-            .collect()
     };
     let sep = config::NAMESPACE_SEPARATOR.get();
     with_state(|s| {
-        let mut owned = keys.iter().zip(&owners);
-        for k in &changed {
-            let tenant = owned.find(|(key, _)| *key == k).and_then(|(_, t)| t.as_deref()).unwrap_or_default();
-            s.stats.record(Event::KeyInvalidated, tenant, policy::namespace(k, &sep));
+        for (key, tenant) in &changed {
+            s.stats.record(Event::KeyInvalidated, tenant, policy::namespace(key, &sep));
         }
     });
     changed.len()
