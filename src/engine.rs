@@ -183,7 +183,6 @@ pub fn store(
     let Some(stored) = handle.entry() else {
         return Err(err("could not store the entry"));
     };
-    let sep = config::NAMESPACE_SEPARATOR.get();
     // Writes replayed from the primary or the AOF are not this server's traffic.
     let count = !is_from_primary_or_loading(ctx);
     with_state(|s| {
@@ -191,14 +190,14 @@ pub fn store(
         // While invalidations are pending the entry may have left its sets already: a full
         // reindex puts it back (and stamps it with the current epoch).
         if reindex || s.index.db(db).is_some_and(crate::index::DbIndex::has_pending) {
-            s.index_insert(db, name, stored, expires_at, &sep);
+            s.index_insert(db, name, stored, expires_at);
         } else {
             s.index.db_mut(db).rewritten(name, stored.footprint(name), expires_at);
         }
         s.leases.void(db, name);
         // `sets` counts CACHE.SET calls; a FILL is counted as a fill by its command.
         if count && notice == Notice::Set {
-            s.stats.record(Event::Set, &stored.tenant, policy::namespace(name, &sep));
+            s.stats.record(Event::Set, &stored.tenant, policy::namespace(name, &s.separator));
         }
     });
     drop(handle);

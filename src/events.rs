@@ -21,8 +21,7 @@ pub fn hooks() -> Hooks {
 /// of a stale value must not void a refresher's lease. Deliberate removals void it
 /// (`on_keyspace_event`).
 fn key_unlinked(db: i32, name: &[u8]) {
-    let sep = config::NAMESPACE_SEPARATOR.get();
-    with_state(|s| s.index_remove(db, name, &sep));
+    with_state(|s| s.index_remove(db, name));
 }
 
 /// Generic keyspace events: a key deleted by DEL/UNLINK loses its lease; a key that arrives
@@ -133,14 +132,12 @@ pub fn reindex_key(ctx: &Context, name: &RedisString) {
         entry.tenant = derived_tenant(bytes).into();
     }
     let db = keyspace::selected_db(ctx.ctx);
-    let sep = config::NAMESPACE_SEPARATOR.get();
-    with_state(|s| s.index_insert(db, bytes, entry, expires_at, &sep));
+    with_state(|s| s.index_insert(db, bytes, entry, expires_at));
 }
 
 /// Rebuilds the whole index from the keyspace (after RDB/AOF load or a replica's full sync),
 /// in one pass over the scan's own key handles.
 pub fn rebuild_index(ctx: &Context) {
-    let sep = config::NAMESPACE_SEPARATOR.get();
     let regex = config::TENANT_REGEX.get();
     with_state(|s| {
         s.index.clear();
@@ -150,7 +147,7 @@ pub fn rebuild_index(ctx: &Context) {
         if !entry.tenant_explicit {
             entry.tenant = crate::policy::tenant_from_key(name, regex.as_ref().as_ref()).into();
         }
-        with_state(|s| s.index_insert(db, name, entry, expires_at, &sep));
+        with_state(|s| s.index_insert(db, name, entry, expires_at));
     });
     with_state(|s| s.index_ready = true);
 }

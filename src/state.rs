@@ -81,11 +81,11 @@ impl State {
 
     /// Indexes a key expiring at `expires_at` (replacing what was indexed for it) and keeps namespace key counts exact.
     /// The entry then shares the index's copies of its tenant and tag names.
-    pub fn index_insert(&mut self, db: i32, key: &[u8], entry: &mut Entry, expires_at: i64, sep: &[u8]) {
+    pub fn index_insert(&mut self, db: i32, key: &[u8], entry: &mut Entry, expires_at: i64) {
         let bytes = entry.footprint(key);
         let (tenant, tags, replaced) = self.index.db_mut(db).insert(key, &entry.tenant, std::mem::take(&mut entry.tags), bytes, expires_at);
         if !replaced {
-            self.stats.key_added(policy::namespace(key, sep));
+            self.stats.key_added(policy::namespace(key, &self.separator));
         }
         entry.tenant = tenant;
         entry.tags = tags;
@@ -103,11 +103,11 @@ impl State {
     }
 
     /// Forgets a key; true when it was indexed.
-    pub fn index_remove(&mut self, db: i32, key: &[u8], sep: &[u8]) -> bool {
+    pub fn index_remove(&mut self, db: i32, key: &[u8]) -> bool {
         self.forget_loaded_dead(db, key);
         let removed = self.index.remove(db, key);
         if removed {
-            self.stats.key_removed(policy::namespace(key, sep));
+            self.stats.key_removed(policy::namespace(key, &self.separator));
         }
         removed
     }

@@ -300,10 +300,9 @@ fn apply(ctx: &Context, keys: &[Vec<u8>], soft: bool) -> usize {
     } else {
         engine::delete_entries(ctx, keys, engine::Notice::Invalidate)
     };
-    let sep = config::NAMESPACE_SEPARATOR.get();
     with_state(|s| {
         for (key, tenant) in &changed {
-            s.stats.record(Event::KeyInvalidated, tenant, policy::namespace(key, &sep));
+            s.stats.record(Event::KeyInvalidated, tenant, policy::namespace(key, &s.separator));
         }
     });
     changed.len()
