@@ -1,6 +1,7 @@
 //! Pure index of live entries, per database: tenant → ordered key names, tag → key names, and
-//! key → (tenant, tags) so any removal needs only the key name. Names are shared `Arc<[u8]>`s:
-//! one allocation per key name, tenant and tag, whatever the number of structures referring to it.
+//! key → (tenant, tags) so any removal needs only the key name. Names are shared `Name`s (thin
+//! pointers): one allocation per key name, tenant and tag, whatever the number of structures
+//! referring to it.
 
 use crate::expiry::{self, Expiries};
 use crate::glob::Glob;
@@ -795,7 +796,7 @@ impl DbIndex {
         let hashed = Hashed::of(key);
         let replaced = self.remove_hashed(hashed);
         self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
-        let key: Name = Arc::from(key);
+        let key = Name::new(key);
         let born = self.pending.epoch();
         // One lookup per name: an existing entry's key is the shared copy (interning).
         let (tenant, before, after) = self
@@ -1017,7 +1018,7 @@ mod footprint {
     use std::mem::size_of;
 
     const PTR: usize = size_of::<Name>();
-    /// An Arc<[u8]> allocation: two reference counts plus the bytes.
+    /// A `Name` allocation: the reference count and the length, then the bytes.
     const ARC_HEADER: usize = 2 * size_of::<usize>();
     /// B-tree leaves hold up to 11 names plus links; count them two-thirds full.
     const BTREE_NODE: usize = 11 * PTR + 16;

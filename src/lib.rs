@@ -33,6 +33,7 @@ pub mod hash;
 pub mod index;
 pub mod lease;
 pub mod mem;
+pub mod name;
 pub mod pending;
 pub mod shardmap;
 pub mod parking;

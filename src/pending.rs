@@ -12,13 +12,11 @@
 //! cursor that survives writes between steps, shortening each entry's TTL as it goes.
 
 use crate::glob::Glob;
-use std::sync::Arc;
 use crate::shardmap::ShardMap;
 use std::collections::{btree_set, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 
-/// A shared name, as the index holds it.
-pub type Name = Arc<[u8]>;
+pub use crate::name::Name;
 
 /// Which entries an invalidation covers.
 #[derive(Debug)]
