@@ -10,12 +10,11 @@ use crate::shardmap::{Hashed, ShardMap};
 use crate::shardmap::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
-use std::sync::Arc;
 
 pub use crate::pending::Name;
 
 /// An entry's tag names, sorted: one list shared by the entry and its key record.
-pub type Tags = Arc<[Name]>;
+pub type Tags = crate::name::Names;
 
 #[derive(Debug, Clone)]
 struct KeyRecord {
@@ -821,16 +820,9 @@ impl DbIndex {
         // The list is rewritten in place with the shared names when the caller handed over
         // its only reference (the usual case): no second allocation.
         let mut tags = tags;
-        match Arc::get_mut(&mut tags) {
-            Some(slots) => {
-                for slot in slots.iter_mut() {
-                    *slot = self.add_to_tag(slot, &key, hashed.hash, born);
-                }
-            }
-            None => {
-                let interned: Vec<Name> = tags.iter().map(|tag| self.add_to_tag(tag, &key, hashed.hash, born)).collect();
-                tags = interned.into();
-            }
+        let in_place = tags.rewrite_if_unique(|slot| *slot = self.add_to_tag(slot, &key, hashed.hash, born));
+        if !in_place {
+            tags = tags.iter().map(|tag| self.add_to_tag(tag, &key, hashed.hash, born)).collect();
         }
         self.item_bytes = self.item_bytes.saturating_add(footprint::key(&key));
         let shared = (tenant.clone(), tags.clone(), replaced);

@@ -100,6 +100,64 @@ impl From<&Vec<u8>> for Name {
     }
 }
 
+/// A shared list of names (an entry's tags), thin like `Name`: the entry and the index's key
+/// record hold the same list.
+#[derive(Clone)]
+pub struct Names(ThinArc<(), Name>);
+
+impl Names {
+    /// Rewrites every name in place when this is the list's only holder; false (nothing done)
+    /// when it is shared.
+    pub fn rewrite_if_unique(&mut self, mut rewrite: impl FnMut(&mut Name)) -> bool {
+        self.0.with_arc_mut(|list| match triomphe::Arc::get_mut(list) {
+            Some(unique) => {
+                unique.slice_mut().iter_mut().for_each(&mut rewrite);
+                true
+            }
+            None => false,
+        })
+    }
+}
+
+impl Default for Names {
+    fn default() -> Names {
+        Names::from(Vec::new())
+    }
+}
+
+impl Deref for Names {
+    type Target = [Name];
+    fn deref(&self) -> &[Name] {
+        &self.0.slice
+    }
+}
+
+impl PartialEq for Names {
+    fn eq(&self, other: &Names) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Names {}
+
+impl fmt::Debug for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl From<Vec<Name>> for Names {
+    fn from(names: Vec<Name>) -> Names {
+        Names(ThinArc::from_header_and_iter((), names.into_iter()))
+    }
+}
+
+impl FromIterator<Name> for Names {
+    fn from_iter<I: IntoIterator<Item = Name>>(names: I) -> Names {
+        Names::from(names.into_iter().collect::<Vec<_>>())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +180,17 @@ mod tests {
         assert_eq!(range, vec![&b"b"[..], b"c"]);
         assert_eq!(Name::default().len(), 0);
         assert_eq!(format!("{:?}", Name::from(&b"x"[..])), format!("{:?}", &b"x"[..]));
+    }
+
+    #[test]
+    fn a_list_is_rewritten_in_place_only_when_unshared() {
+        assert_eq!(std::mem::size_of::<Names>(), 8);
+        let mut list: Names = ["a", "b"].iter().map(|s| Name::from(s.as_bytes())).collect();
+        assert!(list.rewrite_if_unique(|n| *n = Name::from(&b"z"[..])));
+        assert_eq!(&*list, &[Name::from(&b"z"[..]), Name::from(&b"z"[..])]);
+        let shared = list.clone();
+        assert!(!list.rewrite_if_unique(|n| *n = Name::from(&b"y"[..])));
+        assert_eq!(list, shared);
+        assert!(Names::default().is_empty());
     }
 }
