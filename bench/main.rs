@@ -182,7 +182,7 @@ fn invalidate_among(total: usize) -> f64 {
         }
         let _: () = p.query(c).expect("refill");
     };
-    let reps = 5;
+    let reps = 11;
     let mut scan_times = Vec::new();
     let mut inval_times = Vec::new();
     for _ in 0..reps {
