@@ -212,8 +212,8 @@ fn replicate_set(ctx: &Context, key: &RedisString, value: &RedisString, opts: &W
     ffi::replicate::canonical_set_command(ctx, key, value, deadline.fresh_until, deadline.stale_ms, opts.tags, opts.tenant);
 }
 
-/// Deletes entries (never keys of other types); returns the names removed. Replicated as one
-/// DEL of the removed keys.
+/// Deletes entries (never keys of other types); returns the names removed, each with its
+/// entry's tenant. Replicated as one DEL of the removed keys.
 pub fn delete_entries<'k>(ctx: &Context, keys: &'k [Vec<u8>], notice: Notice) -> Vec<(&'k [u8], Name)> {
     let mut removed: Vec<(&[u8], Name)> = Vec::new();
     for name in keys {

@@ -686,12 +686,7 @@ impl DbIndex {
 
     /// The tenant a key is indexed under.
     pub fn tenant_of(&self, key: &[u8]) -> Option<&[u8]> {
-        self.tenant_name_of(key).map(|t| t.as_ref())
-    }
-
-    /// The shared tenant name of an indexed key (cloning it allocates nothing).
-    pub fn tenant_name_of(&self, key: &[u8]) -> Option<&Name> {
-        self.keys.get(key).map(|r| &r.tenant)
+        self.keys.get(key).map(|r| r.tenant.as_bytes())
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Indexed> {
