@@ -3,7 +3,7 @@
 use crate::config::derived_tenant;
 use crate::policy;
 use crate::state::with_state;
-use crate::stats::Event;
+use crate::stats::{Event, Tenant};
 
 /// The tenant every statistic of a key is counted under, so that no key's counters are split:
 /// the tenant of its entry when it has one, else the tenant recorded on its lease, else the
@@ -21,6 +21,7 @@ pub fn stats_tenant(db: i32, key: &[u8], hint: Option<&[u8]>) -> Vec<u8> {
         .unwrap_or_else(|| derived_tenant(key))
 }
 
-pub fn record(event: Event, tenant: &[u8], key: &[u8]) {
+pub fn record<'a>(event: Event, tenant: impl Into<Tenant<'a>>, key: &[u8]) {
+    let tenant = tenant.into();
     with_state(|s| s.stats.record(event, tenant, policy::namespace(key, &s.separator)));
 }

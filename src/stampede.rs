@@ -9,7 +9,7 @@ use crate::ffi;
 use crate::keyspace::{now_ms, Key, Kind};
 use crate::lease::Leases;
 use crate::state::with_state;
-use crate::stats::Event;
+use crate::stats::{Event, Tenant};
 use redis_module::{Context, RedisString};
 
 /// Longest BUSY retry suggestion, whatever is left on the lease.
@@ -154,7 +154,7 @@ pub fn evaluate(ctx: &Context, key: &RedisString, db: i32, opts: &GetOptions) ->
         Some(_) => Vec::new(),
         None => stats_tenant(db, name, opts.tenant.as_deref()),
     };
-    let tenant: &[u8] = found.filter(Found::usable).map_or(&missing_tenant, |f| &f.entry.tenant);
+    let tenant = found.filter(Found::usable).map_or(Tenant::Named(&missing_tenant), |f| Tenant::Shared(&f.entry.tenant));
     let decided = with_state(|s| {
         let decided = decide(found, &missing_tenant, &mut s.leases, db, name, now, opts);
         let ns = crate::policy::namespace(name, &s.separator);

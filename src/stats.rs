@@ -4,6 +4,7 @@
 //! counted under `OVERFLOW` so the maps cannot grow without bound.
 
 use crate::hash::FastMap;
+use crate::name::Name;
 use serde_json::{json, Map, Value};
 
 pub const MAX_TRACKED: usize = 1024;
@@ -105,10 +106,54 @@ pub struct NamespaceCounters {
     pub keys: u64,
 }
 
+/// Whom an event is counted for.
+#[derive(Debug, Clone, Copy)]
+pub enum Tenant<'a> {
+    /// A tenant name shared with the index (an entry's): after its first event it is found by
+    /// the address of its allocation, without hashing or comparing its bytes.
+    Shared(&'a Name),
+    Named(&'a [u8]),
+}
+
+impl<'a> From<&'a Name> for Tenant<'a> {
+    fn from(name: &'a Name) -> Self {
+        Tenant::Shared(name)
+    }
+}
+
+impl<'a> From<&'a [u8]> for Tenant<'a> {
+    fn from(name: &'a [u8]) -> Self {
+        Tenant::Named(name)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Tenant<'a> {
+    fn from(name: &'a Vec<u8>) -> Self {
+        Tenant::Named(name)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Tenant<'a> {
+    fn from(name: &'a [u8; N]) -> Self {
+        Tenant::Named(name)
+    }
+}
+
+/// Shared tenant names remembered by address, at most this many (then forgotten at once).
+const MAX_ADDRESSES: usize = 4 * MAX_TRACKED;
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub global: Counters,
-    tenants: FastMap<Vec<u8>, Counters>,
+    /// Tenant name → its slot in `counters`.
+    tenants: FastMap<Vec<u8>, usize>,
+    counters: Vec<Counters>,
+    /// Address of a shared tenant name → the name and its slot. The name is held, so its
+    /// allocation cannot be freed and its address reused by another name while it is here:
+    /// an address found here always means that name. With a thousand tenants a lookup by name
+    /// on every hit was a measurable share of CACHE.GET (hashing the name, then comparing it
+    /// with the stored one, each a likely cache miss).
+    by_address: FastMap<usize, (Name, usize)>,
     namespaces: FastMap<Vec<u8>, NamespaceCounters>,
 }
 
@@ -124,10 +169,52 @@ fn update<V: Default>(map: &mut FastMap<Vec<u8>, V>, name: &[u8], f: impl FnOnce
 }
 
 impl Stats {
+    /// The slot of `tenant`'s counters, or of `OVERFLOW`'s once `MAX_TRACKED` tenants have one.
+    fn slot_named(&mut self, tenant: &[u8]) -> usize {
+        if let Some(&slot) = self.tenants.get(tenant) {
+            return slot;
+        }
+        let name = if self.tenants.len() < MAX_TRACKED {
+            tenant
+        } else if let Some(&slot) = self.tenants.get(OVERFLOW) {
+            return slot;
+        } else {
+            OVERFLOW
+        };
+        let slot = self.counters.len();
+        self.counters.push(Counters::default());
+        self.tenants.insert(name.to_vec(), slot);
+        slot
+    }
+
+    fn slot_of(&mut self, tenant: Tenant<'_>) -> usize {
+        let name = match tenant {
+            Tenant::Named(name) => return self.slot_named(name),
+            Tenant::Shared(name) => name,
+        };
+        let address = name.as_ptr() as usize;
+        if let Some((_, slot)) = self.by_address.get(&address) {
+            return *slot;
+        }
+        let slot = self.slot_named(name);
+        if self.by_address.len() >= MAX_ADDRESSES {
+            self.by_address.clear();
+        }
+        self.by_address.insert(address, (name.clone(), slot));
+        slot
+    }
+
+    fn tenant_counters(&mut self, tenant: Tenant<'_>) -> Option<&mut Counters> {
+        let slot = self.slot_of(tenant);
+        self.counters.get_mut(slot)
+    }
+
     /// Counts an event of a key of `tenant` in namespace `ns`.
-    pub fn record(&mut self, event: Event, tenant: &[u8], ns: &[u8]) {
+    pub fn record<'a>(&mut self, event: Event, tenant: impl Into<Tenant<'a>>, ns: &[u8]) {
         self.global.apply(event);
-        update(&mut self.tenants, tenant, |c| c.apply(event));
+        if let Some(c) = self.tenant_counters(tenant.into()) {
+            c.apply(event);
+        }
         if matches!(event, Event::Hit | Event::StaleHit | Event::Miss) {
             update(&mut self.namespaces, ns, |n| {
                 if event == Event::Miss {
@@ -142,8 +229,8 @@ impl Stats {
     /// Counts one invalidation call (its keys are counted by `KeyInvalidated` events).
     pub fn record_invalidation(&mut self, tenant: Option<&[u8]>) {
         self.global.invalidations = self.global.invalidations.saturating_add(1);
-        if let Some(t) = tenant {
-            update(&mut self.tenants, t, |c| c.invalidations = c.invalidations.saturating_add(1));
+        if let Some(c) = tenant.and_then(|t| self.tenant_counters(Tenant::Named(t))) {
+            c.invalidations = c.invalidations.saturating_add(1);
         }
     }
 
@@ -165,22 +252,26 @@ impl Stats {
     }
 
     pub fn tenant(&self, tenant: &[u8]) -> Counters {
-        self.tenants.get(tenant).copied().unwrap_or_default()
+        self.tenants.get(tenant).and_then(|&slot| self.counters.get(slot)).copied().unwrap_or_default()
     }
 
     pub fn namespaces(&self) -> impl Iterator<Item = (&[u8], &NamespaceCounters)> {
         self.namespaces.iter().map(|(k, v)| (k.as_slice(), v))
     }
 
-    /// Zeroes one tenant's counters.
+    /// Zeroes one tenant's counters (the tenant keeps its slot).
     pub fn reset_tenant(&mut self, tenant: &[u8]) {
-        self.tenants.remove(tenant);
+        if let Some(c) = self.tenants.get(tenant).and_then(|&slot| self.counters.get_mut(slot)) {
+            *c = Counters::default();
+        }
     }
 
     /// Zeroes every counter; key counts stay (they describe data, not traffic).
     pub fn reset(&mut self) {
         self.global = Counters::default();
         self.tenants.clear();
+        self.counters.clear();
+        self.by_address.clear();
         for n in self.namespaces.values_mut() {
             n.hits = 0;
             n.misses = 0;
@@ -289,6 +380,50 @@ mod tests {
         assert_eq!(kept, vec![(b"n1".to_vec(), 1)]);
         s.key_removed(b"n1");
         s.key_removed(b"never");
+    }
+
+    #[test]
+    fn shared_names_count_with_their_bytes_and_never_by_a_reused_address() {
+        let mut s = Stats::default();
+        let (a, a_again, b) = (Name::new(b"t1"), Name::new(b"t1"), Name::new(b"t2"));
+        s.record(Event::Hit, &a, b"ns");
+        s.record(Event::Hit, &a, b"ns");
+        s.record(Event::Miss, &a_again, b"ns");
+        s.record(Event::Set, b"t1", b"ns");
+        let t1 = s.tenant(b"t1");
+        assert_eq!((t1.hits, t1.misses, t1.sets), (2, 1, 1));
+        // A name counted by address stays allocated while remembered, so a name made after
+        // the first is dropped cannot take its address.
+        drop(a);
+        drop(a_again);
+        for _ in 0..100 {
+            let fresh = Name::new(b"t2");
+            s.record(Event::Hit, &fresh, b"ns");
+        }
+        s.record(Event::Hit, &b, b"ns");
+        assert_eq!(s.tenant(b"t1").hits, 2);
+        assert_eq!(s.tenant(b"t2").hits, 101);
+        s.reset_tenant(b"t2");
+        s.record(Event::Hit, &b, b"ns");
+        assert_eq!(s.tenant(b"t2").hits, 1);
+        s.reset();
+        s.record(Event::Miss, &b, b"ns");
+        assert_eq!((s.tenant(b"t1"), s.tenant(b"t2").misses), (Counters::default(), 1));
+    }
+
+    #[test]
+    fn shared_names_beyond_the_cap_count_as_overflow() {
+        let mut s = Stats::default();
+        let names: Vec<Name> = (0..(MAX_TRACKED + 10)).map(|i| Name::new(format!("t{i}").as_bytes())).collect();
+        for _ in 0..2 {
+            for n in &names {
+                s.record(Event::Hit, n, b"ns");
+            }
+        }
+        assert_eq!(s.tenants.len(), MAX_TRACKED + 1);
+        assert_eq!(s.tenant(b"t0").hits, 2);
+        assert_eq!(s.tenant(OVERFLOW).hits, 20);
+        assert_eq!(s.global.hits, 2 * (MAX_TRACKED as u64 + 10));
     }
 
     #[test]
