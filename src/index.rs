@@ -8,6 +8,7 @@ use crate::glob::Glob;
 use crate::pending::{bucket_batch, sorted_batch, CountSource, Counted, Pending, Selector, Todo, Walk};
 use crate::shardmap::{Hashed, ShardMap};
 use crate::shardmap::Entry;
+use crate::tagmap::{Members, NameSet, TagMap, Taken};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 
@@ -28,100 +29,16 @@ struct KeyRecord {
     expires_at: i64,
 }
 
-/// The keys carrying one tag. Most tags in real workloads (`item:<id>`) have a single key:
-/// it is stored inline instead of in a hash set of its own (about 100 bytes per such tag).
-#[derive(Debug)]
-enum Members {
-    One(Name),
-    /// Boxed: most tags are `One`, and the map slot of every tag is as large as this enum.
-    Many(Box<NameSet>),
-}
-
-/// Key names, and the epoch the oldest of them was written in or before (see `pending`): when
-/// no pending invalidation is that recent, none of them is invalidated.
-#[derive(Debug, Default)]
-struct NameSet<S = ShardMap<Name, ()>> {
-    since: u64,
-    names: S,
-}
-
 type TenantKeys = NameSet<BTreeSet<Name>>;
-
-impl Members {
-    /// Adds `key` (whose name hashes to `hash`); `born_of` gives the write epoch of a key
-    /// already there.
-    fn insert(&mut self, key: Name, hash: u64, born_of: impl FnOnce(&[u8]) -> u64) {
-        match self {
-            Members::One(k) if *k == key => {}
-            Members::One(k) => {
-                let mut set: Box<NameSet> = Box::new(NameSet { since: born_of(k), names: ShardMap::default() });
-                set.names.insert(k.clone(), ());
-                set.names.insert_hashed(key, hash, ());
-                *self = Members::Many(set);
-            }
-            Members::Many(set) => {
-                set.names.insert_hashed(key, hash, ());
-            }
-        }
-    }
-
-    /// Removes `key`; true when no key is left.
-    fn remove(&mut self, key: Hashed<'_>) -> bool {
-        match self {
-            Members::One(k) => **k == *key.name,
-            Members::Many(set) => {
-                set.names.remove_hashed(key);
-                let last = if set.names.len() == 1 { set.names.keys().next().cloned() } else { None };
-                if let Some(last) = last {
-                    *self = Members::One(last);
-                }
-                set_is_empty(self)
-            }
-        }
-    }
-
-    fn contains(&self, key: &[u8]) -> bool {
-        match self {
-            Members::One(k) => **k == *key,
-            Members::Many(set) => set.names.contains_key(key),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Members::One(_) => 1,
-            Members::Many(set) => set.names.len(),
-        }
-    }
-
-    fn iter(&self) -> Box<dyn Iterator<Item = &Name> + '_> {
-        match self {
-            Members::One(k) => Box::new(std::iter::once(k)),
-            Members::Many(set) => Box::new(set.names.keys()),
-        }
-    }
-
-    /// Heap bytes beyond the map slot (a hash set's tables).
-    fn heap_bytes(&self) -> usize {
-        match self {
-            Members::One(_) => 0,
-            Members::Many(set) => crate::mem::allocation(std::mem::size_of::<NameSet>()).saturating_add(set.names.heap_bytes()),
-        }
-    }
-}
-
-fn set_is_empty(m: &Members) -> bool {
-    matches!(m, Members::Many(set) if set.names.is_empty())
-}
 
 #[derive(Debug, Default)]
 pub struct DbIndex {
     keys: ShardMap<Name, KeyRecord>,
     tenants: ShardMap<Name, TenantKeys>,
-    tags: ShardMap<Name, Members>,
+    tags: TagMap,
     entry_bytes: usize,
-    /// Heap bytes of the names and per-name structures the three maps hold (their tables
-    /// excluded), kept up to date by every change so `heap_bytes` is O(1).
+    /// Heap bytes of the key and tenant names and the tenants' B-trees (the tables excluded;
+    /// the tag map keeps its own), kept up to date by every change so `heap_bytes` is O(1).
     item_bytes: usize,
     /// Invalidations made visible but not yet reclaimed.
     pending: Pending,
@@ -179,7 +96,7 @@ pub enum Step {
 
 /// Names a stale job's walk visits next (a few hundred at most), advancing it; the walk is
 /// `Done` once nothing is left after this batch.
-fn next_batch(walk: &mut Walk, tenants: &ShardMap<Name, TenantKeys>, tags: &ShardMap<Name, Members>, keys: &ShardMap<Name, KeyRecord>) -> Vec<Name> {
+fn next_batch(walk: &mut Walk, tenants: &ShardMap<Name, TenantKeys>, tags: &TagMap, keys: &ShardMap<Name, KeyRecord>) -> Vec<Name> {
     const BATCH: usize = 256;
     const BUCKETS_PER_BATCH: u32 = 16;
     let mut out = Vec::new();
@@ -203,10 +120,8 @@ fn next_batch(walk: &mut Walk, tenants: &ShardMap<Name, TenantKeys>, tags: &Shar
                 if *bucket > last || !out.is_empty() {
                     break;
                 }
-                match members {
-                    Some(Members::One(k)) if crate::shardmap::bucket_of(k, *bits) == *bucket => out.push(k.clone()),
-                    Some(Members::Many(set)) => out.extend(set.names.names_in_bucket(*bits, *bucket)),
-                    _ => {}
+                if let Some(members) = members {
+                    out.extend(members.in_bucket(*bits, *bucket));
                 }
                 *bucket = bucket.saturating_add(1);
             }
@@ -390,21 +305,20 @@ impl DbIndex {
         };
         let selector = Selector::Tags(vec![name].into());
         let expired = self.expired_covered(&selector, now_ms);
-        let Some((name, members)) = self.tags.remove_entry(tag) else {
+        let Some((_, members)) = self.tags.remove_entry(tag) else {
             return Some(0);
         };
-        self.item_bytes = self.item_bytes.saturating_sub(footprint::tag(&name, &members));
         let counted = match members {
-            Members::One(k) => {
+            Taken::One(k) => {
                 let live = self.live_among(std::iter::once(&k));
                 self.pending.push(selector, Todo::Listed(vec![k].into_iter()), live);
                 live
             }
-            Members::Many(set) if self.overlaps_pending(set.since) => {
+            Taken::Many(set) if self.overlaps_pending(set.since) => {
                 self.pending.push_counted(selector, Todo::Tag(set.names), ticket);
                 0
             }
-            Members::Many(set) => {
+            Taken::Many(set) => {
                 let len = set.names.len();
                 self.pending.push(selector, Todo::Tag(set.names), len);
                 len
@@ -470,11 +384,7 @@ impl DbIndex {
             (CountSource::Tag(t), Counted::Buckets { bits, next }) => {
                 let members = self.tags.get(t)?;
                 let bits = *bits;
-                bucket_batch(bits, next, |bucket| match members {
-                    Members::One(k) if crate::shardmap::bucket_of(k, bits) == bucket => vec![k.clone()],
-                    Members::One(_) => Vec::new(),
-                    Members::Many(set) => set.names.names_in_bucket(bits, bucket),
-                })
+                bucket_batch(bits, next, |bucket| members.in_bucket(bits, bucket))
             }
             _ => None,
         }
@@ -762,25 +672,7 @@ impl DbIndex {
     /// shared copy of the tag's name.
     fn add_to_tag(&mut self, tag: &Name, key: &Name, hash: u64, born: u64) -> Name {
         let keys = &self.keys;
-        let (tag, before, after) = self
-            .tags
-            .with_entry(tag.clone(), |e| match e {
-                Entry::Occupied(mut e) => {
-                    let name = e.key().clone();
-                    let before = footprint::tag(&name, e.get());
-                    e.get_mut().insert(key.clone(), hash, |k| keys.get(k).map_or(born, |r| r.born));
-                    let after = footprint::tag(&name, e.get());
-                    (name, before, after)
-                }
-                Entry::Vacant(e) => {
-                    let name = e.key().clone();
-                    let after = footprint::tag(&name, e.insert(Members::One(key.clone())));
-                    (name, 0, after)
-                }
-            })
-            .unwrap_or_else(|| (tag.clone(), 0, 0));
-        self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
-        tag
+        self.tags.add(tag, key, hash, |k| keys.get(k).map_or(born, |r| r.born))
     }
 
     /// Indexes `key` (replacing what was indexed for it). Returns the shared tenant name and
@@ -864,17 +756,7 @@ impl DbIndex {
             }
         }
         for tag in record.tags.iter() {
-            let Some(members) = self.tags.get_mut(tag) else {
-                continue;
-            };
-            // A set made after an invalidation moved this tag's set away may not hold `key`:
-            // removing it is then a no-op, and the footprint difference is zero.
-            freed = freed.saturating_add(footprint::tag(tag, members));
-            if members.remove(hashed) {
-                self.tags.remove(tag);
-            } else {
-                self.item_bytes = self.item_bytes.saturating_add(footprint::tag(tag, members));
-            }
+            self.tags.remove_member(tag, hashed);
         }
         self.item_bytes = self.item_bytes.saturating_sub(freed);
         true
@@ -915,8 +797,8 @@ impl DbIndex {
     pub fn tagged(&self, tags: &[Vec<u8>]) -> Vec<Name> {
         let mut seen: HashSet<Name> = HashSet::new();
         for tag in tags {
-            if let Some(keys) = self.tags.get(tag.as_slice()) {
-                seen.extend(keys.iter().cloned());
+            if let Some(members) = self.tags.get(tag.as_slice()) {
+                seen.extend(members.iter().cloned());
             }
         }
         let mut out: Vec<Name> = seen.into_iter().filter(|k| !self.is_dead(k)).collect();
@@ -966,7 +848,7 @@ impl DbIndex {
                 self.keys.len()
             ));
         }
-        let tag_members: usize = self.tags.values().map(Members::len).sum();
+        let tag_members: usize = self.tags.iter().map(|(_, m)| m.len()).sum();
         let tag_refs: usize = self.keys.values().map(|r| r.tags.len()).sum();
         if tag_members != tag_refs {
             return Err(format!("tag sets hold {tag_members} references, keys carry {tag_refs}"));
@@ -992,7 +874,6 @@ impl DbIndex {
         sum([
             sum(self.keys.keys().map(footprint::key)),
             sum(self.tenants.iter().map(|(t, set)| footprint::tenant(t, set))),
-            sum(self.tags.iter().map(|(t, members)| footprint::tag(t, members))),
         ])
     }
 }
@@ -1000,34 +881,23 @@ impl DbIndex {
 /// What the allocator holds per name and per structure of the index, sized the way jemalloc
 /// rounds requests.
 mod footprint {
-    use super::{Members, Name, TenantKeys};
+    use super::{Name, TenantKeys};
     use crate::mem::{allocation, sum, times};
     use std::mem::size_of;
 
     const PTR: usize = size_of::<Name>();
-    /// A `Name` allocation: the reference count and the length, then the bytes.
-    const ARC_HEADER: usize = 2 * size_of::<usize>();
     /// B-tree leaves hold up to 11 names plus links; count them two-thirds full.
     const BTREE_NODE: usize = 11 * PTR + 16;
 
-    fn name(n: &Name) -> usize {
-        allocation(n.len().saturating_add(ARC_HEADER))
-    }
-
     /// A key's name (its tag list is the entry's, counted with it).
     pub fn key(key: &Name) -> usize {
-        name(key)
+        key.footprint()
     }
 
     /// A tenant's name and the B-tree of its key names.
     pub fn tenant(tenant: &Name, keys: &TenantKeys) -> usize {
         let nodes = keys.names.len().saturating_mul(3).div_ceil(2 * 11).max(1);
-        sum([name(tenant), times(nodes, allocation(BTREE_NODE))])
-    }
-
-    /// A tag's name and its member set's tables (none for a tag held by one key).
-    pub fn tag(tag: &Name, members: &Members) -> usize {
-        sum([name(tag), members.heap_bytes()])
+        sum([tenant.footprint(), times(nodes, allocation(BTREE_NODE))])
     }
 }
 
@@ -1330,6 +1200,7 @@ mod tests {
                 }
             }
             assert_eq!(ix.item_bytes, ix.item_bytes_recounted(), "after step {step}");
+            assert_eq!(ix.tags.item_bytes(), ix.tags.item_bytes_recounted(), "tags after step {step}");
         }
         while let Some(next) = ix.next_step() {
             if let Step::Remove(name) = next {

@@ -42,6 +42,7 @@ pub mod reclaim;
 pub mod state;
 pub mod stampede;
 pub mod stats;
+pub mod tagmap;
 
 use commands::{debug, invalidate, lease as leasing, read, stats as statistics, write};
 use config::{

@@ -21,6 +21,13 @@ impl Name {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0.slice
     }
+
+    /// Bytes the allocator holds for this name: the reference count and the length, then the
+    /// bytes.
+    pub fn footprint(&self) -> usize {
+        const HEADER: usize = 2 * std::mem::size_of::<usize>();
+        crate::mem::allocation(self.len().saturating_add(HEADER))
+    }
 }
 
 impl Default for Name {

@@ -172,7 +172,11 @@ impl<K: Borrow<[u8]>, V> ShardMap<K, V> {
     }
 
     pub fn get_key_value(&self, name: &[u8]) -> Option<(&K, &V)> {
-        self.find(Hashed::of(name)).map(|(k, v)| (k, v))
+        self.get_key_value_hashed(Hashed::of(name))
+    }
+
+    pub fn get_key_value_hashed(&self, n: Hashed<'_>) -> Option<(&K, &V)> {
+        self.find(n).map(|(k, v)| (k, v))
     }
 
     pub fn contains_key(&self, name: &[u8]) -> bool {
