@@ -412,6 +412,17 @@ mod tests {
     }
 
     #[test]
+    fn forgetting_remembered_addresses_loses_no_count() {
+        let mut s = Stats::default();
+        let copies: Vec<Name> = (0..(MAX_ADDRESSES + 10)).map(|_| Name::new(b"t")).collect();
+        for n in &copies {
+            s.record(Event::Hit, n, b"ns");
+        }
+        assert!(s.by_address.len() <= MAX_ADDRESSES);
+        assert_eq!(s.tenant(b"t").hits, MAX_ADDRESSES as u64 + 10);
+    }
+
+    #[test]
     fn shared_names_beyond_the_cap_count_as_overflow() {
         let mut s = Stats::default();
         let names: Vec<Name> = (0..(MAX_TRACKED + 10)).map(|i| Name::new(format!("t{i}").as_bytes())).collect();
