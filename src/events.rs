@@ -142,6 +142,7 @@ pub fn rebuild_index(ctx: &Context) {
     with_state(|s| {
         s.index.clear();
         s.stats.forget_keys();
+        s.index.begin_bulk();
     });
     for_each_entry(ctx, |db, name, entry, expires_at| {
         if !entry.tenant_explicit {
@@ -149,7 +150,10 @@ pub fn rebuild_index(ctx: &Context) {
         }
         with_state(|s| s.index_insert(db, name, entry, expires_at));
     });
-    with_state(|s| s.index_ready = true);
+    with_state(|s| {
+        s.index.end_bulk();
+        s.index_ready = true;
+    });
 }
 
 /// FLUSHDB (`Some(db)`) or FLUSHALL: forget the index, release parked callers and leases.

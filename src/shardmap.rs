@@ -114,6 +114,9 @@ impl<'a, K, V> Occupied<'a, K, V> {
     pub fn get_mut(&mut self) -> &mut V {
         &mut self.0.get_mut().1
     }
+    pub fn into_mut(self) -> &'a mut V {
+        &mut self.0.into_mut().1
+    }
     /// Replaces the value, returning the previous one.
     pub fn insert(&mut self, value: V) -> V {
         std::mem::replace(self.get_mut(), value)
