@@ -156,12 +156,12 @@ pub fn store(
     // is only touched when the tenant or tags change.
     let reindex = match handle.entry() {
         Some(old) => {
-            let changed = old.tenant != entry.tenant || old.tags != entry.tags;
+            let changed = old.labels() != entry.labels();
             let mut entry = entry;
             if !changed {
-                // Same names: keep the copies the entry shares with the index.
-                entry.tenant = old.tenant.clone();
-                entry.tags = std::mem::take(&mut old.tags);
+                // Same names: keep the labels the entry shares with the index.
+                let shared = old.labels().clone();
+                entry.relabel(|l| *l = shared);
             }
             *old = entry;
             changed
@@ -197,7 +197,7 @@ pub fn store(
         s.leases.void(db, name);
         // `sets` counts CACHE.SET calls; a FILL is counted as a fill by its command.
         if count && notice == Notice::Set {
-            s.stats.record(Event::Set, &stored.tenant, policy::namespace(name, &s.separator));
+            s.stats.record(Event::Set, stored.tenant(), policy::namespace(name, &s.separator));
         }
     });
     drop(handle);
@@ -220,7 +220,7 @@ pub fn delete_entries<'k>(ctx: &Context, keys: &'k [Vec<u8>], notice: Notice) ->
         let key = keyspace::string(ctx, name);
         let mut handle = Key::write(ctx, &key);
         // The tenant is read from the entry about to go: no index lookup per key.
-        let Some(tenant) = handle.entry().map(|e| e.tenant.clone()) else {
+        let Some(tenant) = handle.entry().map(|e| e.tenant().clone()) else {
             continue;
         };
         if handle.delete() {
@@ -298,7 +298,7 @@ pub fn soft_deleted_pending(ctx: &Context, name: &[u8]) -> bool {
 
 fn make_stale(ctx: &Context, key: &RedisString, at_ms: i64, now: i64) -> Staled {
     let mut handle = Key::write(ctx, key);
-    let Some((tenant, stale_ms)) = handle.entry().map(|e| (e.tenant.clone(), e.stale_ms)) else {
+    let Some((tenant, stale_ms)) = handle.entry().map(|e| (e.tenant().clone(), e.stale_ms)) else {
         return Staled::NotEntry;
     };
     if soft_deletes(at_ms, stale_ms, now) {
@@ -321,7 +321,7 @@ pub fn remove_invalidated(ctx: &Context, name: &[u8], primary: bool) -> bool {
     let key = keyspace::string(ctx, name);
     let handle = Key::write(ctx, &key);
     let mut handle = handle;
-    let Some(tenant) = handle.entry().map(|e| e.tenant.clone()) else {
+    let Some(tenant) = handle.entry().map(|e| e.tenant().clone()) else {
         return false;
     };
     if !handle.delete() {

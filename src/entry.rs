@@ -4,7 +4,8 @@
 //! window`, so an entry is fresh while `PTTL > stale_ms`. Native EXPIRE/PERSIST therefore move
 //! the fresh deadline too, and the TTL needs no copy in the entry (Redis persists and replicates it).
 
-use crate::index::{Name, Tags};
+use crate::index::Name;
+use crate::name::Labels;
 use crate::mem;
 use std::borrow::Cow;
 
@@ -17,12 +18,14 @@ pub const ENCODING_VERSION: i32 = 2;
 pub struct Entry {
     /// Boxed, not a `Vec`: no spare capacity, and the entry fits a 48-byte allocation.
     pub value: Box<[u8]>,
-    /// Shared with the index (one allocation per tenant name, whatever the number of entries).
-    pub tenant: Name,
+    /// The tenant and the tags (sorted, without duplicates), shared with the index: the
+    /// allocation and every name in it.
+    labels: Labels,
+    /// `labels.tenant()`, kept here too: a hit counts its tenant's statistics without
+    /// reading the labels (another cache miss per read).
+    tenant: Name,
     /// True when the tenant was given with TENANT; otherwise it follows the key's name.
     pub tenant_explicit: bool,
-    /// Sorted and without duplicates; the list itself (and its names) is shared with the index.
-    pub tags: Tags,
     pub stale_ms: i64,
     /// How long the fill that produced this value took, in ms (0 when unknown; saturates at
     /// about 49 days).
@@ -33,6 +36,32 @@ pub struct Entry {
 }
 
 impl Entry {
+    pub fn new(value: Box<[u8]>, labels: Labels, tenant_explicit: bool, stale_ms: i64, fill_ms: u32) -> Entry {
+        let tenant = labels.tenant().clone();
+        Entry { value, labels, tenant, tenant_explicit, stale_ms, fill_ms, fence: None }
+    }
+
+    pub fn tenant(&self) -> &Name {
+        &self.tenant
+    }
+
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    /// Changes the labels through `change` (the tenant follows).
+    pub fn relabel<R>(&mut self, change: impl FnOnce(&mut Labels) -> R) -> R {
+        let result = change(&mut self.labels);
+        if !self.labels.tenant().as_ptr().eq(&self.tenant.as_ptr()) {
+            self.tenant = self.labels.tenant().clone();
+        }
+        result
+    }
+
+    pub fn tags(&self) -> &[Name] {
+        self.labels.tags()
+    }
+
     /// Milliseconds of freshness left given the key's remaining TTL (`None` = no expiry).
     /// Negative or zero means stale.
     pub fn fresh_ms(&self, ttl_ms: Option<i64>) -> Option<i64> {
@@ -43,15 +72,12 @@ impl Entry {
         self.fresh_ms(ttl_ms).is_none_or(|f| f > 0)
     }
 
-    /// Bytes the allocator holds for this entry (the boxed struct, its value and its list of
-    /// tag references, which the index shares; the tenant and tag names themselves are the
-    /// index's, counted there).
+    /// Bytes the allocator holds for this entry (the boxed struct, its value and its labels,
+    /// which the index shares; the tenant and tag names themselves are the index's, counted
+    /// there, and so are the labels an untagged entry shares with its tenant's others).
     pub fn memory_bytes(&self) -> usize {
-        mem::sum([
-            mem::allocation(std::mem::size_of::<Entry>()),
-            mem::allocation(self.value.len()),
-            mem::arc_allocation(mem::times(self.tags.len(), std::mem::size_of::<Name>())),
-        ])
+        let labels = if self.tags().is_empty() { 0 } else { self.labels.footprint() };
+        mem::sum([mem::allocation(std::mem::size_of::<Entry>()), mem::allocation(self.value.len()), labels])
     }
 
     /// What this entry costs under `key`, Redis's own per-key structures included.
@@ -67,9 +93,9 @@ pub fn normalize_tags(mut tags: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     tags
 }
 
-/// A tag list as the entry keeps it: sorted, deduplicated, shared names.
-pub fn tag_names(tags: Vec<Vec<u8>>) -> Tags {
-    normalize_tags(tags).into_iter().map(Name::from).collect()
+/// An entry's labels from its tenant and tags (sorted and deduplicated here).
+pub fn labels(tenant: Name, tags: Vec<Vec<u8>>) -> Labels {
+    Labels::new(tenant, normalize_tags(tags).into_iter().map(Name::from).collect())
 }
 
 /// A piece of a canonical CACHE.SET that is not taken from the entry or the client.
@@ -122,8 +148,8 @@ pub fn set_command_args<'a>(key: &'a [u8], e: &'a Entry, fresh_until: Option<i64
         Cow::Borrowed(&e.value[..]),
         fresh_until,
         e.stale_ms,
-        e.tags.iter().map(|t| Cow::Borrowed(&t[..])).collect(),
-        e.tenant_explicit.then(|| tenant_argument_for(&e.tenant)),
+        e.tags().iter().map(|t| Cow::Borrowed(&t[..])).collect(),
+        e.tenant_explicit.then(|| tenant_argument_for(e.tenant())),
         |piece| match piece {
             Piece::Keyword(k) => Cow::Borrowed(k),
             Piece::Number(n) => Cow::Owned(n.to_string().into_bytes()),
@@ -156,6 +182,18 @@ mod tests {
     }
 
     #[test]
+    fn the_tenant_follows_the_labels() {
+        let n = |s: &str| Name::from(s.as_bytes());
+        let mut e = Entry::new(Box::from(&b"v"[..]), Labels::new(n("t"), vec![n("a")]), false, 0, 0);
+        assert_eq!(&e.tenant()[..], b"t");
+        e.relabel(|l| l.set_tenant(n("u")));
+        assert_eq!((&e.tenant()[..], &e.labels().tenant()[..]), (&b"u"[..], &b"u"[..]));
+        let shared = Labels::new(n("w"), Vec::new());
+        e.relabel(|l| *l = shared.clone());
+        assert!(e.labels().same(&shared) && e.tenant().as_ptr() == shared.tenant().as_ptr());
+    }
+
+    #[test]
     fn freshness_follows_ttl_minus_stale_window() {
         let e = Entry {
             stale_ms: 1000,
@@ -169,15 +207,7 @@ mod tests {
 
     #[test]
     fn set_command_args_round_trip_shape() {
-        let e = Entry {
-            value: Box::from(&b"v"[..]),
-            tenant: Name::from(&b"t"[..]),
-            tenant_explicit: true,
-            tags: tag_names(vec![b"a".to_vec()]),
-            stale_ms: 60_000,
-            fill_ms: 0,
-            fence: None,
-        };
+        let e = Entry::new(Box::from(&b"v"[..]), labels(Name::from(&b"t"[..]), vec![b"a".to_vec()]), true, 60_000, 0);
         let args = set_command_args(b"k", &e, Some(123));
         let text: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         assert_eq!(text, ["k", "v", "PXAT", "123", "STALE", "60", "TAGS", "1", "a", "TENANT", "t"]);

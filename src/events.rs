@@ -78,7 +78,7 @@ fn fence_arrival(ctx: &Context, name: &RedisString) {
             return Vec::new();
         }
         s.migration_fences.prune(now);
-        s.migration_fences.covering(db, name.as_slice(), &entry.tenant, &entry.tags, now)
+        s.migration_fences.covering(db, name.as_slice(), entry.tenant(), entry.tags(), now)
     });
     // A fence applies only to keys the user who set it may write.
     let applying = covers
@@ -105,7 +105,7 @@ fn invalidate_fenced(ctx: &Context, (db, key, action): (i32, Vec<u8>, Action)) {
         match handle.entry() {
             Some(e) if e.fence == Some(action) => {
                 e.fence = None;
-                e.tenant.clone()
+                e.tenant().clone()
             }
             _ => return,
         }
@@ -129,7 +129,7 @@ pub fn reindex_key(ctx: &Context, name: &RedisString) {
     };
     let bytes = name.as_slice();
     if !entry.tenant_explicit {
-        entry.tenant = derived_tenant(bytes).into();
+        entry.relabel(|l| l.set_tenant(derived_tenant(bytes).into()));
     }
     let db = keyspace::selected_db(ctx.ctx);
     with_state(|s| s.index_insert(db, bytes, entry, expires_at));
@@ -146,7 +146,7 @@ pub fn rebuild_index(ctx: &Context) {
     });
     for_each_entry(ctx, |db, name, entry, expires_at| {
         if !entry.tenant_explicit {
-            entry.tenant = crate::policy::tenant_from_key(name, regex.as_ref().as_ref()).into();
+            entry.relabel(|l| l.set_tenant(crate::policy::tenant_from_key(name, regex.as_ref().as_ref()).into()));
         }
         with_state(|s| s.index_insert(db, name, entry, expires_at));
     });

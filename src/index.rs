@@ -14,13 +14,12 @@ use std::ops::Bound;
 
 pub use crate::pending::Name;
 
-/// An entry's tag names, sorted: one list shared by the entry and its key record.
-pub type Tags = crate::name::Names;
+use crate::name::Labels;
 
 #[derive(Debug, Clone)]
 struct KeyRecord {
-    tenant: Name,
-    tags: Tags,
+    /// Shared with the entry.
+    labels: Labels,
     /// Memory of the entry itself (value, tags, Redis's per-key structures), for statistics.
     entry_bytes: usize,
     /// The write epoch (see `pending`): invalidations pending since then may cover it.
@@ -29,12 +28,29 @@ struct KeyRecord {
     expires_at: i64,
 }
 
+impl KeyRecord {
+    fn tenant(&self) -> &Name {
+        self.labels.tenant()
+    }
+
+    fn tags(&self) -> &[Name] {
+        self.labels.tags()
+    }
+}
+
 type TenantKeys = NameSet<BTreeSet<Name>>;
+
+/// A tenant's keys in name order, and the labels its entries without tags share.
+#[derive(Debug)]
+struct Tenant {
+    keys: TenantKeys,
+    untagged: Labels,
+}
 
 #[derive(Debug, Default)]
 pub struct DbIndex {
     keys: ShardMap<Name, KeyRecord>,
-    tenants: ShardMap<Name, TenantKeys>,
+    tenants: ShardMap<Name, Tenant>,
     tags: TagMap,
     entry_bytes: usize,
     /// Heap bytes of the key and tenant names and the tenants' B-trees (the tables excluded;
@@ -62,8 +78,8 @@ pub struct Indexed {
 impl Indexed {
     fn of(r: &KeyRecord) -> Indexed {
         Indexed {
-            tenant: r.tenant.to_vec(),
-            tags: r.tags.iter().map(|t| t.to_vec()).collect(),
+            tenant: r.tenant().to_vec(),
+            tags: r.tags().iter().map(|t| t.to_vec()).collect(),
             expires_at: r.expires_at,
         }
     }
@@ -99,7 +115,7 @@ pub enum Step {
 
 /// Names a stale job's walk visits next (a few hundred at most), advancing it; the walk is
 /// `Done` once nothing is left after this batch.
-fn next_batch(walk: &mut Walk, tenants: &ShardMap<Name, TenantKeys>, tags: &TagMap, keys: &ShardMap<Name, KeyRecord>) -> Vec<Name> {
+fn next_batch(walk: &mut Walk, tenants: &ShardMap<Name, Tenant>, tags: &TagMap, keys: &ShardMap<Name, KeyRecord>) -> Vec<Name> {
     const BATCH: usize = 256;
     const BUCKETS_PER_BATCH: u32 = 16;
     let mut out = Vec::new();
@@ -111,7 +127,7 @@ fn next_batch(walk: &mut Walk, tenants: &ShardMap<Name, TenantKeys>, tags: &TagM
         Walk::Tenant { tenant, after } => {
             if let Some(set) = tenants.get(tenant) {
                 let from = after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(&a[..]));
-                out.extend(set.names.range::<[u8], _>((from, Bound::Unbounded)).take(BATCH).cloned());
+                out.extend(set.keys.names.range::<[u8], _>((from, Bound::Unbounded)).take(BATCH).cloned());
             }
             *after = out.last().cloned();
             out.is_empty()
@@ -182,7 +198,7 @@ impl DbIndex {
     }
 
     fn dead(&self, key: &[u8], r: &KeyRecord) -> bool {
-        !self.pending.is_empty() && self.pending.covers(r.born, key, &r.tenant, &r.tags)
+        !self.pending.is_empty() && self.pending.covers(r.born, key, r.tenant(), r.tags())
     }
 
     /// Whether `key` is an entry a pending invalidation covers (gone for every reader).
@@ -203,7 +219,7 @@ impl DbIndex {
     fn live_in_tenant(&self, tenant: Option<&[u8]>) -> usize {
         match tenant {
             None => self.live_len(),
-            Some(t) => self.tenants.get(t).map_or(0, |set| self.live_among(set.names.iter())),
+            Some(t) => self.tenants.get(t).map_or(0, |set| self.live_among(set.keys.names.iter())),
         }
     }
 
@@ -218,7 +234,7 @@ impl DbIndex {
     pub fn tenant_len(&self, tenant: Option<&[u8]>) -> usize {
         match tenant {
             None => self.keys.len(),
-            Some(t) => self.tenants.get(t).map_or(0, |set| set.names.len()),
+            Some(t) => self.tenants.get(t).map_or(0, |set| set.keys.names.len()),
         }
     }
 
@@ -273,12 +289,12 @@ impl DbIndex {
         let selector = Selector::Tenant(name.clone());
         let expired = self.expired_covered(&selector, now_ms);
         self.item_bytes = self.item_bytes.saturating_sub(footprint::tenant(&name, &set));
-        if self.overlaps_pending(set.since) {
-            self.pending.push_counted(selector, Todo::Tenant(set.names), ticket);
+        if self.overlaps_pending(set.keys.since) {
+            self.pending.push_counted(selector, Todo::Tenant(set.keys.names), ticket);
             return self.pending.open_ticket(ticket, 0, expired);
         }
-        let len = set.names.len();
-        self.pending.push(selector, Todo::Tenant(set.names), len);
+        let len = set.keys.names.len();
+        self.pending.push(selector, Todo::Tenant(set.keys.names), len);
         Some(len.saturating_sub(expired))
     }
 
@@ -294,7 +310,7 @@ impl DbIndex {
         self.item_bytes = self.item_bytes.saturating_sub(moved);
         let mut covered = count;
         for set in sets.into_values() {
-            self.pending.push(Selector::All, Todo::Tenant(set.names), std::mem::take(&mut covered));
+            self.pending.push(Selector::All, Todo::Tenant(set.keys.names), std::mem::take(&mut covered));
         }
         count.saturating_sub(expired)
     }
@@ -375,7 +391,7 @@ impl DbIndex {
     fn live_for(&self, epoch: u64, names: &[Name]) -> usize {
         names
             .iter()
-            .filter(|k| self.keys.get(k).is_some_and(|r| self.pending.counts_for(epoch, r.born, k, &r.tenant, &r.tags)))
+            .filter(|k| self.keys.get(k).is_some_and(|r| self.pending.counts_for(epoch, r.born, k, r.tenant(), r.tags())))
             .count()
     }
 
@@ -383,7 +399,7 @@ impl DbIndex {
     /// (a set gone has no member left from before: each one's removal was counted).
     fn names_after(&self, source: &CountSource, at: &mut Counted) -> Option<Vec<Name>> {
         match (source, at) {
-            (CountSource::Tenant(t), Counted::After(after)) => sorted_batch(&self.tenants.get(t)?.names, after),
+            (CountSource::Tenant(t), Counted::After(after)) => sorted_batch(&self.tenants.get(t)?.keys.names, after),
             (CountSource::Tag(t), Counted::Buckets { bits, next }) => {
                 let members = self.tags.get(t)?;
                 let bits = *bits;
@@ -459,7 +475,7 @@ impl DbIndex {
         if self.dead(key, r) {
             return None;
         }
-        self.pending.stale_since(r.born, key, &r.tenant, &r.tags)
+        self.pending.stale_since(r.born, key, r.tenant(), r.tags())
     }
 
     /// A SOFT invalidation was applied to `key` (its TTL shortened): no pending job covers it
@@ -467,7 +483,7 @@ impl DbIndex {
     pub fn restamp(&mut self, key: &[u8]) {
         let epoch = self.pending.epoch();
         if let Some(r) = self.keys.get(key) {
-            self.pending.counting_sees_change(r.born, key, &r.tenant, &r.tags);
+            self.pending.counting_sees_change(r.born, key, r.tenant(), r.tags());
         }
         if let Some(r) = self.keys.get_mut(key) {
             r.born = epoch;
@@ -483,8 +499,8 @@ impl DbIndex {
                 let Some((name, set)) = self.tenants.get_key_value(t) else {
                     return Some(0);
                 };
-                let len = set.names.len();
-                let count = if self.overlaps_pending(set.since) { Err((len, Counted::After(None))) } else { Ok(len) };
+                let len = set.keys.names.len();
+                let count = if self.overlaps_pending(set.keys.since) { Err((len, Counted::After(None))) } else { Ok(len) };
                 (Selector::Tenant(name.clone()), Walk::Tenant { tenant: name.clone(), after: None }, count)
             }
             None => {
@@ -564,7 +580,7 @@ impl DbIndex {
         self.keys
             .iter()
             .filter(|(k, r)| !self.dead(k, r))
-            .filter_map(|(k, r)| Some((k.clone(), self.pending.stale_since(r.born, k, &r.tenant, &r.tags)?)))
+            .filter_map(|(k, r)| Some((k.clone(), self.pending.stale_since(r.born, k, r.tenant(), r.tags())?)))
             .collect()
     }
 
@@ -599,7 +615,7 @@ impl DbIndex {
 
     /// The tenant a key is indexed under.
     pub fn tenant_of(&self, key: &[u8]) -> Option<&[u8]> {
-        self.keys.get(key).map(|r| r.tenant.as_bytes())
+        self.keys.get(key).map(|r| r.tenant().as_bytes())
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Indexed> {
@@ -608,10 +624,11 @@ impl DbIndex {
 
     /// How many entries a tenant has here and their memory.
     pub fn tenant_footprint(&self, tenant: &[u8]) -> (usize, usize) {
-        let Some(keys) = self.tenants.get(tenant) else {
+        let Some(set) = self.tenants.get(tenant) else {
             return (0, 0);
         };
-        let live: Vec<&KeyRecord> = keys
+        let live: Vec<&KeyRecord> = set
+            .keys
             .names
             .iter()
             .filter_map(|k| self.keys.get(k).filter(|r| !self.dead(k, r)))
@@ -665,7 +682,7 @@ impl DbIndex {
             .due(now_ms)
             .filter(|k| {
                 self.keys.get(k).is_some_and(|r| {
-                    expiry::has_expired(r.expires_at, now_ms) && selector.covers(k, &r.tenant, &r.tags) && !self.dead(k, r)
+                    expiry::has_expired(r.expires_at, now_ms) && selector.covers(k, r.tenant(), r.tags()) && !self.dead(k, r)
                 })
             })
             .count()
@@ -678,9 +695,11 @@ impl DbIndex {
         self.tags.add(tag, key, hash, |k| keys.get(k).map_or(born, |r| r.born))
     }
 
-    /// Indexes `key` (replacing what was indexed for it). Returns the shared tenant name and
-    /// tag list for the entry, and whether the key was indexed already.
-    pub fn insert(&mut self, key: &[u8], tenant: &Name, tags: Tags, entry_bytes: usize, expires_at: i64) -> (Name, Tags, bool) {
+    /// Indexes `key` (replacing what was indexed for it); true when it was indexed already.
+    /// `labels` become those the index shares with the entry: the same tenant and tag names,
+    /// and for an entry without tags its tenant's shared labels. Labels nobody else holds (a
+    /// new entry's) are rewritten in place.
+    pub fn insert(&mut self, key: &[u8], labels: &mut Labels, entry_bytes: usize, expires_at: i64) -> bool {
         // The key's name is hashed once for the five maps it goes into.
         let hashed = Hashed::of(key);
         let replaced = self.remove_hashed(hashed);
@@ -689,49 +708,51 @@ impl DbIndex {
         let born = self.pending.epoch();
         // One lookup per name: an existing entry's key is the shared copy (interning).
         let mut bulk = self.bulk.as_mut();
-        let (tenant, before, after) = self
+        let (tenant, untagged, before, after) = self
             .tenants
-            .with_entry(tenant.clone(), |e| {
+            .with_entry(labels.tenant().clone(), |e| {
                 let (name, set, before) = match e {
                     Entry::Occupied(e) => {
                         let before = footprint::tenant(e.key(), e.get());
                         (e.key().clone(), e.into_mut(), before)
                     }
-                    Entry::Vacant(e) => (e.key().clone(), e.insert(TenantKeys { since: born, names: BTreeSet::new() }), 0),
+                    Entry::Vacant(e) => {
+                        let name = e.key().clone();
+                        let keys = TenantKeys { since: born, names: BTreeSet::new() };
+                        let untagged = Labels::new(name.clone(), Vec::new());
+                        (name, e.insert(Tenant { keys, untagged }), 0)
+                    }
                 };
                 match bulk.as_mut() {
                     Some(later) => later.push((name.clone(), key.clone())),
                     None => {
-                        set.names.insert(key.clone());
+                        set.keys.names.insert(key.clone());
                     }
                 }
                 let after = footprint::tenant(&name, set);
-                (name, before, after)
+                (name, set.untagged.clone(), before, after)
             })
-            .unwrap_or_else(|| (tenant.clone(), 0, 0));
+            .unwrap_or_else(|| (labels.tenant().clone(), labels.clone(), 0, 0));
         self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
-        // The list is rewritten in place with the shared names when the caller handed over
-        // its only reference (the usual case): no second allocation.
-        let mut tags = tags;
-        let in_place = tags.rewrite_if_unique(|slot| *slot = self.add_to_tag(slot, &key, hashed.hash, born));
-        if !in_place {
-            tags = tags.iter().map(|tag| self.add_to_tag(tag, &key, hashed.hash, born)).collect();
+        if labels.tags().is_empty() {
+            *labels = untagged;
+        } else if !labels.rewrite_if_unique(|t| *t = tenant.clone(), |slot| *slot = self.add_to_tag(slot, &key, hashed.hash, born)) {
+            let tags = labels.tags().iter().map(|tag| self.add_to_tag(tag, &key, hashed.hash, born)).collect();
+            *labels = Labels::new(tenant, tags);
         }
         self.item_bytes = self.item_bytes.saturating_add(footprint::key(&key));
-        let shared = (tenant.clone(), tags.clone(), replaced);
         self.expiries.add(&key, hashed.hash, expires_at);
         self.keys.insert_hashed(
             key,
             hashed.hash,
             KeyRecord {
-                tenant,
-                tags,
+                labels: labels.clone(),
                 entry_bytes,
                 born: self.pending.epoch(),
                 expires_at,
             },
         );
-        shared
+        replaced
     }
 
     /// Puts the keys inserted since `Index::begin_bulk` into their tenants' B-trees: each
@@ -758,7 +779,7 @@ impl DbIndex {
             };
             let before = footprint::tenant(&tenant, set);
             let mut built: BTreeSet<Name> = names.into_iter().collect();
-            set.names.append(&mut built);
+            set.keys.names.append(&mut built);
             let after = footprint::tenant(&tenant, set);
             self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
         }
@@ -778,25 +799,25 @@ impl DbIndex {
             let added = std::mem::take(added);
             self.place_in_tenants(added);
         }
-        self.pending.counting_sees_change(record.born, &key, &record.tenant, &record.tags);
+        self.pending.counting_sees_change(record.born, &key, record.tenant(), record.tags());
         if self.dead(&key, &record) {
             self.pending.dead_gone();
         }
         self.expiries.remove(hashed, record.expires_at);
         self.entry_bytes = self.entry_bytes.saturating_sub(record.entry_bytes);
         let mut freed = footprint::key(&key);
-        if let Some(set) = self.tenants.get_mut(&record.tenant) {
-            let before = footprint::tenant(&record.tenant, set);
-            if set.names.remove(&key) {
+        if let Some(set) = self.tenants.get_mut(record.tenant()) {
+            let before = footprint::tenant(record.tenant(), set);
+            if set.keys.names.remove(&key) {
                 freed = freed.saturating_add(before);
-                if set.names.is_empty() {
-                    self.tenants.remove(&record.tenant);
+                if set.keys.names.is_empty() {
+                    self.tenants.remove(record.tenant());
                 } else {
-                    self.item_bytes = self.item_bytes.saturating_add(footprint::tenant(&record.tenant, set));
+                    self.item_bytes = self.item_bytes.saturating_add(footprint::tenant(record.tenant(), set));
                 }
             }
         }
-        for tag in record.tags.iter() {
+        for tag in record.tags() {
             self.tags.remove_member(tag, hashed);
         }
         self.item_bytes = self.item_bytes.saturating_sub(freed);
@@ -821,13 +842,13 @@ impl DbIndex {
         };
         match tenant {
             Some(t) => {
-                if let Some(keys) = self.tenants.get(t) {
-                    scan(&keys.names);
+                if let Some(set) = self.tenants.get(t) {
+                    scan(&set.keys.names);
                 }
             }
             None => {
-                for keys in self.tenants.values() {
-                    scan(&keys.names);
+                for set in self.tenants.values() {
+                    scan(&set.keys.names);
                 }
             }
         }
@@ -863,17 +884,17 @@ impl DbIndex {
             if self.dead(key, record) {
                 continue;
             }
-            if !self.tenants.get(&record.tenant).is_some_and(|s| s.names.contains(key)) {
+            if !self.tenants.get(record.tenant()).is_some_and(|s| s.keys.names.contains(key)) {
                 return Err(format!("key {} missing from its tenant set", show(key)));
             }
-            for tag in record.tags.iter() {
+            for tag in record.tags() {
                 if !self.tags.get(tag).is_some_and(|s| s.contains(key)) {
                     return Err(format!("key {} missing from tag {}", show(key), show(tag)));
                 }
             }
         }
         for (tenant, set) in self.tenants.iter() {
-            if let Some(key) = set.names.iter().find(|k| self.keys.get(k).is_none_or(|r| r.tenant != *tenant)) {
+            if let Some(key) = set.keys.names.iter().find(|k| self.keys.get(k).is_none_or(|r| r.tenant() != tenant)) {
                 return Err(format!("tenant {} lists key {}, not one of its entries", show(tenant), show(key)));
             }
         }
@@ -887,7 +908,7 @@ impl DbIndex {
         if self.has_pending() {
             return Ok(());
         }
-        let tenant_members: usize = self.tenants.values().map(|s| s.names.len()).sum();
+        let tenant_members: usize = self.tenants.values().map(|s| s.keys.names.len()).sum();
         if tenant_members != self.keys.len() {
             return Err(format!(
                 "tenant sets hold {tenant_members} keys, index has {}",
@@ -895,7 +916,7 @@ impl DbIndex {
             ));
         }
         let tag_members: usize = self.tags.iter().map(|(_, m)| m.len()).sum();
-        let tag_refs: usize = self.keys.values().map(|r| r.tags.len()).sum();
+        let tag_refs: usize = self.keys.values().map(|r| r.tags().len()).sum();
         if tag_members != tag_refs {
             return Err(format!("tag sets hold {tag_members} references, keys carry {tag_refs}"));
         }
@@ -927,7 +948,7 @@ impl DbIndex {
 /// What the allocator holds per name and per structure of the index, sized the way jemalloc
 /// rounds requests.
 mod footprint {
-    use super::{Name, TenantKeys};
+    use super::{Name, Tenant};
     use crate::mem::{allocation, sum, times};
     use std::mem::size_of;
 
@@ -941,9 +962,10 @@ mod footprint {
     }
 
     /// A tenant's name and the B-tree of its key names.
-    pub fn tenant(tenant: &Name, keys: &TenantKeys) -> usize {
-        let nodes = keys.names.len().saturating_mul(3).div_ceil(2 * 11).max(1);
-        sum([tenant.footprint(), times(nodes, allocation(BTREE_NODE))])
+    /// A tenant's name, the B-tree of its key names and its untagged entries' labels.
+    pub fn tenant(tenant: &Name, set: &Tenant) -> usize {
+        let nodes = set.keys.names.len().saturating_mul(3).div_ceil(2 * 11).max(1);
+        sum([tenant.footprint(), times(nodes, allocation(BTREE_NODE)), set.untagged.footprint()])
     }
 }
 
@@ -1104,7 +1126,7 @@ mod tests {
     /// `DbIndex::insert` from byte strings.
     fn put(ix: &mut DbIndex, key: &[u8], tenant: &[u8], tags: &[Vec<u8>], bytes: usize) {
         let tags: Vec<Name> = tags.iter().map(|t| Name::from(t.as_slice())).collect();
-        ix.insert(key, &Name::from(tenant), tags.clone().into(), bytes, expiry::NEVER);
+        ix.insert(key, &mut Labels::new(Name::from(tenant), tags), bytes, expiry::NEVER);
     }
 
     /// What an invalidation answers, counted to the end if it had to count.
@@ -1268,6 +1290,24 @@ mod tests {
         // Written one at a time once the bulk fill is over.
         put(b, b"k:late", b"t1", &[], 10);
         assert!(b.matching(Some(b"t1"), &Glob::new(b"k:late"), 1).len() == 1);
+    }
+
+    #[test]
+    fn untagged_entries_of_a_tenant_share_its_labels() {
+        let mut ix = DbIndex::default();
+        let labels = |tenant: &[u8], tags: &[&[u8]]| Labels::new(Name::from(tenant), tags.iter().map(|t| Name::from(*t)).collect());
+        let (mut a, mut b, mut c, mut tagged) = (labels(b"t", &[]), labels(b"t", &[]), labels(b"u", &[]), labels(b"t", &[b"x"]));
+        for (key, l) in [(&b"k1"[..], &mut a), (b"k2", &mut b), (b"k3", &mut c), (b"k4", &mut tagged)] {
+            assert!(!ix.insert(key, l, 10, expiry::NEVER));
+        }
+        assert!(a.same(&b), "one allocation for t's untagged entries");
+        assert!(!a.same(&c) && !a.same(&tagged));
+        assert_eq!(tagged.tenant().as_ptr(), a.tenant().as_ptr(), "one tenant name");
+        assert_eq!((ix.item_bytes, ix.self_check()), (ix.item_bytes_recounted(), Ok(())));
+        for key in [&b"k1"[..], b"k2", b"k3", b"k4"] {
+            ix.remove(key);
+        }
+        assert_eq!((ix.tenant_count(), ix.item_bytes), (0, 0));
     }
 
     #[test]
@@ -1459,7 +1499,7 @@ mod tests {
                 10..20 => 5_000,
                 _ => expiry::NEVER,
             };
-            ix.insert(format!("k{i}").as_bytes(), &Name::from(tenant), tags.clone().into(), 10, at);
+            ix.insert(format!("k{i}").as_bytes(), &mut Labels::new(Name::from(tenant), tags.clone()), 10, at);
         }
         // k10..k20 get a later TTL, then k10 none, as EXPIRE and PERSIST would.
         for i in 10..20 {
@@ -1621,7 +1661,7 @@ mod tests {
         let mut index = Index::default();
         for i in 0..10 {
             let t = if i % 2 == 0 { vec![Name::from(&b"x"[..])] } else { Vec::new() };
-            index.db_mut(0).insert(format!("k{i}").as_bytes(), &Name::from(&b"t"[..]), t.clone().into(), 10, expiry::NEVER);
+            index.db_mut(0).insert(format!("k{i}").as_bytes(), &mut Labels::new(Name::from(&b"t"[..]), t), 10, expiry::NEVER);
         }
         let ix = index.db_mut(0);
         assert_eq!(ix.doom_tag(b"x", 0, 1), Some(5));

@@ -107,61 +107,78 @@ impl From<&Vec<u8>> for Name {
     }
 }
 
-/// A shared list of names (an entry's tags), thin like `Name`: the entry and the index's key
-/// record hold the same list.
+/// An entry's tenant and its tags (sorted, without duplicates) in one shared allocation, thin
+/// like `Name`: the entry and the index's key record hold the same one, and the entries of a
+/// tenant that carry no tag share one.
 #[derive(Clone)]
-pub struct Names(ThinArc<(), Name>);
+pub struct Labels(ThinArc<Name, Name>);
 
-impl Names {
-    /// Rewrites every name in place when this is the list's only holder; false (nothing done)
-    /// when it is shared.
-    pub fn rewrite_if_unique(&mut self, mut rewrite: impl FnMut(&mut Name)) -> bool {
-        self.0.with_arc_mut(|list| match triomphe::Arc::get_mut(list) {
+impl Labels {
+    pub fn new(tenant: Name, tags: Vec<Name>) -> Labels {
+        Labels(ThinArc::from_header_and_iter(tenant, tags.into_iter()))
+    }
+
+    pub fn tenant(&self) -> &Name {
+        &self.0.header.header
+    }
+
+    pub fn tags(&self) -> &[Name] {
+        &self.0.slice
+    }
+
+    /// Whether both are the same allocation.
+    pub fn same(&self, other: &Labels) -> bool {
+        self.0.ptr() == other.0.ptr()
+    }
+
+    /// Rewrites the tenant and every tag in place when this is the only holder; false (nothing
+    /// done) when it is shared.
+    pub fn rewrite_if_unique(&mut self, tenant: impl FnOnce(&mut Name), mut tag: impl FnMut(&mut Name)) -> bool {
+        self.0.with_arc_mut(|labels| match triomphe::Arc::get_mut(labels) {
             Some(unique) => {
-                unique.slice_mut().iter_mut().for_each(&mut rewrite);
+                tenant(unique.header_mut());
+                unique.slice_mut().iter_mut().for_each(&mut tag);
                 true
             }
             None => false,
         })
     }
-}
 
-impl Default for Names {
-    fn default() -> Names {
-        Names::from(Vec::new())
+    /// Gives these labels another tenant: in place when nobody else holds them, else as new
+    /// labels with the same tags.
+    pub fn set_tenant(&mut self, tenant: Name) {
+        let mut tenant = Some(tenant);
+        if !self.rewrite_if_unique(|t| *t = tenant.take().unwrap_or_default(), |_| {}) {
+            if let Some(tenant) = tenant {
+                *self = Labels::new(tenant, self.tags().to_vec());
+            }
+        }
+    }
+
+    /// Bytes the allocator holds for this allocation (the names it refers to excluded).
+    pub fn footprint(&self) -> usize {
+        const HEADER: usize = 3 * std::mem::size_of::<usize>();
+        crate::mem::allocation(crate::mem::times(self.tags().len(), std::mem::size_of::<Name>()).saturating_add(HEADER))
     }
 }
 
-impl Deref for Names {
-    type Target = [Name];
-    fn deref(&self) -> &[Name] {
-        &self.0.slice
+impl Default for Labels {
+    fn default() -> Labels {
+        Labels::new(Name::default(), Vec::new())
     }
 }
 
-impl PartialEq for Names {
-    fn eq(&self, other: &Names) -> bool {
-        **self == **other
+impl PartialEq for Labels {
+    fn eq(&self, other: &Labels) -> bool {
+        self.same(other) || (self.tenant() == other.tenant() && self.tags() == other.tags())
     }
 }
 
-impl Eq for Names {}
+impl Eq for Labels {}
 
-impl fmt::Debug for Names {
+impl fmt::Debug for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl From<Vec<Name>> for Names {
-    fn from(names: Vec<Name>) -> Names {
-        Names(ThinArc::from_header_and_iter((), names.into_iter()))
-    }
-}
-
-impl FromIterator<Name> for Names {
-    fn from_iter<I: IntoIterator<Item = Name>>(names: I) -> Names {
-        Names::from(names.into_iter().collect::<Vec<_>>())
+        f.debug_struct("Labels").field("tenant", self.tenant()).field("tags", &self.tags()).finish()
     }
 }
 
@@ -190,14 +207,19 @@ mod tests {
     }
 
     #[test]
-    fn a_list_is_rewritten_in_place_only_when_unshared() {
-        assert_eq!(std::mem::size_of::<Names>(), 8);
-        let mut list: Names = ["a", "b"].iter().map(|s| Name::from(s.as_bytes())).collect();
-        assert!(list.rewrite_if_unique(|n| *n = Name::from(&b"z"[..])));
-        assert_eq!(&*list, &[Name::from(&b"z"[..]), Name::from(&b"z"[..])]);
-        let shared = list.clone();
-        assert!(!list.rewrite_if_unique(|n| *n = Name::from(&b"y"[..])));
-        assert_eq!(list, shared);
-        assert!(Names::default().is_empty());
+    fn labels_are_one_pointer_and_rewritten_in_place_only_when_unshared() {
+        assert_eq!(std::mem::size_of::<Labels>(), 8);
+        let n = |s: &str| Name::from(s.as_bytes());
+        let mut labels = Labels::new(n("t"), vec![n("a"), n("b")]);
+        assert_eq!((&labels.tenant()[..], labels.tags()), (&b"t"[..], &[n("a"), n("b")][..]));
+        assert!(labels.rewrite_if_unique(|t| *t = n("u"), |tag| *tag = n("z")));
+        assert_eq!((&labels.tenant()[..], labels.tags()), (&b"u"[..], &[n("z"), n("z")][..]));
+        let shared = labels.clone();
+        assert!(shared.same(&labels));
+        assert!(!labels.rewrite_if_unique(|t| *t = n("v"), |tag| *tag = n("y")));
+        assert_eq!(labels, shared);
+        assert_eq!(labels, Labels::new(n("u"), vec![n("z"), n("z")]));
+        assert_ne!(labels, Labels::new(n("v"), vec![n("z"), n("z")]));
+        assert!(Labels::default().tags().is_empty());
     }
 }

@@ -114,9 +114,9 @@ pub fn decide(found: Option<Found<'_>>, missing_tenant: &[u8], leases: &mut Leas
     let decision = match found.filter(Found::usable) {
         Some(f) if f.entry.is_fresh(f.ttl_ms) && f.entry.fence.is_none() => {
             let chosen = early_refresh_chance(f, opts).is_some_and(|p| leases.current(db, key, now).is_none() && leases.next_unit() < p);
-            Decision::Hit { refresh: if chosen { grant(leases, &f.entry.tenant) } else { None } }
+            Decision::Hit { refresh: if chosen { grant(leases, f.entry.tenant()) } else { None } }
         }
-        Some(f) => Decision::Stale { refresh: grant(leases, &f.entry.tenant) },
+        Some(f) => Decision::Stale { refresh: grant(leases, f.entry.tenant()) },
         None => match grant(leases, missing_tenant) {
             Some(lease) => Decision::Miss { lease },
             None => Decision::Busy { retry_ms: retry_ms(leases, db, key, now) },
@@ -154,7 +154,7 @@ pub fn evaluate(ctx: &Context, key: &RedisString, db: i32, opts: &GetOptions) ->
         Some(_) => Vec::new(),
         None => stats_tenant(db, name, opts.tenant.as_deref()),
     };
-    let tenant = found.filter(Found::usable).map_or(Tenant::Named(&missing_tenant), |f| Tenant::Shared(&f.entry.tenant));
+    let tenant = found.filter(Found::usable).map_or(Tenant::Named(&missing_tenant), |f| Tenant::Shared(f.entry.tenant()));
     let decided = with_state(|s| {
         let decided = decide(found, &missing_tenant, &mut s.leases, db, name, now, opts);
         let ns = crate::policy::namespace(name, &s.separator);
@@ -192,7 +192,7 @@ mod tests {
     }
 
     fn entry(stale_ms: i64, fill_ms: u32) -> Entry {
-        Entry { value: b"v".as_slice().into(), tenant: b"t".as_slice().into(), stale_ms, fill_ms, ..Entry::default() }
+        Entry::new(b"v".as_slice().into(), crate::name::Labels::new(b"t".as_slice().into(), Vec::new()), false, stale_ms, fill_ms)
     }
 
     /// One GETORMARK at `now` against `found`, the key's entry and remaining TTL.

@@ -83,12 +83,10 @@ impl State {
     /// The entry then shares the index's copies of its tenant and tag names.
     pub fn index_insert(&mut self, db: i32, key: &[u8], entry: &mut Entry, expires_at: i64) {
         let bytes = entry.footprint(key);
-        let (tenant, tags, replaced) = self.index.db_mut(db).insert(key, &entry.tenant, std::mem::take(&mut entry.tags), bytes, expires_at);
+        let replaced = entry.relabel(|labels| self.index.db_mut(db).insert(key, labels, bytes, expires_at));
         if !replaced {
             self.stats.key_added(policy::namespace(key, &self.separator));
         }
-        entry.tenant = tenant;
-        entry.tags = tags;
     }
 
     /// A key written or removed while a dataset loads is no longer the entry its saved list of

@@ -26,8 +26,8 @@ fn index_check(ctx: &Context) -> RedisResult {
         let expires_at = key.expires_at();
         if let Some(e) = key.entry() {
             let indexed = Indexed {
-                tenant: e.tenant.to_vec(),
-                tags: e.tags.iter().map(|t| t.to_vec()).collect(),
+                tenant: e.tenant().to_vec(),
+                tags: e.tags().iter().map(|t| t.to_vec()).collect(),
                 expires_at,
             };
             live.insert((keyspace::selected_db(c.ctx), name.as_slice().to_vec()), indexed);

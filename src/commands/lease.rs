@@ -5,6 +5,7 @@ use crate::config::{self, MAX_MS};
 use crate::accounting::{record, stats_tenant};
 use crate::engine;
 use crate::entry::Entry;
+use crate::name::Labels;
 use crate::keyspace::{self, now_ms};
 use crate::parking;
 use crate::stampede::{evaluate, reply_busy, GetOptions, Verdict};
@@ -98,15 +99,9 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
     };
     let deadline = engine::resolve_deadline(name, &opts, now);
-    let entry = Entry {
-        value: value.as_slice().into(),
-        tenant: tenant.as_slice().into(),
-        tenant_explicit,
-        tags: tags.into_iter().map(Into::into).collect(),
-        stale_ms: deadline.stale_ms,
-        fill_ms: u32::try_from(now.saturating_sub(lease.granted_at_ms).max(0)).unwrap_or(u32::MAX),
-        fence: None,
-    };
+    let labels = Labels::new(tenant.as_slice().into(), tags.into_iter().map(Into::into).collect());
+    let fill_ms = u32::try_from(now.saturating_sub(lease.granted_at_ms).max(0)).unwrap_or(u32::MAX);
+    let entry = Entry::new(value.as_slice().into(), labels, tenant_explicit, deadline.stale_ms, fill_ms);
     engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Fill)?;
     record(Event::Fill, &tenant, name);
     Ok(super::reply_ok(ctx))

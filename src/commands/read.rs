@@ -39,10 +39,10 @@ pub fn get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 return Ok(RedisValue::Null);
             };
             if entry.is_fresh(ttl) && entry.fence.is_none() {
-                engine::record(Event::Hit, &entry.tenant, name);
+                engine::record(Event::Hit, entry.tenant(), name);
                 Ok(reply_bytes(ctx, &entry.value))
             } else {
-                engine::record(Event::Miss, &entry.tenant, name);
+                engine::record(Event::Miss, entry.tenant(), name);
                 Ok(RedisValue::Null)
             }
         }
@@ -79,9 +79,9 @@ pub fn inspect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let ttl = handle.ttl_ms();
             if let (Some(e), Some(obj)) = (handle.entry(), doc.as_object_mut()) {
                 obj.insert("exists".into(), json!(true));
-                obj.insert("tenant".into(), json_name(&e.tenant));
+                obj.insert("tenant".into(), json_name(e.tenant()));
                 obj.insert("tenant_explicit".into(), json!(e.tenant_explicit));
-                obj.insert("tags".into(), e.tags.iter().map(|t| json_name(t)).collect());
+                obj.insert("tags".into(), e.tags().iter().map(|t| json_name(t)).collect());
                 obj.insert("ttl_ms".into(), json!(ttl.unwrap_or(-1)));
                 obj.insert("fresh_ms".into(), json!(e.fresh_ms(ttl)));
                 obj.insert("fresh".into(), json!(e.is_fresh(ttl)));

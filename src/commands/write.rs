@@ -3,6 +3,7 @@
 use super::args::{parse_write_options, wrong_arity, Cursor};
 use crate::engine;
 use crate::entry::Entry;
+use crate::name::Labels;
 use crate::keyspace;
 use crate::parking;
 use crate::state::with_state;
@@ -19,15 +20,8 @@ pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     engine::check_tenant_slot(ctx, name, opts.tenant, source)?;
     let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant);
     let deadline = engine::resolve_deadline(name, &opts, keyspace::now_ms());
-    let entry = Entry {
-        value: value.as_slice().into(),
-        tenant: tenant.into(),
-        tenant_explicit,
-        tags: opts.normalized_tags().into_iter().map(Into::into).collect(),
-        stale_ms: deadline.stale_ms,
-        fill_ms: 0,
-        fence: None,
-    };
+    let labels = Labels::new(tenant.into(), opts.normalized_tags().into_iter().map(Into::into).collect());
+    let entry = Entry::new(value.as_slice().into(), labels, tenant_explicit, deadline.stale_ms, 0);
     engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Set)?;
     Ok(super::reply_ok(ctx))
 }

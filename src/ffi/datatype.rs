@@ -2,7 +2,7 @@
 //! memory usage, copy, free and unlink. The entry itself is `crate::entry`.
 
 use super::strings::string_bytes;
-use crate::entry::{set_command_args, tag_names, Entry, ENCODING_VERSION};
+use crate::entry::{set_command_args, labels, Entry, ENCODING_VERSION};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 use std::ffi::CString;
@@ -169,7 +169,7 @@ unsafe extern "C" fn copy(
     let mut copied = entry.clone();
     copied.fence = None;
     if !copied.tenant_explicit {
-        copied.tenant = crate::config::derived_tenant(string_bytes(to)).into();
+        copied.relabel(|l| l.set_tenant(crate::config::derived_tenant(string_bytes(to)).into()));
     }
     Box::into_raw(Box::new(copied)).cast()
 }
@@ -181,9 +181,9 @@ unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) 
     };
     raw::save_unsigned(rdb, if e.tenant_explicit { FLAG_TENANT_EXPLICIT } else { 0 });
     raw::save_slice(rdb, &e.value);
-    raw::save_slice(rdb, &e.tenant[..]);
-    raw::save_unsigned(rdb, e.tags.len() as u64);
-    for tag in e.tags.iter() {
+    raw::save_slice(rdb, &e.tenant()[..]);
+    raw::save_unsigned(rdb, e.tags().len() as u64);
+    for tag in e.tags().iter() {
         raw::save_slice(rdb, tag);
     }
     raw::save_signed(rdb, e.stale_ms);
@@ -210,15 +210,9 @@ fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Entry, redis_module::error
     for _ in 0..count {
         tags.push(raw::load_string_buffer(rdb)?.as_ref().to_vec());
     }
-    Ok(Entry {
-        value,
-        tenant: tenant.into(),
-        tenant_explicit: flags & FLAG_TENANT_EXPLICIT != 0,
-        tags: tag_names(tags),
-        stale_ms: raw::load_signed(rdb)?,
-        fill_ms: u32::try_from(raw::load_signed(rdb)?.max(0)).unwrap_or(u32::MAX),
-        fence: None,
-    })
+    let stale_ms = raw::load_signed(rdb)?;
+    let fill_ms = u32::try_from(raw::load_signed(rdb)?.max(0)).unwrap_or(u32::MAX);
+    Ok(Entry::new(value, labels(tenant.into(), tags), flags & FLAG_TENANT_EXPLICIT != 0, stale_ms, fill_ms))
 }
 
 /// Emits `CACHE.SET key value NOEXPIRE STALE s TAGS n … [TENANT t]`; Redis appends the key's
@@ -274,9 +268,9 @@ unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void)
         return;
     };
     add(md, e.value.as_ptr().cast(), e.value.len());
-    add(md, e.tenant.as_ptr().cast(), e.tenant.len());
+    add(md, e.tenant().as_ptr().cast(), e.tenant().len());
     add_ll(md, i64::from(e.tenant_explicit));
-    for tag in e.tags.iter() {
+    for tag in e.tags().iter() {
         add(md, tag.as_ptr().cast(), tag.len());
     }
     add_ll(md, e.stale_ms);
