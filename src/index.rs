@@ -961,7 +961,6 @@ mod footprint {
         key.footprint()
     }
 
-    /// A tenant's name and the B-tree of its key names.
     /// A tenant's name, the B-tree of its key names and its untagged entries' labels.
     pub fn tenant(tenant: &Name, set: &Tenant) -> usize {
         let nodes = set.keys.names.len().saturating_mul(3).div_ceil(2 * 11).max(1);
@@ -1308,6 +1307,36 @@ mod tests {
             ix.remove(key);
         }
         assert_eq!((ix.tenant_count(), ix.item_bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_tenant_invalidated_then_written_again_shares_new_labels() {
+        let mut ix = DbIndex::default();
+        let untagged = || Labels::new(Name::from(&b"t"[..]), Vec::new());
+        let mut old = untagged();
+        ix.insert(b"k1", &mut old, 10, expiry::NEVER);
+        assert_eq!(doomed_tenant(&mut ix, Some(b"t"), 0), 1);
+        let (mut a, mut b) = (untagged(), untagged());
+        ix.insert(b"k2", &mut a, 10, expiry::NEVER);
+        ix.insert(b"k3", &mut b, 10, expiry::NEVER);
+        assert!(a.same(&b) && !a.same(&old), "the new tenant's labels, not the invalidated one's");
+        assert_eq!(ix.item_bytes, ix.item_bytes_recounted());
+        assert_eq!(ix.matching(Some(b"t"), &Glob::new(b"*"), usize::MAX).len(), 2);
+    }
+
+    #[test]
+    fn an_entry_indexed_through_relabel_holds_the_shared_tenant() {
+        use crate::entry::Entry;
+        let mut ix = DbIndex::default();
+        put(&mut ix, b"first", b"t", &[], 10);
+        let mut entry = Entry::new(Box::from(&b"v"[..]), Labels::new(Name::from(&b"t"[..]), vec![Name::from(&b"x"[..])]), false, 0, 0);
+        let fresh = entry.tenant().as_ptr();
+        entry.relabel(|labels| ix.insert(b"k", labels, 10, expiry::NEVER));
+        let shared = ix.matching(Some(b"t"), &Glob::new(b"*"), usize::MAX);
+        assert_eq!(shared.len(), 2);
+        assert_ne!(entry.tenant().as_ptr(), fresh, "the entry's own copy was replaced");
+        assert_eq!(entry.tenant().as_ptr(), entry.labels().tenant().as_ptr());
+        assert_eq!(ix.tenants.get_key_value(&b"t"[..]).map(|(t, _)| t.as_ptr()), Some(entry.tenant().as_ptr()));
     }
 
     #[test]
