@@ -106,7 +106,45 @@ pub fn rows(quick: bool) {
     write_and_read_rows(n);
     lease_rows(if quick { 20_000 } else { 100_000 });
     restart_row(if quick { 100_000 } else { 1_000_000 });
+    memory_by_tags(if quick { 20_000 } else { 100_000 });
     println!();
+}
+
+/// Memory per entry with 0 to 4 tags, tagcache vs SET PX + one SADD per tag (no target: how
+/// the allocator's size classes fall for each count).
+fn memory_by_tags(n: usize) {
+    let all = |i: usize| [format!("item:{i}"), format!("cat:{}", i % 100), "all".to_string(), format!("sub:{}", i % 7)];
+    for count in 0..=4 {
+        let (ms, us) = (Server::start(), Server::start());
+        let (mut m, mut u) = (ms.conn(), us.conn());
+        let (m0, u0) = (used_memory(&mut m), used_memory(&mut u));
+        for start in (0..n).step_by(10_000) {
+            let (mut pm, mut pu) = (redis::pipe(), redis::pipe());
+            for i in start..(start + 10_000).min(n) {
+                let k = key(0, i);
+                let tags: Vec<String> = all(i).into_iter().take(count).collect();
+                let set = pm.cmd("CACHE.SET").arg(&k).arg(&VALUE[..]).arg("PX").arg(3_600_000);
+                if count > 0 {
+                    set.arg("TAGS").arg(count).arg(&tags);
+                }
+                set.ignore();
+                pu.cmd("SET").arg(&k).arg(&VALUE[..]).arg("PX").arg(3_600_000).ignore();
+                for t in &tags {
+                    pu.cmd("SADD").arg(format!("tag:{t}")).arg(&k).ignore();
+                }
+            }
+            let _: () = pm.query(&mut m).expect("populate");
+            let _: () = pu.query(&mut u).expect("populate");
+        }
+        let per_entry = |c: &mut Connection, base: f64| (used_memory(c) - base) / n as f64;
+        print(&Row {
+            name: &format!("memory per entry, {count} tags (item, cat, all, sub)"),
+            unit: "B",
+            module: per_entry(&mut m, m0),
+            native: per_entry(&mut u, u0),
+            target: "(no target)",
+        });
+    }
 }
 
 fn write_and_read_rows(n: usize) {
