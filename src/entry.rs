@@ -49,6 +49,11 @@ impl Entry {
         &self.labels
     }
 
+    /// Gives the entry another tenant (its labels follow).
+    pub fn set_tenant(&mut self, tenant: Name) {
+        self.relabel(|l| l.set_tenant(tenant));
+    }
+
     /// Changes the labels through `change` (the tenant follows).
     pub fn relabel<R>(&mut self, change: impl FnOnce(&mut Labels) -> R) -> R {
         let result = change(&mut self.labels);
@@ -186,7 +191,7 @@ mod tests {
         let n = |s: &str| Name::from(s.as_bytes());
         let mut e = Entry::new(Box::from(&b"v"[..]), Labels::new(n("t"), vec![n("a")]), false, 0, 0);
         assert_eq!(&e.tenant()[..], b"t");
-        e.relabel(|l| l.set_tenant(n("u")));
+        e.set_tenant(n("u"));
         assert_eq!((&e.tenant()[..], &e.labels().tenant()[..]), (&b"u"[..], &b"u"[..]));
         let shared = Labels::new(n("w"), Vec::new());
         e.relabel(|l| *l = shared.clone());

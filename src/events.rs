@@ -129,7 +129,7 @@ pub fn reindex_key(ctx: &Context, name: &RedisString) {
     };
     let bytes = name.as_slice();
     if !entry.tenant_explicit {
-        entry.relabel(|l| l.set_tenant(derived_tenant(bytes).into()));
+        entry.set_tenant(derived_tenant(bytes).into());
     }
     let db = keyspace::selected_db(ctx.ctx);
     with_state(|s| s.index_insert(db, bytes, entry, expires_at));
@@ -146,7 +146,7 @@ pub fn rebuild_index(ctx: &Context) {
     });
     for_each_entry(ctx, |db, name, entry, expires_at| {
         if !entry.tenant_explicit {
-            entry.relabel(|l| l.set_tenant(crate::policy::tenant_from_key(name, regex.as_ref().as_ref()).into()));
+            entry.set_tenant(crate::policy::tenant_from_key(name, regex.as_ref().as_ref()).into());
         }
         with_state(|s| s.index_insert(db, name, entry, expires_at));
     });

@@ -169,7 +169,7 @@ unsafe extern "C" fn copy(
     let mut copied = entry.clone();
     copied.fence = None;
     if !copied.tenant_explicit {
-        copied.relabel(|l| l.set_tenant(crate::config::derived_tenant(string_bytes(to)).into()));
+        copied.set_tenant(crate::config::derived_tenant(string_bytes(to)).into());
     }
     Box::into_raw(Box::new(copied)).cast()
 }
