@@ -3,7 +3,7 @@
 //! only the buckets already due, not every entry. Pure data, no Redis calls.
 
 use crate::mem::times;
-use crate::pending::Name;
+use crate::key::Key;
 use crate::shardmap::{Hashed, ShardMap};
 use std::collections::BTreeMap;
 
@@ -25,20 +25,20 @@ pub fn has_expired(at_ms: i64, now_ms: i64) -> bool {
 
 #[derive(Debug, Default)]
 pub struct Expiries {
-    buckets: BTreeMap<i64, ShardMap<Name, ()>>,
+    buckets: BTreeMap<i64, ShardMap<Key, ()>>,
     /// Heap bytes of the buckets' tables and of the B-tree holding them, kept up to date.
     heap: usize,
 }
 
 /// A B-tree slot holding one bucket, counted two-thirds full.
 fn bucket_slot() -> usize {
-    times(std::mem::size_of::<(i64, ShardMap<Name, ()>)>(), 3) / 2
+    times(std::mem::size_of::<(i64, ShardMap<Key, ()>)>(), 3) / 2
 }
 
 impl Expiries {
     /// Records that `name` (whose `Hashed::hash` is `hash`) expires at `at_ms` (nothing for
     /// `NEVER`).
-    pub fn add(&mut self, name: &Name, hash: u64, at_ms: i64) {
+    pub fn add(&mut self, name: &Key, hash: u64, at_ms: i64) {
         if at_ms == NEVER {
             return;
         }
@@ -74,7 +74,7 @@ impl Expiries {
     /// Names that may have expired by `now_ms`: every name of the buckets already begun (the
     /// caller checks each one's exact time). As many as Redis has not reaped yet, plus the
     /// names of one bucket.
-    pub fn due(&self, now_ms: i64) -> impl Iterator<Item = &Name> + '_ {
+    pub fn due(&self, now_ms: i64) -> impl Iterator<Item = &Key> + '_ {
         self.buckets.range(..=bucket(now_ms)).flat_map(|(_, set)| set.keys())
     }
 
@@ -107,8 +107,8 @@ impl Expiries {
 mod tests {
     use super::*;
 
-    fn name(s: &str) -> Name {
-        Name::from(s.as_bytes())
+    fn name(s: &str) -> Key {
+        Key::new_key(s.as_bytes(), 0, NEVER, 0)
     }
 
     fn add(e: &mut Expiries, s: &str, at_ms: i64) {

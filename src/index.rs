@@ -12,33 +12,52 @@ use crate::tagmap::{Members, NameSet, TagMap, Taken};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 
-pub use crate::pending::Name;
+pub use crate::pending::{Key, Name};
 
 use crate::name::Labels;
 
-#[derive(Debug, Clone)]
-struct KeyRecord {
-    /// Shared with the entry.
-    labels: Labels,
-    /// Memory of the entry itself (value, tags, Redis's per-key structures), for statistics.
-    entry_bytes: usize,
-    /// The write epoch (see `pending`): invalidations pending since then may cover it.
-    born: u64,
-    /// When the key expires (unix ms, `expiry::NEVER` without a TTL), as Redis holds it.
-    expires_at: i64,
+/// What the index holds for one key: the key map's copy of its name, with its write epoch,
+/// expiry and size (see `key`), and its labels (shared with the entry).
+#[derive(Debug, Clone, Copy)]
+struct KeyRecord<'a> {
+    key: &'a Key,
+    labels: &'a Labels,
 }
 
-impl KeyRecord {
-    fn tenant(&self) -> &Name {
+impl<'a> KeyRecord<'a> {
+    fn tenant(self) -> &'a Name {
         self.labels.tenant()
     }
 
-    fn tags(&self) -> &[Name] {
+    fn tags(self) -> &'a [Name] {
         self.labels.tags()
+    }
+
+    fn born(self) -> u64 {
+        self.key.born()
+    }
+
+    fn expires_at(self) -> i64 {
+        self.key.expires_at()
+    }
+
+    fn entry_bytes(self) -> usize {
+        self.key.entry_bytes()
     }
 }
 
-type TenantKeys = NameSet<BTreeSet<Name>>;
+/// Each key's name (with its record) and labels.
+type Keys = ShardMap<Key, Labels>;
+
+fn record<'a>(keys: &'a Keys, key: &[u8]) -> Option<KeyRecord<'a>> {
+    keys.get_key_value(key).map(|(key, labels)| KeyRecord { key, labels })
+}
+
+fn records(keys: &Keys) -> impl Iterator<Item = KeyRecord<'_>> + '_ {
+    keys.iter().map(|(key, labels)| KeyRecord { key, labels })
+}
+
+type TenantKeys = NameSet<BTreeSet<Key>>;
 
 /// A tenant's keys in name order, and the labels its entries without tags share.
 #[derive(Debug)]
@@ -49,7 +68,7 @@ struct Tenant {
 
 #[derive(Debug, Default)]
 pub struct DbIndex {
-    keys: ShardMap<Name, KeyRecord>,
+    keys: Keys,
     tenants: ShardMap<Name, Tenant>,
     tags: TagMap,
     entry_bytes: usize,
@@ -63,7 +82,7 @@ pub struct DbIndex {
     expiries: Expiries,
     /// While the index is rebuilt after a load: each new key with its tenant, put into the
     /// tenants' B-trees at once by `end_bulk` (see `Index::begin_bulk`).
-    bulk: Option<Vec<(Name, Name)>>,
+    bulk: Option<Vec<(Name, Key)>>,
 }
 
 /// What an index holds for one key, owned (for checks and reports).
@@ -76,11 +95,11 @@ pub struct Indexed {
 }
 
 impl Indexed {
-    fn of(r: &KeyRecord) -> Indexed {
+    fn of(r: KeyRecord<'_>) -> Indexed {
         Indexed {
             tenant: r.tenant().to_vec(),
             tags: r.tags().iter().map(|t| t.to_vec()).collect(),
-            expires_at: r.expires_at,
+            expires_at: r.expires_at(),
         }
     }
 }
@@ -108,14 +127,14 @@ pub enum Step {
     /// Nothing: the name was rewritten, removed or already dealt with since.
     Skip,
     /// A dead entry (hard invalidation): delete it.
-    Remove(Name),
+    Remove(Key),
     /// An entry stale since this time (SOFT invalidation): shorten its TTL.
-    MarkStale(Name, i64),
+    MarkStale(Key, i64),
 }
 
 /// Names a stale job's walk visits next (a few hundred at most), advancing it; the walk is
 /// `Done` once nothing is left after this batch.
-fn next_batch(walk: &mut Walk, tenants: &ShardMap<Name, Tenant>, tags: &TagMap, keys: &ShardMap<Name, KeyRecord>) -> Vec<Name> {
+fn next_batch(walk: &mut Walk, tenants: &ShardMap<Name, Tenant>, tags: &TagMap, keys: &Keys) -> Vec<Key> {
     const BATCH: usize = 256;
     const BUCKETS_PER_BATCH: u32 = 16;
     let mut out = Vec::new();
@@ -197,19 +216,19 @@ impl DbIndex {
         !self.pending.is_empty()
     }
 
-    fn dead(&self, key: &[u8], r: &KeyRecord) -> bool {
-        !self.pending.is_empty() && self.pending.covers(r.born, key, r.tenant(), r.tags())
+    fn dead(&self, r: KeyRecord<'_>) -> bool {
+        !self.pending.is_empty() && self.pending.covers(r.born(), r.key, r.tenant(), r.tags())
     }
 
     /// Whether `key` is an entry a pending invalidation covers (gone for every reader).
     pub fn is_dead(&self, key: &[u8]) -> bool {
-        !self.pending.is_empty() && self.keys.get(key).is_some_and(|r| self.dead(key, r))
+        !self.pending.is_empty() && record(&self.keys, key).is_some_and(|r| self.dead(r))
     }
 
     /// Live (not invalidated) entries among `names`.
-    fn live_among<'a>(&self, names: impl Iterator<Item = &'a Name>) -> usize {
+    fn live_among<'a>(&self, names: impl Iterator<Item = &'a Key>) -> usize {
         names
-            .filter(|k| self.keys.get(k).is_some_and(|r| !self.dead(k, r)))
+            .filter(|k| record(&self.keys, k).is_some_and(|r| !self.dead(r)))
             .count()
     }
 
@@ -266,7 +285,7 @@ impl DbIndex {
     }
 
     /// `doom_names` or `soften_names`, at `now_ms`.
-    pub fn invalidate_names(&mut self, selector: Selector, names: Vec<Name>, how: How, now_ms: i64) -> usize {
+    pub fn invalidate_names(&mut self, selector: Selector, names: Vec<Key>, how: How, now_ms: i64) -> usize {
         match how {
             How::Remove => self.doom_names(selector, names, now_ms),
             How::MarkStale { at_ms } => self.soften_names(selector, names, at_ms, now_ms),
@@ -388,16 +407,16 @@ impl DbIndex {
     }
 
     /// Among `names`, the entries a count of an invalidation made in `epoch` counts.
-    fn live_for(&self, epoch: u64, names: &[Name]) -> usize {
+    fn live_for(&self, epoch: u64, names: &[Key]) -> usize {
         names
             .iter()
-            .filter(|k| self.keys.get(k).is_some_and(|r| self.pending.counts_for(epoch, r.born, k, r.tenant(), r.tags())))
+            .filter(|k| record(&self.keys, k).is_some_and(|r| self.pending.counts_for(epoch, r.born(), k, r.tenant(), r.tags())))
             .count()
     }
 
     /// The next names of a tenant's or a tag's set after `at`, advancing it; None once done
     /// (a set gone has no member left from before: each one's removal was counted).
-    fn names_after(&self, source: &CountSource, at: &mut Counted) -> Option<Vec<Name>> {
+    fn names_after(&self, source: &CountSource, at: &mut Counted) -> Option<Vec<Key>> {
         match (source, at) {
             (CountSource::Tenant(t), Counted::After(after)) => sorted_batch(&self.tenants.get(t)?.keys.names, after),
             (CountSource::Tag(t), Counted::Buckets { bits, next }) => {
@@ -421,7 +440,7 @@ impl DbIndex {
 
     /// Invalidates `names` (live entries already found by `matching`/`tagged`), covered by
     /// `selector`, without touching them now.
-    pub fn doom_names(&mut self, selector: Selector, names: Vec<Name>, now_ms: i64) -> usize {
+    pub fn doom_names(&mut self, selector: Selector, names: Vec<Key>, now_ms: i64) -> usize {
         let count = names.len();
         let expired = self.expired_covered(&selector, now_ms);
         self.pending.push(selector, Todo::Listed(names.into_iter()), count);
@@ -430,7 +449,7 @@ impl DbIndex {
 
     /// Invalidates exactly `names` (the dead entries of a saved dataset, after a load).
     pub fn doom_exactly(&mut self, names: HashSet<Name>) {
-        let todo: Vec<Name> = names.iter().filter(|k| self.keys.contains_key(k)).cloned().collect();
+        let todo: Vec<Key> = names.iter().filter_map(|k| self.keys.get_key_value(k).map(|(k, _)| k.clone())).collect();
         let covered = self.live_among(todo.iter());
         self.pending.push(Selector::Names(names), Todo::Listed(todo.into_iter()), covered);
     }
@@ -471,22 +490,20 @@ impl DbIndex {
         if self.pending.is_empty() {
             return None;
         }
-        let r = self.keys.get(key)?;
-        if self.dead(key, r) {
+        let r = record(&self.keys, key)?;
+        if self.dead(r) {
             return None;
         }
-        self.pending.stale_since(r.born, key, r.tenant(), r.tags())
+        self.pending.stale_since(r.born(), key, r.tenant(), r.tags())
     }
 
     /// A SOFT invalidation was applied to `key` (its TTL shortened): no pending job covers it
     /// any more, as if it had just been written.
     pub fn restamp(&mut self, key: &[u8]) {
         let epoch = self.pending.epoch();
-        if let Some(r) = self.keys.get(key) {
-            self.pending.counting_sees_change(r.born, key, r.tenant(), r.tags());
-        }
-        if let Some(r) = self.keys.get_mut(key) {
-            r.born = epoch;
+        if let Some(r) = record(&self.keys, key) {
+            self.pending.counting_sees_change(r.born(), key, r.tenant(), r.tags());
+            r.key.set_born(epoch);
         }
     }
 
@@ -548,7 +565,7 @@ impl DbIndex {
     }
 
     /// SOFT-invalidates `names` (live entries found by `matching`/`tagged`) as of `at_ms`.
-    pub fn soften_names(&mut self, selector: Selector, names: Vec<Name>, at_ms: i64, now_ms: i64) -> usize {
+    pub fn soften_names(&mut self, selector: Selector, names: Vec<Key>, at_ms: i64, now_ms: i64) -> usize {
         let count = names.len();
         let expired = self.expired_covered(&selector, now_ms);
         self.pending.push_stale(selector, Walk::Listed(names.into_iter()), at_ms, count);
@@ -558,14 +575,14 @@ impl DbIndex {
     /// SOFT-invalidates exactly these entries, each as of its own time (a saved dataset's
     /// stale entries, after a load).
     pub fn soften_exactly(&mut self, names: HashMap<Name, i64>) {
-        let mut by_time: HashMap<i64, Vec<Name>> = HashMap::new();
+        let mut by_time: HashMap<i64, Vec<Key>> = HashMap::new();
         for (name, at) in names {
-            if self.keys.contains_key(&name) {
-                by_time.entry(at).or_default().push(name);
+            if let Some((key, _)) = self.keys.get_key_value(&name) {
+                by_time.entry(at).or_default().push(key.clone());
             }
         }
         for (at, names) in by_time {
-            let covered: HashSet<Name> = names.iter().cloned().collect();
+            let covered: HashSet<Name> = names.iter().map(|k| Name::new(k)).collect();
             let count = names.len();
             self.pending.push_stale(Selector::Names(covered), Walk::Listed(names.into_iter()), at, count);
         }
@@ -573,14 +590,13 @@ impl DbIndex {
 
     /// Entries stale by a pending SOFT invalidation not applied yet, with since when (what a
     /// saved dataset must not bring back fresh).
-    pub fn stale_names(&self) -> Vec<(Name, i64)> {
+    pub fn stale_names(&self) -> Vec<(Key, i64)> {
         if self.pending.stale_jobs().next().is_none() {
             return Vec::new();
         }
-        self.keys
-            .iter()
-            .filter(|(k, r)| !self.dead(k, r))
-            .filter_map(|(k, r)| Some((k.clone(), self.pending.stale_since(r.born, k, r.tenant(), r.tags())?)))
+        records(&self.keys)
+            .filter(|r| !self.dead(*r))
+            .filter_map(|r| Some((r.key.clone(), self.pending.stale_since(r.born(), r.key, r.tenant(), r.tags())?)))
             .collect()
     }
 
@@ -602,24 +618,20 @@ impl DbIndex {
     }
 
     /// Names of the dead entries (what a saved dataset must not bring back).
-    pub fn dead_names(&self) -> Vec<Name> {
+    pub fn dead_names(&self) -> Vec<Key> {
         if self.pending.is_empty() {
             return Vec::new();
         }
-        self.keys
-            .iter()
-            .filter(|(k, r)| self.dead(k, r))
-            .map(|(k, _)| k.clone())
-            .collect()
+        records(&self.keys).filter(|r| self.dead(*r)).map(|r| r.key.clone()).collect()
     }
 
     /// The tenant a key is indexed under.
     pub fn tenant_of(&self, key: &[u8]) -> Option<&[u8]> {
-        self.keys.get(key).map(|r| r.tenant().as_bytes())
+        record(&self.keys, key).map(|r| r.tenant().as_bytes())
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Indexed> {
-        self.keys.get(key).map(Indexed::of)
+        record(&self.keys, key).map(Indexed::of)
     }
 
     /// How many entries a tenant has here and their memory.
@@ -627,13 +639,13 @@ impl DbIndex {
         let Some(set) = self.tenants.get(tenant) else {
             return (0, 0);
         };
-        let live: Vec<&KeyRecord> = set
+        let live: Vec<KeyRecord<'_>> = set
             .keys
             .names
             .iter()
-            .filter_map(|k| self.keys.get(k).filter(|r| !self.dead(k, r)))
+            .filter_map(|k| record(&self.keys, k).filter(|r| !self.dead(*r)))
             .collect();
-        let bytes = live.iter().map(|r| r.entry_bytes).fold(0usize, usize::saturating_add);
+        let bytes = live.iter().map(|r| r.entry_bytes()).fold(0usize, usize::saturating_add);
         (live.len(), bytes)
     }
 
@@ -644,21 +656,21 @@ impl DbIndex {
 
     /// An entry overwritten in place (same tenant and tags): its new size and expiry.
     pub fn rewritten(&mut self, key: &[u8], bytes: usize, expires_at: i64) {
-        let Some(r) = self.keys.get_mut(key) else {
+        let Some(r) = record(&self.keys, key) else {
             return;
         };
-        self.entry_bytes = self.entry_bytes.saturating_sub(r.entry_bytes).saturating_add(bytes);
-        r.entry_bytes = bytes;
-        let before = std::mem::replace(&mut r.expires_at, expires_at);
+        let replaced = r.key.set_entry_bytes(bytes);
+        self.entry_bytes = self.entry_bytes.saturating_sub(replaced).saturating_add(r.entry_bytes());
+        let before = r.key.set_expires_at(expires_at);
         self.move_expiry(key, before, expires_at);
     }
 
     /// The key's TTL changed: it now expires at `expires_at` (`expiry::NEVER`: no TTL).
     pub fn set_expiry(&mut self, key: &[u8], expires_at: i64) {
-        let Some(r) = self.keys.get_mut(key) else {
+        let Some(r) = record(&self.keys, key) else {
             return;
         };
-        let before = std::mem::replace(&mut r.expires_at, expires_at);
+        let before = r.key.set_expires_at(expires_at);
         self.move_expiry(key, before, expires_at);
     }
 
@@ -681,8 +693,8 @@ impl DbIndex {
         self.expiries
             .due(now_ms)
             .filter(|k| {
-                self.keys.get(k).is_some_and(|r| {
-                    expiry::has_expired(r.expires_at, now_ms) && selector.covers(k, r.tenant(), r.tags()) && !self.dead(k, r)
+                record(&self.keys, k).is_some_and(|r| {
+                    expiry::has_expired(r.expires_at(), now_ms) && selector.covers(k, r.tenant(), r.tags()) && !self.dead(r)
                 })
             })
             .count()
@@ -690,9 +702,9 @@ impl DbIndex {
 
     /// Adds `key` (whose name hashes to `hash`) to the members of `tag`; returns the index's
     /// shared copy of the tag's name.
-    fn add_to_tag(&mut self, tag: &Name, key: &Name, hash: u64, born: u64) -> Name {
+    fn add_to_tag(&mut self, tag: &Name, key: &Key, hash: u64, born: u64) -> Name {
         let keys = &self.keys;
-        self.tags.add(tag, key, hash, |k| keys.get(k).map_or(born, |r| r.born))
+        self.tags.add(tag, key, hash, |k| record(keys, k).map_or(born, |r| r.born()))
     }
 
     /// Indexes `key` (replacing what was indexed for it); true when it was indexed already.
@@ -704,8 +716,8 @@ impl DbIndex {
         let hashed = Hashed::of(key);
         let replaced = self.remove_hashed(hashed);
         self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
-        let key = Name::new(key);
         let born = self.pending.epoch();
+        let key = Key::new_key(key, born, expires_at, entry_bytes);
         // One lookup per name: an existing entry's key is the shared copy (interning).
         let mut bulk = self.bulk.as_mut();
         let (tenant, untagged, before, after) = self
@@ -742,16 +754,7 @@ impl DbIndex {
         }
         self.item_bytes = self.item_bytes.saturating_add(footprint::key(&key));
         self.expiries.add(&key, hashed.hash, expires_at);
-        self.keys.insert_hashed(
-            key,
-            hashed.hash,
-            KeyRecord {
-                labels: labels.clone(),
-                entry_bytes,
-                born: self.pending.epoch(),
-                expires_at,
-            },
-        );
+        self.keys.insert_hashed(key, hashed.hash, labels.clone());
         replaced
     }
 
@@ -765,7 +768,7 @@ impl DbIndex {
         }
     }
 
-    fn place_in_tenants(&mut self, mut added: Vec<(Name, Name)>) {
+    fn place_in_tenants(&mut self, mut added: Vec<(Name, Key)>) {
         added.sort_unstable_by_key(|(tenant, _)| tenant.as_ptr() as usize);
         let mut added = added.into_iter().peekable();
         while let Some((tenant, key)) = added.next() {
@@ -778,7 +781,7 @@ impl DbIndex {
                 continue;
             };
             let before = footprint::tenant(&tenant, set);
-            let mut built: BTreeSet<Name> = names.into_iter().collect();
+            let mut built: BTreeSet<Key> = names.into_iter().collect();
             set.keys.names.append(&mut built);
             let after = footprint::tenant(&tenant, set);
             self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
@@ -791,20 +794,21 @@ impl DbIndex {
     }
 
     fn remove_hashed(&mut self, hashed: Hashed<'_>) -> bool {
-        let Some((key, record)) = self.keys.remove_hashed(hashed) else {
+        let Some((key, labels)) = self.keys.remove_hashed(hashed) else {
             return false;
         };
+        let record = KeyRecord { key: &key, labels: &labels };
         if let Some(added) = self.bulk.as_mut().filter(|added| !added.is_empty()) {
             // The key may be among those not in their tenant's order yet.
             let added = std::mem::take(added);
             self.place_in_tenants(added);
         }
-        self.pending.counting_sees_change(record.born, &key, record.tenant(), record.tags());
-        if self.dead(&key, &record) {
+        self.pending.counting_sees_change(record.born(), &key, record.tenant(), record.tags());
+        if self.dead(record) {
             self.pending.dead_gone();
         }
-        self.expiries.remove(hashed, record.expires_at);
-        self.entry_bytes = self.entry_bytes.saturating_sub(record.entry_bytes);
+        self.expiries.remove(hashed, record.expires_at());
+        self.entry_bytes = self.entry_bytes.saturating_sub(record.entry_bytes());
         let mut freed = footprint::key(&key);
         if let Some(set) = self.tenants.get_mut(record.tenant()) {
             let before = footprint::tenant(record.tenant(), set);
@@ -826,9 +830,9 @@ impl DbIndex {
 
     /// Keys of `tenant` (or of every tenant for `None`) whose names match `glob`, in name order
     /// within a tenant, at most `limit`. Only the glob's literal-prefix range is walked.
-    pub fn matching(&self, tenant: Option<&[u8]>, glob: &Glob, limit: usize) -> Vec<Name> {
+    pub fn matching(&self, tenant: Option<&[u8]>, glob: &Glob, limit: usize) -> Vec<Key> {
         let mut out = Vec::new();
-        let mut scan = |keys: &BTreeSet<Name>| {
+        let mut scan = |keys: &BTreeSet<Key>| {
             let prefix = glob.literal_prefix();
             let range = keys.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded));
             for key in range.take_while(|k| k.starts_with(prefix)) {
@@ -856,14 +860,14 @@ impl DbIndex {
     }
 
     /// Distinct keys carrying any of `tags`.
-    pub fn tagged(&self, tags: &[Vec<u8>]) -> Vec<Name> {
-        let mut seen: HashSet<Name> = HashSet::new();
+    pub fn tagged(&self, tags: &[Vec<u8>]) -> Vec<Key> {
+        let mut seen: HashSet<Key> = HashSet::new();
         for tag in tags {
             if let Some(members) = self.tags.get(tag.as_slice()) {
                 seen.extend(members.iter().cloned());
             }
         }
-        let mut out: Vec<Name> = seen.into_iter().filter(|k| !self.is_dead(k)).collect();
+        let mut out: Vec<Key> = seen.into_iter().filter(|k| !self.is_dead(k)).collect();
         out.sort();
         out
     }
@@ -874,14 +878,15 @@ impl DbIndex {
 
     /// All indexed keys with what the index holds for them (for consistency checks).
     pub fn entries(&self) -> impl Iterator<Item = (&[u8], Indexed)> + '_ {
-        self.keys.iter().map(|(k, r)| (k.as_ref(), Indexed::of(r)))
+        records(&self.keys).map(|r| (r.key.as_ref(), Indexed::of(r)))
     }
 
     /// Checks the three maps agree with each other; returns the first problem found.
     pub fn self_check(&self) -> Result<(), String> {
-        for (key, record) in self.keys.iter() {
+        for record in records(&self.keys) {
+            let key = record.key;
             // An invalidated entry may have left its sets already (they moved into its job).
-            if self.dead(key, record) {
+            if self.dead(record) {
                 continue;
             }
             if !self.tenants.get(record.tenant()).is_some_and(|s| s.keys.names.contains(key)) {
@@ -894,15 +899,15 @@ impl DbIndex {
             }
         }
         for (tenant, set) in self.tenants.iter() {
-            if let Some(key) = set.keys.names.iter().find(|k| self.keys.get(k).is_none_or(|r| r.tenant() != tenant)) {
+            if let Some(key) = set.keys.names.iter().find(|k| record(&self.keys, k).is_none_or(|r| r.tenant() != tenant)) {
                 return Err(format!("tenant {} lists key {}, not one of its entries", show(tenant), show(key)));
             }
         }
-        let expiring = self.keys.values().filter(|r| r.expires_at != expiry::NEVER).count();
+        let expiring = self.keys.keys().filter(|k| k.expires_at() != expiry::NEVER).count();
         if expiring != self.expiries.len() {
             return Err(format!("{expiring} keys have a TTL, expiry buckets hold {}", self.expiries.len()));
         }
-        if let Some((key, _)) = self.keys.iter().find(|(k, r)| !self.expiries.contains(k, r.expires_at)) {
+        if let Some(key) = self.keys.keys().find(|k| !self.expiries.contains(k, k.expires_at())) {
             return Err(format!("key {} missing from its expiry bucket", show(key)));
         }
         if self.has_pending() {
@@ -916,7 +921,7 @@ impl DbIndex {
             ));
         }
         let tag_members: usize = self.tags.iter().map(|(_, m)| m.len()).sum();
-        let tag_refs: usize = self.keys.values().map(|r| r.tags().len()).sum();
+        let tag_refs: usize = self.keys.values().map(|l| l.tags().len()).sum();
         if tag_members != tag_refs {
             return Err(format!("tag sets hold {tag_members} references, keys carry {tag_refs}"));
         }
@@ -948,7 +953,7 @@ impl DbIndex {
 /// What the allocator holds per name and per structure of the index, sized the way jemalloc
 /// rounds requests.
 mod footprint {
-    use super::{Name, Tenant};
+    use super::{Key, Name, Tenant};
     use crate::mem::{allocation, sum, times};
     use std::mem::size_of;
 
@@ -956,8 +961,8 @@ mod footprint {
     /// B-tree leaves hold up to 11 names plus links; count them two-thirds full.
     const BTREE_NODE: usize = 11 * PTR + 16;
 
-    /// A key's name (its tag list is the entry's, counted with it).
-    pub fn key(key: &Name) -> usize {
+    /// A key's name and record (its labels are the entry's, counted with it).
+    pub fn key(key: &Key) -> usize {
         key.footprint()
     }
 
@@ -1162,7 +1167,7 @@ mod tests {
         t.iter().map(|s| s.as_bytes().to_vec()).collect()
     }
 
-    fn names(v: Vec<Name>) -> Vec<String> {
+    fn names(v: Vec<Key>) -> Vec<String> {
         v.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect()
     }
 
@@ -1569,7 +1574,7 @@ mod tests {
     /// Runs the reclaimer to the end as the engine would (a stale entry is restamped once its
     /// TTL is shortened, a dead one removed), calling `between` after every step; returns the
     /// names marked stale, in order.
-    fn drain(ix: &mut DbIndex, mut between: impl FnMut(&mut DbIndex, usize)) -> Vec<Name> {
+    fn drain(ix: &mut DbIndex, mut between: impl FnMut(&mut DbIndex, usize)) -> Vec<Key> {
         let mut marked = Vec::new();
         let mut steps = 0;
         while let Some(step) = ix.next_step() {
@@ -1619,14 +1624,14 @@ mod tests {
                     ix.remove(format!("k{}", 29_999 - step).as_bytes());
                 }
             });
-            let unique: HashSet<&Name> = marked.iter().collect();
+            let unique: HashSet<&[u8]> = marked.iter().map(|k| k.as_bytes()).collect();
             assert_eq!(unique.len(), marked.len(), "{which}: an entry was marked twice");
             // Every covered entry still there was marked; nothing written after was.
             for i in 0..30_000 {
                 let k = format!("k{i}");
                 let covered = covers_u || i % 3 != 0;
                 if covered && ix.contains(k.as_bytes()) {
-                    assert!(unique.contains(&Name::from(k.as_bytes())), "{which}: {k} never marked");
+                    assert!(unique.contains(k.as_bytes()), "{which}: {k} never marked");
                 }
             }
             assert!(marked.iter().all(|k| k.starts_with(b"k")), "{which}: a later write was marked");
@@ -1667,19 +1672,19 @@ mod tests {
         for i in 0..5 {
             put(&mut ix, format!("k{i}").as_bytes(), b"t", &[], 10);
         }
-        let k1 = Name::from(&b"k1"[..]);
-        ix.soften_names(Selector::Names(HashSet::from([k1.clone()])), vec![k1], 100, 100);
+        let k1 = Key::new_key(b"k1", 0, expiry::NEVER, 0);
+        ix.soften_names(Selector::Names(HashSet::from([Name::new(&k1)])), vec![k1], 100, 100);
         softened_tenant(&mut ix, Some(b"t"), 200, 200);
         let mut saved = ix.stale_names();
         saved.sort();
         assert_eq!(saved.len(), 5);
-        assert!(saved.contains(&(Name::from(&b"k1"[..]), 100)));
-        assert!(saved.contains(&(Name::from(&b"k2"[..]), 200)));
+        assert!(saved.contains(&(Key::new_key(b"k1", 0, expiry::NEVER, 0), 100)));
+        assert!(saved.contains(&(Key::new_key(b"k2", 0, expiry::NEVER, 0), 200)));
         let mut loaded = DbIndex::default();
         for i in 0..5 {
             put(&mut loaded, format!("k{i}").as_bytes(), b"t", &[], 10);
         }
-        loaded.soften_exactly(saved.into_iter().collect());
+        loaded.soften_exactly(saved.into_iter().map(|(k, at)| (Name::new(&k), at)).collect());
         assert_eq!(loaded.stale_since(b"k1"), Some(100));
         assert_eq!(loaded.stale_since(b"k4"), Some(200));
         assert_eq!(drain(&mut loaded, |_, _| {}).len(), 5);

@@ -31,6 +31,7 @@ pub mod ffi;
 pub mod glob;
 pub mod hash;
 pub mod index;
+pub mod key;
 pub mod lease;
 pub mod mem;
 pub mod name;

@@ -1,6 +1,6 @@
-//! A shared name (key, tenant or tag): one allocation holding the reference count, the length
-//! and the bytes, reached through an 8-byte pointer. The index holds each key name in up to
-//! six places (key records, tenant order, member sets, expiry bucket…): a fat `Arc<[u8]>`
+//! A shared name (key, tenant or tag): one allocation holding the reference count, a header,
+//! the length and the bytes, reached through an 8-byte pointer. The index holds each key name
+//! in up to six places (key map, tenant order, member sets, expiry bucket…): a fat `Arc<[u8]>`
 //! would spend 16 bytes on each.
 
 use std::borrow::Borrow;
@@ -10,23 +10,43 @@ use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 use triomphe::ThinArc;
 
-#[derive(Clone)]
-pub struct Name(ThinArc<(), u8>);
+/// A shared name with a header `H` in the same allocation (see `Key` for the one with a
+/// header): equality, order and hash are those of the bytes alone.
+pub struct Named<H>(ThinArc<H, u8>);
 
-impl Name {
-    pub fn new(bytes: &[u8]) -> Name {
-        Name(ThinArc::from_header_and_slice((), bytes))
+/// A tenant's or a tag's name, or a key's outside the index.
+pub type Name = Named<()>;
+
+impl<H> Clone for Named<H> {
+    fn clone(&self) -> Self {
+        Named(self.0.clone())
+    }
+}
+
+impl<H> Named<H> {
+    pub fn with_header(header: H, bytes: &[u8]) -> Self {
+        Named(ThinArc::from_header_and_slice(header, bytes))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.0.slice
     }
 
-    /// Bytes the allocator holds for this name: the reference count and the length, then the
-    /// bytes.
+    pub fn header(&self) -> &H {
+        &self.0.header.header
+    }
+
+    /// Bytes the allocator holds for this name: the reference count, the header and the
+    /// length, then the bytes.
     pub fn footprint(&self) -> usize {
-        const HEADER: usize = 2 * std::mem::size_of::<usize>();
-        crate::mem::allocation(self.len().saturating_add(HEADER))
+        let header = 2usize.saturating_mul(std::mem::size_of::<usize>()).saturating_add(std::mem::size_of::<H>());
+        crate::mem::allocation(self.len().saturating_add(header))
+    }
+}
+
+impl Name {
+    pub fn new(bytes: &[u8]) -> Name {
+        Named::with_header((), bytes)
     }
 }
 
@@ -36,20 +56,20 @@ impl Default for Name {
     }
 }
 
-impl Deref for Name {
+impl<H> Deref for Named<H> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         self.as_bytes()
     }
 }
 
-impl Borrow<[u8]> for Name {
+impl<H> Borrow<[u8]> for Named<H> {
     fn borrow(&self) -> &[u8] {
         self.as_bytes()
     }
 }
 
-impl AsRef<[u8]> for Name {
+impl<H> AsRef<[u8]> for Named<H> {
     fn as_ref(&self) -> &[u8] {
         self.as_bytes()
     }
@@ -57,33 +77,33 @@ impl AsRef<[u8]> for Name {
 
 /// Equality, order and hash are those of the bytes (so a map of names can be searched by
 /// `&[u8]`); the same allocation is equal without comparing them.
-impl PartialEq for Name {
-    fn eq(&self, other: &Name) -> bool {
+impl<H> PartialEq for Named<H> {
+    fn eq(&self, other: &Self) -> bool {
         self.0.ptr() == other.0.ptr() || self.as_bytes() == other.as_bytes()
     }
 }
 
-impl Eq for Name {}
+impl<H> Eq for Named<H> {}
 
-impl PartialOrd for Name {
-    fn partial_cmp(&self, other: &Name) -> Option<Ordering> {
+impl<H> PartialOrd for Named<H> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for Name {
-    fn cmp(&self, other: &Name) -> Ordering {
+impl<H> Ord for Named<H> {
+    fn cmp(&self, other: &Self) -> Ordering {
         self.as_bytes().cmp(other.as_bytes())
     }
 }
 
-impl Hash for Name {
+impl<H> Hash for Named<H> {
     fn hash<S: Hasher>(&self, state: &mut S) {
         self.as_bytes().hash(state);
     }
 }
 
-impl fmt::Debug for Name {
+impl<H> fmt::Debug for Named<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_bytes(), f)
     }

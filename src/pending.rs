@@ -16,6 +16,7 @@ use crate::shardmap::ShardMap;
 use std::collections::{btree_set, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 
+pub use crate::key::Key;
 pub use crate::name::Name;
 
 /// Which entries an invalidation covers.
@@ -49,16 +50,16 @@ impl Selector {
 #[derive(Debug)]
 pub enum Todo {
     /// A tenant's name set, whole (a count may still walk it), consumed once visited.
-    Tenant(BTreeSet<Name>),
+    Tenant(BTreeSet<Key>),
     /// A tag's member set, whole (a count may still walk it), consumed once visited.
-    Tag(ShardMap<Name, ()>),
-    Sorted(btree_set::IntoIter<Name>),
-    Hashed(crate::shardmap::IntoKeys<Name, ()>),
-    Listed(std::vec::IntoIter<Name>),
+    Tag(ShardMap<Key, ()>),
+    Sorted(btree_set::IntoIter<Key>),
+    Hashed(crate::shardmap::IntoKeys<Key, ()>),
+    Listed(std::vec::IntoIter<Key>),
 }
 
 impl Todo {
-    fn next(&mut self) -> Option<Name> {
+    fn next(&mut self) -> Option<Key> {
         match self {
             Todo::Tenant(set) => {
                 *self = Todo::Sorted(std::mem::take(set).into_iter());
@@ -94,7 +95,7 @@ impl Todo {
     }
 
     /// The next names a count visits after `at`, advancing it; None once the set is done.
-    fn count_batch(&self, at: &mut Counted) -> Option<Vec<Name>> {
+    fn count_batch(&self, at: &mut Counted) -> Option<Vec<Key>> {
         match (self, at) {
             (Todo::Tenant(set), Counted::After(after)) => sorted_batch(set, after),
             (Todo::Tag(set), Counted::Buckets { bits, next }) => bucket_batch(*bits, next, |b| set.names_in_bucket(*bits, b)),
@@ -109,17 +110,17 @@ impl Todo {
 
 /// The next names of an ordered set after `after` (a few hundred), advancing it; None once
 /// nothing is left.
-pub fn sorted_batch(set: &BTreeSet<Name>, after: &mut Option<Name>) -> Option<Vec<Name>> {
+pub fn sorted_batch(set: &BTreeSet<Key>, after: &mut Option<Key>) -> Option<Vec<Key>> {
     const BATCH: usize = 256;
     let from = after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(&a[..]));
-    let out: Vec<Name> = set.range::<[u8], _>((from, Bound::Unbounded)).take(BATCH).cloned().collect();
+    let out: Vec<Key> = set.range::<[u8], _>((from, Bound::Unbounded)).take(BATCH).cloned().collect();
     *after = Some(out.last()?.clone());
     Some(out)
 }
 
 /// The names of the next few hash buckets out of `2^bits` (`in_bucket` lists one), advancing
 /// `next`; None once past the last bucket. A batch may be empty.
-pub fn bucket_batch(bits: u32, next: &mut u64, in_bucket: impl Fn(u64) -> Vec<Name>) -> Option<Vec<Name>> {
+pub fn bucket_batch(bits: u32, next: &mut u64, in_bucket: impl Fn(u64) -> Vec<Key>) -> Option<Vec<Key>> {
     const BUCKETS_PER_BATCH: u32 = 16;
     let last = crate::shardmap::bucket_mask(bits);
     if *next > last {
@@ -150,7 +151,7 @@ pub struct Job {
 #[derive(Debug, Clone)]
 pub enum Counted {
     /// A tenant set, in name order.
-    After(Option<Name>),
+    After(Option<Key>),
     /// A tag set, bucket by bucket (`ShardMap::names_in_bucket`).
     Buckets { bits: u32, next: u64 },
 }
@@ -187,9 +188,9 @@ struct Ticket {
 #[derive(Debug)]
 pub enum Walk {
     /// Exactly these names.
-    Listed(std::vec::IntoIter<Name>),
+    Listed(std::vec::IntoIter<Key>),
     /// A tenant's ordered names, after the last one visited.
-    Tenant { tenant: Name, after: Option<Name> },
+    Tenant { tenant: Name, after: Option<Key> },
     /// A tag's members, bucket by bucket (see `ShardMap::names_in_bucket`).
     Tag { tag: Name, bits: u32, bucket: u64 },
     /// Every entry of the database, bucket by bucket.
@@ -207,7 +208,7 @@ pub struct StaleJob {
     pub selector: Selector,
     pub walk: Walk,
     /// Names found by the walk, still to visit.
-    pub batch: Vec<Name>,
+    pub batch: Vec<Key>,
     /// Covered entries not visited yet (an estimate, for statistics).
     pub left: usize,
     /// While its answer is being counted (in place, in the set its selector names).
@@ -358,7 +359,7 @@ impl Pending {
     /// The next names the oldest counting job visits, with its index and epoch, advancing its
     /// walk; a job that has nothing left is finished (its ticket answered when its last job
     /// is) and the next one asked.
-    pub fn next_to_count(&mut self) -> Option<(usize, u64, Vec<Name>)> {
+    pub fn next_to_count(&mut self) -> Option<(usize, u64, Vec<Key>)> {
         loop {
             let i = self.jobs.iter().position(|j| j.count.is_some())?;
             let job = self.jobs.get_mut(i)?;
@@ -501,7 +502,7 @@ impl Pending {
     /// The next name to visit, dropping finished jobs first (their last name was dealt with by
     /// the caller before it asked again); None when nothing is pending or the oldest job is
     /// still counting.
-    pub fn next_name(&mut self) -> Option<Name> {
+    pub fn next_name(&mut self) -> Option<Key> {
         loop {
             let job = self.jobs.front_mut()?;
             if job.count.is_some() {
@@ -537,6 +538,10 @@ mod tests {
         Name::from(s.as_bytes())
     }
 
+    fn k(s: &str) -> Key {
+        Key::new_key(s.as_bytes(), 0, crate::expiry::NEVER, 0)
+    }
+
     #[test]
     fn selectors_cover_what_they_name() {
         let tags = [n("a"), n("b")];
@@ -559,7 +564,7 @@ mod tests {
     fn a_job_covers_only_what_was_written_before_it() {
         let mut p = Pending::default();
         let before = p.epoch();
-        p.push(Selector::All, Todo::Listed(vec![n("k")].into_iter()), 1);
+        p.push(Selector::All, Todo::Listed(vec![k("k")].into_iter()), 1);
         let after = p.epoch();
         assert!(p.covers(before, b"k", b"t", &[]));
         assert!(!p.covers(after, b"k", b"t", &[]));
@@ -568,14 +573,14 @@ mod tests {
     #[test]
     fn names_are_visited_in_job_order_and_finished_jobs_drop() {
         let mut p = Pending::default();
-        p.push(Selector::All, Todo::Listed(vec![n("a"), n("b")].into_iter()), 2);
-        p.push(Selector::All, Todo::Sorted(std::collections::BTreeSet::from([n("d"), n("c")]).into_iter()), 2);
+        p.push(Selector::All, Todo::Listed(vec![k("a"), k("b")].into_iter()), 2);
+        p.push(Selector::All, Todo::Sorted(std::collections::BTreeSet::from([k("d"), k("c")]).into_iter()), 2);
         assert_eq!(p.names_left(), 4);
         let mut seen = Vec::new();
         while let Some(name) = p.next_name() {
             seen.push(name);
         }
-        assert_eq!(seen, vec![n("a"), n("b"), n("c"), n("d")]);
+        assert_eq!(seen, vec![k("a"), k("b"), k("c"), k("d")]);
         assert!(p.is_empty());
         assert_eq!(p.names_left(), 0);
     }

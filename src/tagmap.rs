@@ -5,13 +5,14 @@
 //! an `Option<Name>` is 8 bytes where an enum of a name or a set is 16 (it needs a
 //! discriminant), and the slot of every tag is that much smaller.
 
+use crate::key::Key;
 use crate::name::Name;
 use crate::shardmap::{Entry, Hashed, ShardMap};
 
 /// Key names, and the epoch the oldest of them was written in or before (see `pending`): when
 /// no pending invalidation is that recent, none of them is invalidated.
 #[derive(Debug, Default)]
-pub struct NameSet<S = ShardMap<Name, ()>> {
+pub struct NameSet<S = ShardMap<Key, ()>> {
     pub since: u64,
     pub names: S,
 }
@@ -19,14 +20,14 @@ pub struct NameSet<S = ShardMap<Name, ()>> {
 /// The keys of one tag, borrowed.
 #[derive(Debug, Clone, Copy)]
 pub enum Members<'a> {
-    One(&'a Name),
+    One(&'a Key),
     Many(&'a NameSet),
 }
 
 /// The keys of one tag, taken out of the map.
 #[derive(Debug)]
 pub enum Taken {
-    One(Name),
+    One(Key),
     Many(NameSet),
 }
 
@@ -49,7 +50,7 @@ impl<'a> Members<'a> {
         }
     }
 
-    pub fn iter(self) -> Box<dyn Iterator<Item = &'a Name> + 'a> {
+    pub fn iter(self) -> Box<dyn Iterator<Item = &'a Key> + 'a> {
         match self {
             Members::One(k) => Box::new(std::iter::once(k)),
             Members::Many(set) => Box::new(set.names.keys()),
@@ -58,7 +59,7 @@ impl<'a> Members<'a> {
 
     /// The members whose hash has `bucket` in its low `bits` bits (see
     /// `ShardMap::names_in_bucket`).
-    pub fn in_bucket(self, bits: u32, bucket: u64) -> Vec<Name> {
+    pub fn in_bucket(self, bits: u32, bucket: u64) -> Vec<Key> {
         match self {
             Members::One(k) if crate::shardmap::bucket_of(k, bits) == bucket => vec![k.clone()],
             Members::One(_) => Vec::new(),
@@ -75,7 +76,7 @@ fn footprint(tag: &Name, set: Option<&NameSet>) -> usize {
 #[derive(Debug, Default)]
 pub struct TagMap {
     /// Every tag: its one key, or None when its keys are in `sets`.
-    tags: ShardMap<Name, Option<Name>>,
+    tags: ShardMap<Name, Option<Key>>,
     /// The tags carried by more than one key.
     sets: ShardMap<Name, NameSet>,
     /// Heap bytes of the tag names and of the sets' tables (kept up to date).
@@ -107,7 +108,7 @@ impl TagMap {
 
     /// Adds `key` (whose name hashes to `hash`) to the keys of `tag`; `born_of` gives the write
     /// epoch of a key already there. Returns the map's shared copy of the tag's name.
-    pub fn add(&mut self, tag: &Name, key: &Name, hash: u64, born_of: impl FnOnce(&[u8]) -> u64) -> Name {
+    pub fn add(&mut self, tag: &Name, key: &Key, hash: u64, born_of: impl FnOnce(&[u8]) -> u64) -> Name {
         let t = Hashed::of(tag);
         let mut added = 0;
         let mut became_many = None;
@@ -243,17 +244,17 @@ impl TagMap {
 mod tests {
     use super::*;
 
-    fn key(i: usize) -> Name {
-        Name::new(format!("k{i}").as_bytes())
+    fn key(i: usize) -> Key {
+        Key::new_key(format!("k{i}").as_bytes(), 0, crate::expiry::NEVER, 0)
     }
 
-    fn add(map: &mut TagMap, tag: &str, k: &Name) -> Name {
+    fn add(map: &mut TagMap, tag: &str, k: &Key) -> Name {
         map.add(&Name::new(tag.as_bytes()), k, Hashed::of(k).hash, |_| 0)
     }
 
     #[test]
     fn a_tag_slot_is_two_pointers() {
-        assert_eq!(std::mem::size_of::<(Name, Option<Name>)>(), 16);
+        assert_eq!(std::mem::size_of::<(Name, Option<Key>)>(), 16);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::config;
 use crate::engine;
 use crate::fences::Action;
 use crate::glob::Glob;
-use crate::index::{show, How, Name};
+use crate::index::{show, How, Key, Name};
 use crate::pending::Selector;
 use crate::reclaim;
 use crate::keyspace;
@@ -217,7 +217,7 @@ fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Gl
                 .unwrap_or_default()
         })
     };
-    let names = |v: &[Name]| v.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
+    let names = |v: &[Key]| v.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
     if glob.matches_everything() {
         let at_most = with_state(|s| s.index.db(db).map_or(0, |ix| ix.tenant_len(scope)));
         if !large_invalidation(at_most) {
@@ -246,7 +246,7 @@ fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Gl
 /// is walked in place for SOFT), several tags the union of their members.
 fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>], how: How) -> Result<Option<Reply>, RedisError> {
     let tagged = || with_state(|s| s.index.db(db).map(|ix| ix.tagged(tags)).unwrap_or_default());
-    let names = |v: &[Name]| v.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
+    let names = |v: &[Key]| v.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
     if let [tag] = tags {
         let at_most = with_state(|s| s.index.db(db).map_or(0, |ix| ix.tag_len(tag)));
         if !large_invalidation(at_most) {
