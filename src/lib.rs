@@ -35,6 +35,7 @@ pub mod key;
 pub mod lease;
 pub mod mem;
 pub mod name;
+pub mod ordered;
 pub mod pending;
 pub mod shardmap;
 pub mod parking;

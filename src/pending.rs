@@ -13,7 +13,8 @@
 
 use crate::glob::Glob;
 use crate::shardmap::ShardMap;
-use std::collections::{btree_set, BTreeSet, HashMap, HashSet, VecDeque};
+use crate::ordered::{self, OrderedKeys};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 
 pub use crate::key::Key;
@@ -50,10 +51,10 @@ impl Selector {
 #[derive(Debug)]
 pub enum Todo {
     /// A tenant's name set, whole (a count may still walk it), consumed once visited.
-    Tenant(BTreeSet<Key>),
+    Tenant(OrderedKeys),
     /// A tag's member set, whole (a count may still walk it), consumed once visited.
     Tag(ShardMap<Key, ()>),
-    Sorted(btree_set::IntoIter<Key>),
+    Sorted(ordered::IntoKeys),
     Hashed(crate::shardmap::IntoKeys<Key, ()>),
     Listed(std::vec::IntoIter<Key>),
 }
@@ -110,10 +111,10 @@ impl Todo {
 
 /// The next names of an ordered set after `after` (a few hundred), advancing it; None once
 /// nothing is left.
-pub fn sorted_batch(set: &BTreeSet<Key>, after: &mut Option<Key>) -> Option<Vec<Key>> {
+pub fn sorted_batch(set: &OrderedKeys, after: &mut Option<Key>) -> Option<Vec<Key>> {
     const BATCH: usize = 256;
     let from = after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(&a[..]));
-    let out: Vec<Key> = set.range::<[u8], _>((from, Bound::Unbounded)).take(BATCH).cloned().collect();
+    let out: Vec<Key> = set.range_from(from).take(BATCH).cloned().collect();
     *after = Some(out.last()?.clone());
     Some(out)
 }
@@ -574,7 +575,7 @@ mod tests {
     fn names_are_visited_in_job_order_and_finished_jobs_drop() {
         let mut p = Pending::default();
         p.push(Selector::All, Todo::Listed(vec![k("a"), k("b")].into_iter()), 2);
-        p.push(Selector::All, Todo::Sorted(std::collections::BTreeSet::from([k("d"), k("c")]).into_iter()), 2);
+        p.push(Selector::All, Todo::Sorted(OrderedKeys::from_iter([k("d"), k("c")]).into_iter()), 2);
         assert_eq!(p.names_left(), 4);
         let mut seen = Vec::new();
         while let Some(name) = p.next_name() {
