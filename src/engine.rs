@@ -132,10 +132,13 @@ pub fn store(
     key: &RedisString,
     value: &RedisString,
     opts: &WriteOptions,
-    entry: Entry,
+    entry: Option<Box<Entry>>,
     deadline: Deadline,
     notice: Notice,
 ) -> Result<(), RedisError> {
+    let Some(mut entry) = entry else {
+        return Err(err("could not allocate the entry"));
+    };
     let name = key.as_slice();
     let now = keyspace::now_ms();
     let ttl = deadline.key_ttl_ms(now);
@@ -152,19 +155,19 @@ pub fn store(
         return Ok(());
     }
     let mut handle = Key::write(ctx, key);
-    // Overwriting one of our entries happens in place: no free/alloc, no unlink2, and the index
-    // is only touched when the tenant or tags change.
-    let reindex = match handle.entry() {
-        Some(old) => {
-            let changed = old.labels() != entry.labels();
-            let mut entry = entry;
-            if !changed {
+    // Overwriting one of our entries swaps the value under the key: no unlink2, the TTL kept,
+    // and the index is only touched when the tenant or tags change.
+    let unchanged = handle.entry().map(|old| (old.labels() == entry.labels()).then(|| old.labels().clone()));
+    let reindex = match unchanged {
+        Some(same) => {
+            if let Some(shared) = &same {
                 // Same names: keep the labels the entry shares with the index.
-                let shared = old.labels().clone();
-                entry.relabel(|l| *l = shared);
+                entry.relabel(|l| *l = shared.clone());
             }
-            *old = entry;
-            changed
+            if !handle.replace_entry(entry) {
+                return Err(err("could not store the entry"));
+            }
+            same.is_none()
         }
         None => {
             if !handle.set_entry(entry) {
@@ -293,12 +296,12 @@ pub fn soft_deleted_pending(ctx: &Context, name: &[u8]) -> bool {
     };
     let key = keyspace::string(ctx, name);
     let mut handle = Key::read(ctx, &key);
-    handle.entry().is_some_and(|e| soft_deletes(at_ms, e.stale_ms, keyspace::now_ms()))
+    handle.entry().is_some_and(|e| soft_deletes(at_ms, e.stale_ms(), keyspace::now_ms()))
 }
 
 fn make_stale(ctx: &Context, key: &RedisString, at_ms: i64, now: i64) -> Staled {
     let mut handle = Key::write(ctx, key);
-    let Some((tenant, stale_ms)) = handle.entry().map(|e| (e.tenant().clone(), e.stale_ms)) else {
+    let Some((tenant, stale_ms)) = handle.entry().map(|e| (e.tenant().clone(), e.stale_ms())) else {
         return Staled::NotEntry;
     };
     if soft_deletes(at_ms, stale_ms, now) {

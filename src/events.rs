@@ -88,7 +88,7 @@ fn fence_arrival(ctx: &Context, name: &RedisString) {
     let Some(action) = strongest(applying) else {
         return;
     };
-    entry.fence = Some(action);
+    entry.set_fence(Some(action));
     drop(key);
     start_timer(ctx, 0, (db, name.as_slice().to_vec(), action), invalidate_fenced);
 }
@@ -103,8 +103,8 @@ fn invalidate_fenced(ctx: &Context, (db, key, action): (i32, Vec<u8>, Action)) {
     let tenant = {
         let mut handle = Key::peek(ctx, &name);
         match handle.entry() {
-            Some(e) if e.fence == Some(action) => {
-                e.fence = None;
+            Some(e) if e.fence() == Some(action) => {
+                e.set_fence(None);
                 e.tenant().clone()
             }
             _ => return,
@@ -128,7 +128,7 @@ pub fn reindex_key(ctx: &Context, name: &RedisString) {
         return;
     };
     let bytes = name.as_slice();
-    if !entry.tenant_explicit {
+    if !entry.tenant_explicit() {
         entry.set_tenant(derived_tenant(bytes).into());
     }
     let db = keyspace::selected_db(ctx.ctx);
@@ -145,7 +145,7 @@ pub fn rebuild_index(ctx: &Context) {
         s.index.begin_bulk();
     });
     for_each_entry(ctx, |db, name, entry, expires_at| {
-        if !entry.tenant_explicit {
+        if !entry.tenant_explicit() {
             entry.set_tenant(crate::policy::tenant_from_key(name, regex.as_ref().as_ref()).into());
         }
         with_state(|s| s.index_insert(db, name, entry, expires_at));

@@ -1329,7 +1329,7 @@ mod tests {
         use crate::entry::Entry;
         let mut ix = DbIndex::default();
         put(&mut ix, b"first", b"t", &[], 10);
-        let mut entry = Entry::new(Box::from(&b"v"[..]), Labels::new(Name::from(&b"t"[..]), vec![Name::from(&b"x"[..])]), false, 0, 0);
+        let mut entry = Entry::new(b"v", Labels::new(Name::from(&b"t"[..]), vec![Name::from(&b"x"[..])]), false, 0, 0).expect("allocated");
         let fresh = entry.tenant().as_ptr();
         entry.relabel(|labels| ix.insert(b"k", labels, 10, expiry::NEVER));
         let shared = ix.matching(Some(b"t"), &Glob::new(b"*"), usize::MAX);

@@ -99,7 +99,7 @@ pub struct Found<'a> {
 impl Found<'_> {
     /// An entry a migration fence is about to delete is no value at all.
     fn usable(&self) -> bool {
-        self.entry.fence != Some(Action::Delete)
+        self.entry.fence() != Some(Action::Delete)
     }
 }
 
@@ -112,7 +112,7 @@ pub fn decide(found: Option<Found<'_>>, missing_tenant: &[u8], leases: &mut Leas
         leases.grant(db, key, now, opts.lease_ms, tenant)
     };
     let decision = match found.filter(Found::usable) {
-        Some(f) if f.entry.is_fresh(f.ttl_ms) && f.entry.fence.is_none() => {
+        Some(f) if f.entry.is_fresh(f.ttl_ms) && f.entry.fence().is_none() => {
             let chosen = early_refresh_chance(f, opts).is_some_and(|p| leases.current(db, key, now).is_none() && leases.next_unit() < p);
             Decision::Hit { refresh: if chosen { grant(leases, f.entry.tenant()) } else { None } }
         }
@@ -130,10 +130,10 @@ pub fn decide(found: Option<Found<'_>>, missing_tenant: &[u8], leases: &mut Leas
 fn early_refresh_chance(found: Found<'_>, opts: &GetOptions) -> Option<f64> {
     let beta = opts.early_beta?;
     let left = found.entry.fresh_ms(found.ttl_ms)?;
-    if found.entry.fill_ms == 0 {
+    if found.entry.fill_ms() == 0 {
         return None;
     }
-    Some((-(left as f64) / (beta * f64::from(found.entry.fill_ms))).exp())
+    Some((-(left as f64) / (beta * f64::from(found.entry.fill_ms()))).exp())
 }
 
 /// Evaluates GETORMARK for `key` now and answers unless the verdict is BUSY. Shared by the
@@ -147,7 +147,7 @@ pub fn evaluate(ctx: &Context, key: &RedisString, db: i32, opts: &GetOptions) ->
     }
     let ttl_ms = handle.ttl_ms();
     let found = handle.entry().map(|entry| Found { entry: &*entry, ttl_ms });
-    let value: &[u8] = found.filter(Found::usable).map_or(&[], |f| &f.entry.value);
+    let value: &[u8] = found.filter(Found::usable).map_or(&[], |f| f.entry.value());
     // Whom the statistics count: the entry's tenant, or for a key without one the tenant
     // worked out before the state is locked (it reads the index and the leases).
     let missing_tenant = match found.filter(Found::usable) {
@@ -191,8 +191,8 @@ mod tests {
         GetOptions { lease_ms, early_beta, tenant: None }
     }
 
-    fn entry(stale_ms: i64, fill_ms: u32) -> Entry {
-        Entry::new(b"v".as_slice().into(), crate::name::Labels::new(b"t".as_slice().into(), Vec::new()), false, stale_ms, fill_ms)
+    fn entry(stale_ms: i64, fill_ms: u32) -> Box<Entry> {
+        Entry::new(b"v", crate::name::Labels::new(b"t".as_slice().into(), Vec::new()), false, stale_ms, fill_ms).expect("allocated")
     }
 
     /// One GETORMARK at `now` against `found`, the key's entry and remaining TTL.
@@ -209,11 +209,11 @@ mod tests {
     fn a_fresh_entry_is_a_hit_and_takes_no_lease() {
         let mut leases = Leases::with_salt(1);
         let e = entry(0, 0);
-        let d = ask(&mut leases, Some((&e, Some(60_000))), T0, &opts(5_000, None));
+        let d = ask(&mut leases, Some((&*e, Some(60_000))), T0, &opts(5_000, None));
         assert_eq!(d.decision, Decision::Hit { refresh: None });
         assert_eq!(events(&d), vec![Event::Hit]);
         assert!(leases.is_empty());
-        let d = ask(&mut leases, Some((&e, None)), T0, &opts(5_000, None));
+        let d = ask(&mut leases, Some((&*e, None)), T0, &opts(5_000, None));
         assert_eq!(d.decision, Decision::Hit { refresh: None }, "no TTL: fresh for ever");
     }
 
@@ -253,14 +253,14 @@ mod tests {
         let o = opts(1_000, None);
         // 10 s of TTL left, all of it stale window: stale now.
         let e = entry(10_000, 0);
-        let first = ask(&mut leases, Some((&e, Some(10_000))), T0, &o);
+        let first = ask(&mut leases, Some((&*e, Some(10_000))), T0, &o);
         assert!(matches!(first.decision, Decision::Stale { refresh: Some(_) }), "{first:?}");
         assert_eq!(events(&first), vec![Event::StaleHit, Event::LeaseGranted]);
         assert_eq!(leases.tenant_of(DB, KEY), Some(&b"t"[..]), "the entry's tenant, not the guess");
-        let second = ask(&mut leases, Some((&e, Some(9_500))), T0 + 500, &o);
+        let second = ask(&mut leases, Some((&*e, Some(9_500))), T0 + 500, &o);
         assert_eq!(second.decision, Decision::Stale { refresh: None });
         assert_eq!(events(&second), vec![Event::StaleHit]);
-        let third = ask(&mut leases, Some((&e, Some(8_900))), T0 + 1_100, &o);
+        let third = ask(&mut leases, Some((&*e, Some(8_900))), T0 + 1_100, &o);
         assert!(matches!(third.decision, Decision::Stale { refresh: Some(_) }), "the refresh lease ran out");
         assert_eq!(third.expired_lease_of.as_deref(), Some(&b"t"[..]));
     }
@@ -270,21 +270,21 @@ mod tests {
         let mut leases = Leases::with_salt(6);
         let o = opts(1_000, None);
         let mut deleted = entry(0, 0);
-        deleted.fence = Some(Action::Delete);
-        let d = ask(&mut leases, Some((&deleted, Some(60_000))), T0, &o);
+        deleted.set_fence(Some(Action::Delete));
+        let d = ask(&mut leases, Some((&*deleted, Some(60_000))), T0, &o);
         assert!(matches!(d.decision, Decision::Miss { .. }), "{d:?}");
         assert_eq!(leases.tenant_of(DB, KEY), Some(&b"guest"[..]));
         let mut leases = Leases::with_salt(7);
         let mut staled = entry(0, 0);
-        staled.fence = Some(Action::MarkStale);
-        let d = ask(&mut leases, Some((&staled, Some(60_000))), T0, &o);
+        staled.set_fence(Some(Action::MarkStale));
+        let d = ask(&mut leases, Some((&*staled, Some(60_000))), T0, &o);
         assert!(matches!(d.decision, Decision::Stale { refresh: Some(_) }), "{d:?}");
     }
 
     #[test]
     fn early_refresh_picks_one_caller_when_the_odds_are_certain_and_none_when_nil() {
         let e = entry(0, 1_000);
-        let fresh = Some((&e, Some(1_000)));
+        let fresh = Some((&*e, Some(1_000)));
         // exp(-1000 / (1e12 · 1000)) ≈ 1: the first caller refreshes, the next do not (lease live).
         let mut leases = Leases::with_salt(8);
         let eager = opts(5_000, Some(1e12));

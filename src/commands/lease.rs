@@ -101,7 +101,7 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let deadline = engine::resolve_deadline(name, &opts, now);
     let labels = Labels::new(tenant.as_slice().into(), tags.into_iter().map(Into::into).collect());
     let fill_ms = u32::try_from(now.saturating_sub(lease.granted_at_ms).max(0)).unwrap_or(u32::MAX);
-    let entry = Entry::new(value.as_slice().into(), labels, tenant_explicit, deadline.stale_ms, fill_ms);
+    let entry = Entry::new(value.as_slice(), labels, tenant_explicit, deadline.stale_ms, fill_ms);
     engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Fill)?;
     record(Event::Fill, &tenant, name);
     Ok(super::reply_ok(ctx))

@@ -38,9 +38,9 @@ pub fn get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let Some(entry) = handle.entry() else {
                 return Ok(RedisValue::Null);
             };
-            if entry.is_fresh(ttl) && entry.fence.is_none() {
+            if entry.is_fresh(ttl) && entry.fence().is_none() {
                 engine::record(Event::Hit, entry.tenant(), name);
-                Ok(reply_bytes(ctx, &entry.value))
+                Ok(reply_bytes(ctx, entry.value()))
             } else {
                 engine::record(Event::Miss, entry.tenant(), name);
                 Ok(RedisValue::Null)
@@ -80,14 +80,14 @@ pub fn inspect(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             if let (Some(e), Some(obj)) = (handle.entry(), doc.as_object_mut()) {
                 obj.insert("exists".into(), json!(true));
                 obj.insert("tenant".into(), json_name(e.tenant()));
-                obj.insert("tenant_explicit".into(), json!(e.tenant_explicit));
+                obj.insert("tenant_explicit".into(), json!(e.tenant_explicit()));
                 obj.insert("tags".into(), e.tags().iter().map(|t| json_name(t)).collect());
                 obj.insert("ttl_ms".into(), json!(ttl.unwrap_or(-1)));
                 obj.insert("fresh_ms".into(), json!(e.fresh_ms(ttl)));
                 obj.insert("fresh".into(), json!(e.is_fresh(ttl)));
-                obj.insert("stale_ms".into(), json!(e.stale_ms));
-                obj.insert("size".into(), json!(e.value.len()));
-                obj.insert("fill_ms".into(), json!(e.fill_ms));
+                obj.insert("stale_ms".into(), json!(e.stale_ms()));
+                obj.insert("size".into(), json!(e.value().len()));
+                obj.insert("fill_ms".into(), json!(e.fill_ms()));
             }
         }
     }

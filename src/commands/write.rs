@@ -21,7 +21,7 @@ pub fn set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let (tenant, tenant_explicit) = engine::resolve_tenant(name, opts.tenant);
     let deadline = engine::resolve_deadline(name, &opts, keyspace::now_ms());
     let labels = Labels::new(tenant.into(), opts.normalized_tags().into_iter().map(Into::into).collect());
-    let entry = Entry::new(value.as_slice().into(), labels, tenant_explicit, deadline.stale_ms, 0);
+    let entry = Entry::new(value.as_slice(), labels, tenant_explicit, deadline.stale_ms, 0);
     engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Set)?;
     Ok(super::reply_ok(ctx))
 }

@@ -141,20 +141,15 @@ pub fn raw_type() -> *mut raw::RedisModuleType {
     *TAGCACHE_TYPE.raw_type.borrow()
 }
 
-/// SAFETY: Redis passes a value this type created (a boxed Entry), once, possibly on the
-/// lazy-free thread: no Redis API call here.
+/// SAFETY: Redis passes a value this type created (an Entry given away by `Thin::into_raw`),
+/// once, possibly on the lazy-free thread: no Redis API call here.
 unsafe extern "C" fn free(value: *mut c_void) {
-    if !value.is_null() {
-        drop(Box::from_raw(value.cast::<Entry>()));
-    }
+    drop(Entry::from_raw(value));
 }
 
 /// SAFETY: Redis passes a live value of this type.
 unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
-    value
-        .cast::<Entry>()
-        .as_ref()
-        .map_or(0, Entry::memory_bytes)
+    Entry::borrow(value).map_or(0, Entry::memory_bytes)
 }
 
 /// SAFETY: Redis passes a live value of this type and the destination name.
@@ -163,31 +158,30 @@ unsafe extern "C" fn copy(
     to: *mut raw::RedisModuleString,
     value: *const c_void,
 ) -> *mut c_void {
-    let Some(entry) = value.cast::<Entry>().as_ref() else {
+    let Some(mut copied) = Entry::borrow(value).and_then(Entry::copied) else {
         return std::ptr::null_mut();
     };
-    let mut copied = entry.clone();
-    copied.fence = None;
-    if !copied.tenant_explicit {
+    copied.set_fence(None);
+    if !copied.tenant_explicit() {
         copied.set_tenant(crate::config::derived_tenant(string_bytes(to)).into());
     }
-    Box::into_raw(Box::new(copied)).cast()
+    Entry::into_raw(copied)
 }
 
 /// SAFETY: Redis passes a live IO handle and a value of this type.
 unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
-    let Some(e) = value.cast::<Entry>().as_ref() else {
+    let Some(e) = Entry::borrow(value) else {
         return;
     };
-    raw::save_unsigned(rdb, if e.tenant_explicit { FLAG_TENANT_EXPLICIT } else { 0 });
-    raw::save_slice(rdb, &e.value);
+    raw::save_unsigned(rdb, if e.tenant_explicit() { FLAG_TENANT_EXPLICIT } else { 0 });
+    raw::save_slice(rdb, e.value());
     raw::save_slice(rdb, &e.tenant()[..]);
     raw::save_unsigned(rdb, e.tags().len() as u64);
     for tag in e.tags().iter() {
         raw::save_slice(rdb, tag);
     }
-    raw::save_signed(rdb, e.stale_ms);
-    raw::save_signed(rdb, i64::from(e.fill_ms));
+    raw::save_signed(rdb, e.stale_ms());
+    raw::save_signed(rdb, i64::from(e.fill_ms()));
 }
 
 /// SAFETY: Redis passes a live IO handle; an unreadable entry returns NULL (Redis fails the load).
@@ -196,14 +190,15 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
         return std::ptr::null_mut();
     }
     match load_entry(rdb) {
-        Ok(entry) => Box::into_raw(Box::new(entry)).cast(),
-        Err(_) => std::ptr::null_mut(),
+        Ok(Some(entry)) => Entry::into_raw(entry),
+        _ => std::ptr::null_mut(),
     }
 }
 
-fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Entry, redis_module::error::Error> {
+/// An entry read back (None when the allocator fails).
+fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Option<Box<Entry>>, redis_module::error::Error> {
     let flags = raw::load_unsigned(rdb)?;
-    let value: Box<[u8]> = raw::load_string_buffer(rdb)?.as_ref().into();
+    let value = raw::load_string_buffer(rdb)?;
     let tenant = raw::load_string_buffer(rdb)?.as_ref().to_vec();
     let count = raw::load_unsigned(rdb)?;
     let mut tags = Vec::new();
@@ -212,7 +207,7 @@ fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Entry, redis_module::error
     }
     let stale_ms = raw::load_signed(rdb)?;
     let fill_ms = u32::try_from(raw::load_signed(rdb)?.max(0)).unwrap_or(u32::MAX);
-    Ok(Entry::new(value, labels(tenant.into(), tags), flags & FLAG_TENANT_EXPLICIT != 0, stale_ms, fill_ms))
+    Ok(Entry::new(value.as_ref(), labels(tenant.into(), tags), flags & FLAG_TENANT_EXPLICIT != 0, stale_ms, fill_ms))
 }
 
 /// Emits `CACHE.SET key value NOEXPIRE STALE s TAGS n … [TENANT t]`; Redis appends the key's
@@ -223,7 +218,7 @@ unsafe extern "C" fn aof_rewrite(
     key: *mut raw::RedisModuleString,
     value: *mut c_void,
 ) {
-    let Some(e) = value.cast::<Entry>().as_ref() else {
+    let Some(e) = Entry::borrow(value) else {
         return;
     };
     let db = api!(RedisModule_GetDbIdFromIO).map_or(0, |f| f(aof));
@@ -257,7 +252,7 @@ unsafe extern "C" fn aof_rewrite(
 
 /// SAFETY: Redis passes a live digest and a value of this type.
 unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
-    let Some(e) = value.cast::<Entry>().as_ref() else {
+    let Some(e) = Entry::borrow(value) else {
         return;
     };
     let (Some(add), Some(add_ll), Some(end)) = (
@@ -267,13 +262,13 @@ unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void)
     ) else {
         return;
     };
-    add(md, e.value.as_ptr().cast(), e.value.len());
+    add(md, e.value().as_ptr().cast(), e.value().len());
     add(md, e.tenant().as_ptr().cast(), e.tenant().len());
-    add_ll(md, i64::from(e.tenant_explicit));
+    add_ll(md, i64::from(e.tenant_explicit()));
     for tag in e.tags().iter() {
         add(md, tag.as_ptr().cast(), tag.len());
     }
-    add_ll(md, e.stale_ms);
+    add_ll(md, e.stale_ms());
     end(md);
 }
 

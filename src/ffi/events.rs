@@ -179,7 +179,7 @@ pub fn for_each_entry(ctx: &Context, mut f: impl FnMut(i32, &[u8], &mut Entry, i
                 if get_type(key) != super::datatype::raw_type() {
                     return;
                 }
-                get_value(key).cast::<Entry>().as_mut()
+                Entry::borrow_mut(get_value(key))
             };
             if let Some(entry) = entry {
                 f(db, name, entry, keyspace::abs_expire(key));

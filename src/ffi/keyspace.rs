@@ -1,6 +1,7 @@
 //! A thin, safe wrapper over raw module keys and strings. The crate's key types cannot read a key's TTL and
 //! refuse to replace a value of another type, and `RedisModule_GetExpire` on a NULL key crashes
 //! 7.0: this wrapper checks every pointer before use.
+use std::ffi::c_void;
 use super::datatype::raw_type;
 use crate::entry::Entry;
 use redis_module::{raw, Context, RedisString};
@@ -82,8 +83,9 @@ impl Key {
             return None;
         }
         let get = api!(RedisModule_ModuleTypeGetValue)?;
-        // SAFETY: kind() proved the value is a tagcache0 entry, boxed by us.
-        unsafe { get(self.ptr).cast::<Entry>().as_mut() }
+        // SAFETY: kind() proved the value is a tagcache0 entry, given away by `Thin::into_raw`;
+        // it lives as long as the key handle this borrow is tied to.
+        unsafe { Entry::borrow_mut(get(self.ptr)) }
     }
 
     /// Remaining TTL in ms; `None` when the key has no expiry or does not exist.
@@ -103,7 +105,7 @@ impl Key {
     }
 
     /// Stores an entry, replacing any value of any type. False when Redis refused.
-    pub fn set_entry(&self, entry: Entry) -> bool {
+    pub fn set_entry(&self, entry: Box<Entry>) -> bool {
         let Some(set) = api!(RedisModule_ModuleTypeSetValue) else {
             return false;
         };
@@ -111,14 +113,37 @@ impl Key {
             return false;
         }
         self.kind.set(None);
-        let value = Box::into_raw(Box::new(entry));
-        // SAFETY: writable key; on success Redis owns the box and frees it through our type.
-        let status = unsafe { set(self.ptr, raw_type(), value.cast()) };
+        let value = Entry::into_raw(entry);
+        // SAFETY: writable key; on success Redis owns the entry and frees it through our type.
+        let status = unsafe { set(self.ptr, raw_type(), value) };
         if status != raw::REDISMODULE_OK as c_int {
             // SAFETY: Redis did not take ownership.
-            drop(unsafe { Box::from_raw(value) });
+            drop(unsafe { Entry::from_raw(value) });
             return false;
         }
+        true
+    }
+
+    /// Puts `entry` in place of the entry stored here (which is freed), keeping the key and its
+    /// TTL: no deletion, so no unlink callback. False when Redis refused (nothing changed).
+    pub fn replace_entry(&self, entry: Box<Entry>) -> bool {
+        let Some(replace) = api!(RedisModule_ModuleTypeReplaceValue) else {
+            return false;
+        };
+        if self.ptr.is_null() {
+            return false;
+        }
+        let value = Entry::into_raw(entry);
+        let mut old: *mut c_void = std::ptr::null_mut();
+        // SAFETY: a writable key handle; Redis checks the key holds a value of our type.
+        let status = unsafe { replace(self.ptr, raw_type(), value, &mut old) };
+        if status != raw::REDISMODULE_OK as c_int {
+            // SAFETY: Redis did not take ownership.
+            drop(unsafe { Entry::from_raw(value) });
+            return false;
+        }
+        // SAFETY: Redis handed the old value back: it is ours to free.
+        drop(unsafe { Entry::from_raw(old) });
         true
     }
 

@@ -26,3 +26,4 @@ pub mod notify;
 pub mod replicate;
 pub mod reply;
 pub mod strings;
+pub mod thin;
