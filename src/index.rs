@@ -716,9 +716,10 @@ impl DbIndex {
         // The key's name is hashed once for the five maps it goes into.
         let hashed = Hashed::of(key);
         let replaced = self.remove_hashed(hashed);
-        self.entry_bytes = self.entry_bytes.saturating_add(entry_bytes);
         let born = self.pending.epoch();
         let key = Key::new_key(key, born, expires_at, entry_bytes);
+        // As the record holds it (capped), so that removing the key takes back as much.
+        self.entry_bytes = self.entry_bytes.saturating_add(key.entry_bytes());
         // One lookup per name: an existing entry's key is the shared copy (interning).
         let mut bulk = self.bulk.as_mut();
         let (tenant, untagged, before, after) = self
@@ -1225,6 +1226,11 @@ mod tests {
         assert_eq!(ix.entry_bytes(), 0);
         assert_eq!((ix.tenant_count(), ix.tag_count()), (0, 0));
         ix.self_check().unwrap();
+        // A record caps an entry's size at 4 GiB: removing it takes back what was added.
+        put(&mut ix, b"huge", b"t", &[], usize::MAX);
+        assert_eq!(ix.entry_bytes(), u32::MAX as usize);
+        ix.remove(b"huge");
+        assert_eq!(ix.entry_bytes(), 0);
     }
 
     #[test]
