@@ -73,7 +73,7 @@ pub struct DbIndex {
     tenants: ShardMap<Name, Tenant>,
     tags: TagMap,
     entry_bytes: usize,
-    /// Heap bytes of the key and tenant names and the tenants' B-trees (the tables excluded;
+    /// Heap bytes of the key and tenant names and the tenants' key orders (the tables excluded;
     /// the tag map keeps its own), kept up to date by every change so `heap_bytes` is O(1).
     item_bytes: usize,
     /// Invalidations made visible but not yet reclaimed.
@@ -82,7 +82,7 @@ pub struct DbIndex {
     /// has passed but that Redis has not removed yet.
     expiries: Expiries,
     /// While the index is rebuilt after a load: each new key with its tenant, put into the
-    /// tenants' B-trees at once by `end_bulk` (see `Index::begin_bulk`).
+    /// tenants' key orders at once by `end_bulk` (see `Index::begin_bulk`).
     bulk: Option<Vec<(Name, Key)>>,
 }
 
@@ -760,9 +760,9 @@ impl DbIndex {
         replaced
     }
 
-    /// Puts the keys inserted since `Index::begin_bulk` into their tenants' B-trees: each
+    /// Puts the keys inserted since `Index::begin_bulk` into their tenants' orders: each
     /// tenant's names sorted once (they fit in cache, one tenant at a time) and built into
-    /// full leaves, instead of a million inserts each comparing about ten names scattered in
+    /// full chunks, instead of a million inserts each comparing names scattered in
     /// memory.
     fn end_bulk(&mut self) {
         if let Some(added) = self.bulk.take() {
