@@ -742,3 +742,31 @@ def test_s2_1_a_single_connection_client_does_not_deadlock(module_server: Server
     assert calls.n == 1 and results == ["v"] * 200
     assert user_client.ping()  # close() left the user's client alone
     user_client.close()
+
+
+def test_fallback_takes_a_value_stored_between_its_miss_and_its_lock(plain_server: Server, prefix: str) -> None:
+    # A filler stores the value and releases the lock right after this caller read a miss:
+    # the caller, now holding the lock, must find the value instead of calling its factory.
+    c = make(plain_server, prefix, ttl=60)
+    try:
+        c.set("k", "v")
+        real_read = c._fb_read
+        reads = Counter()
+
+        def read_missing_once(fkey: bytes) -> Any:
+            reads()
+            return None if reads.n == 1 else real_read(fkey)
+
+        c._fb_read = read_missing_once  # type: ignore[method-assign]
+        calls = Counter()
+
+        def factory() -> str:
+            calls()
+            return "other"
+
+        assert c.get_or_set("k", factory) == "v"
+        assert calls.n == 0
+        locks = [k for k in plain_server.client().keys("*") if b"lock" in k]
+        assert locks == [], "the lock it took is released"
+    finally:
+        c.close()

@@ -774,6 +774,16 @@ class AsyncCache(CacheBase):
                 self._refresh_in_background(fkey, factory, o, value, token, "fallback")
             return (value,)
         if await self._call("SET", lock, token, "NX", "PX", self.lease_ms):
+            # The GET-miss-then-lock race: a filler may have stored the value and released
+            # the lock in between; then this is a hit, not a second call of the factory.
+            again = await self._fb_read(fkey)
+            if again is not None and again[1]:
+                await self._call("EVAL", RELEASE_LOCK_LUA, 1, lock, token)
+                value = self.serializer.loads(again[0])
+                self._last.put(fkey, value)
+                self._metrics.inc("hits")
+                self._events.emit("hit", to_str(fkey))
+                return (value,)
             self._metrics.inc("misses")
             self._events.emit("miss", to_str(fkey))
             return _Produce(token)
