@@ -160,6 +160,10 @@ fn reshard_with_an_invalidation_mid_migration_failover_and_broadcast() {
     let mut cr = nodes[replica].server.conn();
     let _: () = q(&mut cr, &[b"CLUSTER", b"FAILOVER"]).unwrap();
     eventually("the replica is the new primary", || info_field(&mut cr, "replication", "role") == "master");
+    // Until the old primary has stepped down it still answers for its slots, so `owner` below
+    // could pick it and its next write would be MOVED.
+    let mut old = nodes[b].server.conn();
+    eventually("the old primary is a replica", || info_field(&mut old, "replication", "role") == "slave");
     assert_eq!(index_check(&mut cr), "OK");
     assert_eq!(q::<Vec<Vec<u8>>>(&mut cr, &[b"CACHE.KEYS", b"t42", b"*"]).unwrap(), vec![b"item:{t42}:new".to_vec()]);
     let e = q_err(&mut cr, &[b"CACHE.FILL", b"lease:{t42}", &token, b"v"]);
