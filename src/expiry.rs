@@ -7,20 +7,13 @@ use crate::key::Key;
 use crate::shardmap::{Hashed, ShardMap};
 use std::collections::BTreeMap;
 
-/// An entry without a TTL.
-pub const NEVER: i64 = i64::MAX;
+pub use crate::ttl::{has_expired, held, NEVER};
 
 /// Bucket width as a power of two of milliseconds.
 const BUCKET_SHIFT: u32 = 7;
 
 fn bucket(at_ms: i64) -> i64 {
     at_ms >> BUCKET_SHIFT
-}
-
-/// Whether an entry expiring at `at_ms` has expired at `now_ms` (Redis: a key is expired once
-/// the clock is past its expiry time).
-pub fn has_expired(at_ms: i64, now_ms: i64) -> bool {
-    at_ms != NEVER && at_ms < now_ms
 }
 
 #[derive(Debug, Default)]
@@ -108,7 +101,7 @@ mod tests {
     use super::*;
 
     fn name(s: &str) -> Key {
-        Key::new_key(s.as_bytes(), 0, NEVER, 0)
+        Key::new_key(s.as_bytes(), 0, NEVER, 0, Default::default())
     }
 
     fn add(e: &mut Expiries, s: &str, at_ms: i64) {

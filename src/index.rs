@@ -18,7 +18,7 @@ pub use crate::pending::{Key, Name};
 use crate::name::Labels;
 
 /// What the index holds for one key: the key map's copy of its name, with its write epoch,
-/// expiry and size (see `key`), and its labels (shared with the entry).
+/// expiry, size and labels (shared with the entry; see `key`).
 #[derive(Debug, Clone, Copy)]
 struct KeyRecord<'a> {
     key: &'a Key,
@@ -47,15 +47,21 @@ impl<'a> KeyRecord<'a> {
     }
 }
 
-/// Each key's name (with its record) and labels.
-type Keys = ShardMap<Key, Labels>;
+/// Each key's name, with its record.
+type Keys = ShardMap<Key, ()>;
+
+impl<'a> KeyRecord<'a> {
+    fn of(key: &'a Key) -> KeyRecord<'a> {
+        KeyRecord { key, labels: key.labels() }
+    }
+}
 
 fn record<'a>(keys: &'a Keys, key: &[u8]) -> Option<KeyRecord<'a>> {
-    keys.get_key_value(key).map(|(key, labels)| KeyRecord { key, labels })
+    keys.get_key_value(key).map(|(key, _)| KeyRecord::of(key))
 }
 
 fn records(keys: &Keys) -> impl Iterator<Item = KeyRecord<'_>> + '_ {
-    keys.iter().map(|(key, labels)| KeyRecord { key, labels })
+    keys.keys().map(KeyRecord::of)
 }
 
 type TenantKeys = NameSet<OrderedKeys>;
@@ -662,8 +668,8 @@ impl DbIndex {
         };
         let replaced = r.key.set_entry_bytes(bytes);
         self.entry_bytes = self.entry_bytes.saturating_sub(replaced).saturating_add(r.entry_bytes());
-        let before = r.key.set_expires_at(expires_at);
-        self.move_expiry(key, before, expires_at);
+        let (before, after) = r.key.set_expires_at(expires_at);
+        self.move_expiry(key, before, after);
     }
 
     /// The key's TTL changed: it now expires at `expires_at` (`expiry::NEVER`: no TTL).
@@ -671,8 +677,8 @@ impl DbIndex {
         let Some(r) = record(&self.keys, key) else {
             return;
         };
-        let before = r.key.set_expires_at(expires_at);
-        self.move_expiry(key, before, expires_at);
+        let (before, after) = r.key.set_expires_at(expires_at);
+        self.move_expiry(key, before, after);
     }
 
     /// Moves an indexed key between expiry buckets (nothing when its time did not change).
@@ -701,11 +707,10 @@ impl DbIndex {
             .count()
     }
 
-    /// Adds `key` (whose name hashes to `hash`) to the members of `tag`; returns the index's
-    /// shared copy of the tag's name.
-    fn add_to_tag(&mut self, tag: &Name, key: &Key, hash: u64, born: u64) -> Name {
+    /// Adds `key` (whose name hashes to `hash`) to the members of `tag`.
+    fn add_to_tag(&mut self, tag: &Name, key: &Key, hash: u64, born: u64) {
         let keys = &self.keys;
-        self.tags.add(tag, key, hash, |k| record(keys, k).map_or(born, |r| r.born()))
+        self.tags.add(tag, key, hash, |k| record(keys, k).map_or(born, |r| r.born()));
     }
 
     /// Indexes `key` (replacing what was indexed for it); true when it was indexed already.
@@ -717,46 +722,51 @@ impl DbIndex {
         let hashed = Hashed::of(key);
         let replaced = self.remove_hashed(hashed);
         let born = self.pending.epoch();
-        let key = Key::new_key(key, born, expires_at, entry_bytes);
-        // As the record holds it (capped), so that removing the key takes back as much.
-        self.entry_bytes = self.entry_bytes.saturating_add(key.entry_bytes());
-        // One lookup per name: an existing entry's key is the shared copy (interning).
-        let mut bulk = self.bulk.as_mut();
-        let (tenant, untagged, before, after) = self
+        // The labels take the index's shared names first (the key's record holds them), then
+        // the key goes into its tenant's order and its tags' sets.
+        let tenant_hash = Hashed::of(labels.tenant()).hash;
+        let (tenant, untagged, fresh) = self
             .tenants
-            .with_entry(labels.tenant().clone(), |e| {
-                let (name, set, before) = match e {
-                    Entry::Occupied(e) => {
-                        let before = footprint::tenant(e.key(), e.get());
-                        (e.key().clone(), e.into_mut(), before)
-                    }
-                    Entry::Vacant(e) => {
-                        let name = e.key().clone();
-                        let keys = TenantKeys { since: born, names: OrderedKeys::default() };
-                        let untagged = Labels::new(name.clone(), Vec::new());
-                        (name, e.insert(Tenant { keys, untagged }), 0)
-                    }
-                };
-                match bulk.as_mut() {
-                    Some(later) => later.push((name.clone(), key.clone())),
-                    None => {
-                        set.keys.names.insert(key.clone());
-                    }
+            .with_entry_hashed(labels.tenant().clone(), tenant_hash, |e| match e {
+                Entry::Occupied(e) => (e.key().clone(), e.get().untagged.clone(), false),
+                Entry::Vacant(e) => {
+                    let name = e.key().clone();
+                    let keys = TenantKeys { since: born, names: OrderedKeys::default() };
+                    let untagged = Labels::new(name.clone(), Vec::new());
+                    e.insert(Tenant { keys, untagged: untagged.clone() });
+                    (name, untagged, true)
                 }
-                let after = footprint::tenant(&name, set);
-                (name, set.untagged.clone(), before, after)
             })
-            .unwrap_or_else(|| (labels.tenant().clone(), labels.clone(), 0, 0));
-        self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
+            .unwrap_or_else(|| (labels.tenant().clone(), labels.clone(), true));
         if labels.tags().is_empty() {
             *labels = untagged;
-        } else if !labels.rewrite_if_unique(|t| *t = tenant.clone(), |slot| *slot = self.add_to_tag(slot, &key, hashed.hash, born)) {
-            let tags = labels.tags().iter().map(|tag| self.add_to_tag(tag, &key, hashed.hash, born)).collect();
-            *labels = Labels::new(tenant, tags);
+        } else {
+            let tags = &self.tags;
+            let shared = |tag: &Name| tags.shared_name(tag).unwrap_or_else(|| tag.clone());
+            if !labels.rewrite_if_unique(|t| *t = tenant.clone(), |slot| *slot = shared(slot)) {
+                *labels = Labels::new(tenant.clone(), labels.tags().iter().map(shared).collect());
+            }
+        }
+        let key = Key::new_key(key, born, expires_at, entry_bytes, labels.clone());
+        // As the record holds it, so that removing the key takes back as much.
+        self.entry_bytes = self.entry_bytes.saturating_add(key.entry_bytes());
+        if let Some(set) = self.tenants.get_mut_hashed(Hashed { name: &tenant, hash: tenant_hash }) {
+            let before = if fresh { 0 } else { footprint::tenant(&tenant, set) };
+            match self.bulk.as_mut() {
+                Some(later) => later.push((tenant.clone(), key.clone())),
+                None => {
+                    set.keys.names.insert(key.clone());
+                }
+            }
+            let after = footprint::tenant(&tenant, set);
+            self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(after);
+        }
+        for tag in labels.tags() {
+            self.add_to_tag(tag, &key, hashed.hash, born);
         }
         self.item_bytes = self.item_bytes.saturating_add(footprint::key(&key));
-        self.expiries.add(&key, hashed.hash, expires_at);
-        self.keys.insert_hashed(key, hashed.hash, labels.clone());
+        self.expiries.add(&key, hashed.hash, key.expires_at());
+        self.keys.insert_hashed(key, hashed.hash, ());
         replaced
     }
 
@@ -795,10 +805,10 @@ impl DbIndex {
     }
 
     fn remove_hashed(&mut self, hashed: Hashed<'_>) -> bool {
-        let Some((key, labels)) = self.keys.remove_hashed(hashed) else {
+        let Some((key, ())) = self.keys.remove_hashed(hashed) else {
             return false;
         };
-        let record = KeyRecord { key: &key, labels: &labels };
+        let record = KeyRecord::of(&key);
         if let Some(added) = self.bulk.as_mut().filter(|added| !added.is_empty()) {
             // The key may be among those not in their tenant's order yet.
             let added = std::mem::take(added);
@@ -922,7 +932,7 @@ impl DbIndex {
             ));
         }
         let tag_members: usize = self.tags.iter().map(|(_, m)| m.len()).sum();
-        let tag_refs: usize = self.keys.values().map(|l| l.tags().len()).sum();
+        let tag_refs: usize = self.keys.keys().map(|k| k.labels().tags().len()).sum();
         if tag_members != tag_refs {
             return Err(format!("tag sets hold {tag_members} references, keys carry {tag_refs}"));
         }
@@ -1226,10 +1236,13 @@ mod tests {
         assert_eq!(ix.entry_bytes(), 0);
         assert_eq!((ix.tenant_count(), ix.tag_count()), (0, 0));
         ix.self_check().unwrap();
-        // A record caps an entry's size at 4 GiB: removing it takes back what was added.
+        // A record rounds a large entry's size and caps it at about 4 TiB: removing it takes
+        // back what was added.
         put(&mut ix, b"huge", b"t", &[], usize::MAX);
-        assert_eq!(ix.entry_bytes(), u32::MAX as usize);
+        put(&mut ix, b"odd", b"t", &[], 1_000_003);
+        assert_eq!(ix.entry_bytes(), (2047usize << 31) + (1_000_003 >> 9 << 9));
         ix.remove(b"huge");
+        ix.remove(b"odd");
         assert_eq!(ix.entry_bytes(), 0);
     }
 
@@ -1673,14 +1686,14 @@ mod tests {
         for i in 0..5 {
             put(&mut ix, format!("k{i}").as_bytes(), b"t", &[], 10);
         }
-        let k1 = Key::new_key(b"k1", 0, expiry::NEVER, 0);
+        let k1 = Key::new_key(b"k1", 0, expiry::NEVER, 0, Labels::default());
         ix.soften_names(Selector::Names(HashSet::from([Name::new(&k1)])), vec![k1], 100, 100);
         softened_tenant(&mut ix, Some(b"t"), 200, 200);
         let mut saved = ix.stale_names();
         saved.sort();
         assert_eq!(saved.len(), 5);
-        assert!(saved.contains(&(Key::new_key(b"k1", 0, expiry::NEVER, 0), 100)));
-        assert!(saved.contains(&(Key::new_key(b"k2", 0, expiry::NEVER, 0), 200)));
+        assert!(saved.contains(&(Key::new_key(b"k1", 0, expiry::NEVER, 0, Labels::default()), 100)));
+        assert!(saved.contains(&(Key::new_key(b"k2", 0, expiry::NEVER, 0, Labels::default()), 200)));
         let mut loaded = DbIndex::default();
         for i in 0..5 {
             put(&mut loaded, format!("k{i}").as_bytes(), b"t", &[], 10);

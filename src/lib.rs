@@ -45,6 +45,7 @@ pub mod state;
 pub mod stampede;
 pub mod stats;
 pub mod tagmap;
+pub mod ttl;
 
 use commands::{debug, invalidate, lease as leasing, read, stats as statistics, write};
 use config::{

@@ -282,7 +282,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn key(s: &str) -> Key {
-        Key::new_key(s.as_bytes(), 0, crate::expiry::NEVER, 0)
+        Key::new_key(s.as_bytes(), 0, crate::expiry::NEVER, 0, Default::default())
     }
 
     fn names(it: impl Iterator<Item = impl AsRef<[u8]>>) -> Vec<Vec<u8>> {

@@ -540,7 +540,7 @@ mod tests {
     }
 
     fn k(s: &str) -> Key {
-        Key::new_key(s.as_bytes(), 0, crate::expiry::NEVER, 0)
+        Key::new_key(s.as_bytes(), 0, crate::expiry::NEVER, 0, Default::default())
     }
 
     #[test]

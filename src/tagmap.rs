@@ -106,6 +106,11 @@ impl TagMap {
         }
     }
 
+    /// The map's shared copy of the tag's name, when some key carries it.
+    pub fn shared_name(&self, tag: &[u8]) -> Option<Name> {
+        self.tags.get_key_value(tag).map(|(name, _)| name.clone())
+    }
+
     /// Adds `key` (whose name hashes to `hash`) to the keys of `tag`; `born_of` gives the write
     /// epoch of a key already there. Returns the map's shared copy of the tag's name.
     pub fn add(&mut self, tag: &Name, key: &Key, hash: u64, born_of: impl FnOnce(&[u8]) -> u64) -> Name {
@@ -245,7 +250,7 @@ mod tests {
     use super::*;
 
     fn key(i: usize) -> Key {
-        Key::new_key(format!("k{i}").as_bytes(), 0, crate::expiry::NEVER, 0)
+        Key::new_key(format!("k{i}").as_bytes(), 0, crate::expiry::NEVER, 0, Default::default())
     }
 
     fn add(map: &mut TagMap, tag: &str, k: &Key) -> Name {

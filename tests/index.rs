@@ -295,6 +295,13 @@ fn index_stays_exact_through_key_lifecycle_events() {
     let _: () = q(&mut c, &[b"RESTORE", b"restored-past:{f}", b"1", &dump, b"ABSTTL"]).unwrap();
     assert_indexed_ok(&mut c, "RESTORE already expired");
 
+    // An expiry time past what the index holds (the year 10889) is held as that year.
+    mk(&mut c, b"far:{a}");
+    let _: i64 = q(&mut c, &[b"PEXPIREAT", b"far:{a}", b"1125899906842624"]).unwrap();
+    assert_indexed_ok(&mut c, "PEXPIREAT 2^50 ms");
+    let _: i64 = q(&mut c, &[b"PERSIST", b"far:{a}"]).unwrap();
+    assert_indexed_ok(&mut c, "PERSIST");
+
     // Expiry (lazy on access and active).
     mk(&mut c, b"short1:{a}");
     let _: i64 = q(&mut c, &[b"PEXPIRE", b"short1:{a}", b"20"]).unwrap();

@@ -5,6 +5,7 @@ use crate::ffi::events::for_each_key;
 use crate::index::{show, Indexed};
 use crate::keyspace::{self, Key};
 use crate::state::with_state;
+use crate::ttl;
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 use std::collections::HashMap;
 
@@ -23,7 +24,8 @@ fn index_check(ctx: &Context) -> RedisResult {
     let mut live: HashMap<(i32, Vec<u8>), Indexed> = HashMap::new();
     for_each_key(ctx, |c, name| {
         let mut key = Key::peek(c, name);
-        let expires_at = key.expires_at();
+        // As the index holds it (times past the year 10889 as that year).
+        let expires_at = ttl::held(key.expires_at());
         if let Some(e) = key.entry() {
             let indexed = Indexed {
                 tenant: e.tenant().to_vec(),
