@@ -52,27 +52,12 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .collect();
     // Nothing is touched unless the caller may write every key it would affect.
     engine::check_write_permission(ctx, &void)?;
-    let background = if keyspace::is_loading(ctx) {
-        None
+    let plan = if keyspace::is_loading(ctx) {
+        Plan::Now(matching(db, scope.as_deref(), &glob))
     } else {
         in_background_pattern(ctx, db, scope.as_deref(), &glob, how(soft))?
     };
-    let count = match background {
-        Some(reply) => reply,
-        None => {
-            let keys: Vec<Vec<u8>> = with_state(|s| {
-                s.index
-                    .db(db)
-                    .map(|ix| ix.matching(scope.as_deref(), &glob, usize::MAX))
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|k| k.to_vec())
-                    .collect()
-            });
-            engine::check_write_permission(ctx, &keys)?;
-            Reply::Now(apply(ctx, &keys, soft))
-        }
-    };
+    let (count, background) = plan.run(ctx, soft)?;
     let fence_until = fence_until(ctx);
     let user = engine::current_user(ctx);
     with_state(|s| {
@@ -87,7 +72,7 @@ pub fn invalidate(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     for k in &void {
         parking::hand_over(ctx, db, k);
     }
-    if background.is_some() {
+    if background {
         ctx.replicate_verbatim();
         reclaim::schedule(ctx);
     }
@@ -114,35 +99,23 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let started = Instant::now();
     let db = keyspace::selected_db(ctx.ctx);
     prepare_index(ctx);
-    let background = if keyspace::is_loading(ctx) {
-        None
+    let plan = if keyspace::is_loading(ctx) {
+        Plan::Now(tagged(db, &tags))
     } else {
         in_background_tags(ctx, db, &tags, how(soft))?
     };
-    let keys: Vec<Vec<u8>> = match background {
-        Some(_) => Vec::new(),
-        None => with_state(|s| {
-            s.index
-                .db(db)
-                .map(|ix| ix.tagged(&tags))
-                .unwrap_or_default()
-                .iter()
-                .map(|k| k.to_vec())
-                .collect()
-        }),
-    };
-    engine::check_write_permission(ctx, &keys)?;
+    let keys = plan.names_checked(ctx)?;
     // The fence on in-flight fills carries the caller: it refuses only fills of keys that user
     // may write.
     let user = engine::current_user(ctx);
     with_state(|s| s.leases.invalidate_tags(db, &tags, user.as_deref()));
-    let count = match background {
-        Some(count) => {
+    let count = match plan {
+        Plan::Background(count) => {
             ctx.replicate_verbatim();
             reclaim::schedule(ctx);
             count
         }
-        None => Reply::Now(apply(ctx, &keys, soft)),
+        Plan::Now(_) => Reply::Now(apply(ctx, &keys, soft)),
     };
     let fence_until = fence_until(ctx);
     with_state(|s| {
@@ -155,6 +128,43 @@ pub fn invalidate_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let names: Vec<String> = tags.iter().map(|t| show(t)).collect();
         format!("tags {}{}", names.join(" "), if soft { " SOFT" } else { "" })
     })
+}
+
+/// How an invalidation goes: in the background (its answer), or now on these keys.
+enum Plan {
+    Background(Reply),
+    Now(Vec<Key>),
+}
+
+impl Plan {
+    /// The names of the keys to invalidate now (none in the background), once the caller is
+    /// known to be allowed to write every one.
+    fn names_checked(&self, ctx: &Context) -> Result<Vec<Vec<u8>>, RedisError> {
+        let names = match self {
+            Plan::Background(_) => Vec::new(),
+            Plan::Now(keys) => keys.iter().map(|k| k.to_vec()).collect(),
+        };
+        engine::check_write_permission(ctx, &names)?;
+        Ok(names)
+    }
+
+    /// Invalidates the keys to invalidate now; the answer, and whether the rest is left to
+    /// the background.
+    fn run(self, ctx: &Context, soft: bool) -> Result<(Reply, bool), RedisError> {
+        let names = self.names_checked(ctx)?;
+        Ok(match self {
+            Plan::Background(reply) => (reply, true),
+            Plan::Now(_) => (Reply::Now(apply(ctx, &names, soft)), false),
+        })
+    }
+}
+
+fn matching(db: i32, scope: Option<&[u8]>, glob: &Glob) -> Vec<Key> {
+    with_state(|s| s.index.db(db).map(|ix| ix.matching(scope, glob, usize::MAX)).unwrap_or_default())
+}
+
+fn tagged(db: i32, tags: &[Vec<u8>]) -> Vec<Key> {
+    with_state(|s| s.index.db(db).map(|ix| ix.tagged(tags)).unwrap_or_default())
 }
 
 /// What an invalidation answers.
@@ -208,64 +218,55 @@ fn prepare_index(ctx: &Context) {
 /// are reclaimed (or get their TTL shortened) in slices. A whole tenant (pattern `*`) costs
 /// O(1); another pattern, the walk of its literal prefix range. None when the invalidation is
 /// small enough to apply at once.
-fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Glob, how: How) -> Result<Option<Reply>, RedisError> {
-    let matched = |limit| {
-        with_state(|s| {
-            s.index
-                .db(db)
-                .map(|ix| ix.matching(scope, glob, limit))
-                .unwrap_or_default()
-        })
-    };
+fn in_background_pattern(ctx: &Context, db: i32, scope: Option<&[u8]>, glob: &Glob, how: How) -> Result<Plan, RedisError> {
     let names = |v: &[Key]| v.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
     if glob.matches_everything() {
         let at_most = with_state(|s| s.index.db(db).map_or(0, |ix| ix.tenant_len(scope)));
         if !large_invalidation(at_most) {
-            return Ok(None);
+            return Ok(Plan::Now(matching(db, scope, glob)));
         }
-        engine::check_write_permission_bulk(ctx, || names(&matched(usize::MAX)))?;
-        return Ok(Some(with_state(|s| {
+        engine::check_write_permission_bulk(ctx, || names(&matching(db, scope, glob)))?;
+        return Ok(Plan::Background(with_state(|s| {
             let ticket = s.ticket();
             let answer = s.index.db_mut(db).invalidate_tenant(scope, how, keyspace::now_ms(), ticket);
             answer.map_or(Reply::Counting(ticket), Reply::Now)
         })));
     }
-    let keys = matched(usize::MAX);
+    let keys = matching(db, scope, glob);
     if !large_invalidation(keys.len()) {
-        return Ok(None);
+        return Ok(Plan::Now(keys));
     }
     engine::check_write_permission_bulk(ctx, || names(&keys))?;
     let selector = Selector::Pattern {
         tenant: scope.map(Name::from),
         glob: glob.clone(),
     };
-    Ok(Some(Reply::Now(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how, keyspace::now_ms())))))
+    Ok(Plan::Background(Reply::Now(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how, keyspace::now_ms())))))
 }
 
 /// A large `INVALIDATETAGS`: one tag costs O(1) (its member set moves into the pending job, or
 /// is walked in place for SOFT), several tags the union of their members.
-fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>], how: How) -> Result<Option<Reply>, RedisError> {
-    let tagged = || with_state(|s| s.index.db(db).map(|ix| ix.tagged(tags)).unwrap_or_default());
+fn in_background_tags(ctx: &Context, db: i32, tags: &[Vec<u8>], how: How) -> Result<Plan, RedisError> {
     let names = |v: &[Key]| v.iter().map(|k| k.to_vec()).collect::<Vec<_>>();
     if let [tag] = tags {
         let at_most = with_state(|s| s.index.db(db).map_or(0, |ix| ix.tag_len(tag)));
         if !large_invalidation(at_most) {
-            return Ok(None);
+            return Ok(Plan::Now(tagged(db, tags)));
         }
-        engine::check_write_permission_bulk(ctx, || names(&tagged()))?;
-        return Ok(Some(with_state(|s| {
+        engine::check_write_permission_bulk(ctx, || names(&tagged(db, tags)))?;
+        return Ok(Plan::Background(with_state(|s| {
             let ticket = s.ticket();
             let answer = s.index.db_mut(db).invalidate_tag(tag, how, keyspace::now_ms(), ticket);
             answer.map_or(Reply::Counting(ticket), Reply::Now)
         })));
     }
-    let keys = tagged();
+    let keys = tagged(db, tags);
     if !large_invalidation(keys.len()) {
-        return Ok(None);
+        return Ok(Plan::Now(keys));
     }
     engine::check_write_permission_bulk(ctx, || names(&keys))?;
     let selector = Selector::Tags(tags.iter().map(|t| Name::from(t.as_slice())).collect());
-    Ok(Some(Reply::Now(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how, keyspace::now_ms())))))
+    Ok(Plan::Background(Reply::Now(with_state(|s| s.index.db_mut(db).invalidate_names(selector, keys, how, keyspace::now_ms())))))
 }
 
 /// In a cluster an invalidation also fences entries that arrive later by MIGRATE/RESTORE (from
