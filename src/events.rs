@@ -144,9 +144,19 @@ pub fn rebuild_index(ctx: &Context) {
         s.stats.forget_keys();
         s.index.begin_bulk();
     });
+    let mut presized = None;
     for_each_entry(ctx, |db, name, entry, expires_at| {
+        if presized != Some(db) {
+            presized = Some(db);
+            let keys = keyspace::db_size(ctx);
+            with_state(|s| s.index.presize(db, keys));
+        }
         if !entry.tenant_explicit() {
-            entry.set_tenant(crate::policy::tenant_from_key(name, regex.as_ref().as_ref()).into());
+            // Derived when written: derived again only under another tenant regex.
+            let tenant = crate::policy::tenant_from_key(name, regex.as_ref().as_ref());
+            if entry.tenant().as_bytes() != tenant {
+                entry.set_tenant(tenant.into());
+            }
         }
         with_state(|s| s.index_insert(db, name, entry, expires_at));
     });

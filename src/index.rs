@@ -778,6 +778,8 @@ impl DbIndex {
         if let Some(added) = self.bulk.take() {
             self.place_in_tenants(added);
         }
+        self.keys.compact();
+        self.tags.compact();
     }
 
     fn place_in_tenants(&mut self, mut added: Vec<(Name, Key)>) {
@@ -1013,9 +1015,23 @@ impl Index {
         }
     }
 
+    /// Between `begin_bulk` and `end_bulk`: makes room at once for about `keys` keys in a
+    /// database not indexed yet (its size, of which only this module's entries are indexed;
+    /// `end_bulk` gives back room left unused).
+    pub fn presize(&mut self, db: i32, keys: usize) {
+        let d = self.db_mut(db);
+        if d.bulk.is_some() && d.keys.is_empty() {
+            d.keys.presize(keys);
+            // A guess: one tag of its own per key (`item:<id>`), the commonest shape.
+            d.tags.presize(keys);
+        }
+    }
+
     pub fn end_bulk(&mut self) {
         self.bulk = false;
         self.dbs.values_mut().for_each(DbIndex::end_bulk);
+        // A database presized but holding no entry of this module.
+        self.dbs.retain(|_, d| !d.is_empty() || d.counting());
     }
 
     pub fn remove(&mut self, db: i32, key: &[u8]) -> bool {

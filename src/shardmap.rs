@@ -141,6 +141,47 @@ impl<K: Borrow<[u8]>, V> ShardMap<K, V> {
         self.len == 0
     }
 
+    /// Sizes an empty map for `n` entries at once: the shards the map would have split into
+    /// and tables with room for their share, so that filling it moves no entry. Nothing for a
+    /// map that holds entries.
+    pub fn presize(&mut self, n: usize) {
+        if self.len != 0 {
+            return;
+        }
+        let shards = n.div_ceil(SHARD_TARGET).max(1);
+        let level = shards.checked_ilog2().unwrap_or(0);
+        let whole = 1usize.checked_shl(level).unwrap_or(usize::MAX);
+        let split = shards.saturating_sub(whole);
+        let per_whole = n.checked_div(whole).unwrap_or(n);
+        let slot = std::mem::size_of::<(K, V)>();
+        self.shards = (0..shards)
+            .map(|at| {
+                // A shard already split at this level holds half of an unsplit one's share.
+                let share = if at < split || at >= whole { per_whole / 2 } else { per_whole };
+                HashTable::with_capacity(share.saturating_add(share / 16))
+            })
+            .collect();
+        self.level = level;
+        self.split = split;
+        self.table_bytes = self.shards.iter().map(|t| table_bytes(t.capacity(), slot)).fold(0, usize::saturating_add);
+    }
+
+    /// Rebuilds a map left with less than half of what `presize` made room for (a guess too
+    /// high) as if grown to its size.
+    pub fn compact(&mut self) {
+        if self.len >= self.shards.len().saturating_mul(SHARD_TARGET) / 2 {
+            return;
+        }
+        let old = std::mem::take(&mut self.shards);
+        let (len, seed) = (self.len, self.seed);
+        *self = ShardMap { seed, ..ShardMap::default() };
+        self.presize(len);
+        for (k, v) in old.into_iter().flatten() {
+            let hash = name_hash(k.borrow());
+            self.insert_hashed(k, hash, v);
+        }
+    }
+
     /// Heap bytes of the map's tables and shard list, in O(1).
     pub fn heap_bytes(&self) -> usize {
         let list = times(self.shards.capacity(), std::mem::size_of::<HashTable<(K, V)>>());
@@ -517,6 +558,49 @@ mod tests {
         }
         assert!(m.is_empty());
         assert_eq!(m.heap_bytes(), 0, "an emptied map gives every table back");
+    }
+
+    #[test]
+    fn a_presized_map_fills_without_moving_an_entry_and_splits_as_a_grown_one() {
+        for n in [0u32, 1, 2048, 2049, 5_000, 100_000, 150_000] {
+            let mut m: ShardMap<Name, ()> = ShardMap::default();
+            m.presize(n as usize);
+            assert_eq!(m.table_bytes, recounted_table_bytes(&m));
+            let sized: Vec<usize> = m.shards.iter().map(HashTable::capacity).collect();
+            let mut grown: ShardMap<Name, ()> = ShardMap::default();
+            for i in 0..n {
+                m.insert(name(i), ());
+                grown.insert(name(i), ());
+            }
+            let filled: Vec<usize> = m.shards.iter().map(HashTable::capacity).collect();
+            assert_eq!(filled, sized, "{n} names: no table resized");
+            assert_eq!((m.level, m.split, m.len()), (grown.level, grown.split, n as usize), "{n} names: the shards of a grown map");
+            assert_eq!(m.table_bytes, recounted_table_bytes(&m));
+            assert!((0..n).step_by(97).all(|i| m.contains_key(&name(i))));
+            m.compact();
+            assert_eq!(m.shards.iter().map(HashTable::capacity).collect::<Vec<_>>(), filled, "{n} names fill what was made for them");
+            if n > 0 {
+                // A map holding entries is left as it is.
+                m.presize(10 * n as usize + 10_000);
+                assert_eq!(m.shards.iter().map(HashTable::capacity).collect::<Vec<_>>(), filled);
+            }
+        }
+    }
+
+    #[test]
+    fn a_map_presized_far_too_large_is_compacted_to_the_shape_of_a_grown_one() {
+        let mut m: ShardMap<Name, u32> = ShardMap::default();
+        m.presize(100_000);
+        let mut grown: ShardMap<Name, u32> = ShardMap::default();
+        for i in 0..3_000 {
+            m.insert(name(i), i);
+            grown.insert(name(i), i);
+        }
+        m.compact();
+        assert_eq!((m.level, m.split, m.shards.len(), m.len()), (grown.level, grown.split, grown.shards.len(), 3_000));
+        assert_eq!(m.table_bytes, recounted_table_bytes(&m));
+        assert!(m.heap_bytes() <= 2 * grown.heap_bytes(), "{} bytes left for 3 000 names", m.heap_bytes());
+        assert!((0..3_000).all(|i| m.get(&name(i)) == Some(&i)));
     }
 
     #[test]

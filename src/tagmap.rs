@@ -106,6 +106,16 @@ impl TagMap {
         }
     }
 
+    /// Makes room at once for about `tags` tags in an empty map (see `ShardMap::presize`).
+    pub fn presize(&mut self, tags: usize) {
+        self.tags.presize(tags);
+    }
+
+    /// Gives back room `presize` made that was left unused.
+    pub fn compact(&mut self) {
+        self.tags.compact();
+    }
+
     /// The map's shared copy of the tag's name, when some key carries it.
     pub fn shared_name(&self, tag: &[u8]) -> Option<Name> {
         self.tags.get_key_value(tag).map(|(name, _)| name.clone())

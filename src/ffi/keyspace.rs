@@ -217,6 +217,15 @@ pub fn select_db(ctx: &Context, db: i32) -> bool {
     }
 }
 
+/// How many keys the database selected in `ctx` holds (of any type).
+pub fn db_size(ctx: &Context) -> usize {
+    match api!(RedisModule_DbSize) {
+        // SAFETY: ctx is a live context.
+        Some(size) => usize::try_from(unsafe { size(ctx.ctx) }).unwrap_or(usize::MAX),
+        None => 0,
+    }
+}
+
 /// The database selected in a context.
 pub fn selected_db(ctx: *mut raw::RedisModuleCtx) -> i32 {
     match api!(RedisModule_GetSelectedDb) {
