@@ -21,6 +21,8 @@ pub struct Expiries {
     buckets: BTreeMap<i64, ShardMap<Key, ()>>,
     /// Heap bytes of the buckets' tables and of the B-tree holding them, kept up to date.
     heap: usize,
+    /// While deferred (`defer`): names to add, with their bucket and hash.
+    later: Option<Vec<(i64, u64, Key)>>,
 }
 
 /// A B-tree slot holding one bucket, counted two-thirds full.
@@ -36,6 +38,10 @@ impl Expiries {
             return;
         }
         let b = bucket(at_ms);
+        if let Some(later) = self.later.as_mut() {
+            later.push((b, hash, name.clone()));
+            return;
+        }
         let set = self.buckets.entry(b).or_default();
         let before = set.heap_bytes();
         let fresh = set.is_empty();
@@ -46,10 +52,47 @@ impl Expiries {
         }
     }
 
+    /// Adds names in bulk until `settle` (`due`, `contains` and `len` do not see them until
+    /// then): each bucket is then built at once, in a table of
+    /// its size, from names sorted by bucket (a bucket's table stays in cache while it fills).
+    pub fn defer(&mut self) {
+        self.later.get_or_insert_with(Vec::new);
+    }
+
+    /// Adds the names deferred so far (and stops deferring).
+    pub fn settle(&mut self) {
+        let Some(mut later) = self.later.take() else {
+            return;
+        };
+        later.sort_unstable_by_key(|(b, _, _)| *b);
+        let mut names = later.into_iter().peekable();
+        while let Some(&(b, _, _)) = names.peek() {
+            let mut batch = Vec::new();
+            while let Some((_, hash, name)) = names.next_if(|(next, _, _)| *next == b) {
+                batch.push((hash, name));
+            }
+            let set = self.buckets.entry(b).or_default();
+            let (before, fresh) = (set.heap_bytes(), set.is_empty());
+            set.presize(batch.len());
+            for (hash, name) in batch {
+                set.insert_hashed(name, hash, ());
+            }
+            self.heap = self.heap.saturating_sub(before).saturating_add(set.heap_bytes());
+            if fresh {
+                self.heap = self.heap.saturating_add(bucket_slot());
+            }
+        }
+    }
+
     /// Forgets that `name` expires at `at_ms`.
     pub fn remove(&mut self, name: Hashed<'_>, at_ms: i64) {
         if at_ms == NEVER {
             return;
+        }
+        if self.later.as_ref().is_some_and(|later| !later.is_empty()) {
+            // Rare (a key written twice while deferring): add what was deferred first.
+            self.settle();
+            self.defer();
         }
         let b = bucket(at_ms);
         let Some(set) = self.buckets.get_mut(&b) else {
@@ -91,7 +134,7 @@ impl Expiries {
 
     /// `heap_bytes` recomputed from scratch.
     #[cfg(test)]
-    fn heap_recounted(&self) -> usize {
+    pub fn heap_recounted(&self) -> usize {
         self.buckets.values().map(|s| s.heap_bytes().saturating_add(bucket_slot())).sum()
     }
 }

@@ -774,10 +774,16 @@ impl DbIndex {
     /// tenant's names sorted once (they fit in cache, one tenant at a time) and built into
     /// full chunks, instead of a million inserts each comparing names scattered in
     /// memory.
+    fn begin_bulk(&mut self) {
+        self.bulk.get_or_insert_with(Vec::new);
+        self.expiries.defer();
+    }
+
     fn end_bulk(&mut self) {
         if let Some(added) = self.bulk.take() {
             self.place_in_tenants(added);
         }
+        self.expiries.settle();
         self.keys.compact();
         self.tags.compact();
     }
@@ -1002,7 +1008,13 @@ impl Index {
 
     pub fn db_mut(&mut self, db: i32) -> &mut DbIndex {
         let bulk = self.bulk;
-        self.dbs.entry(db).or_insert_with(|| DbIndex { bulk: bulk.then(Vec::new), ..DbIndex::default() })
+        self.dbs.entry(db).or_insert_with(|| {
+            let mut d = DbIndex::default();
+            if bulk {
+                d.begin_bulk();
+            }
+            d
+        })
     }
 
     /// Starts filling an empty index with many entries (the rebuild after a load): each key's
@@ -1010,9 +1022,7 @@ impl Index {
     /// the index until then.
     pub fn begin_bulk(&mut self) {
         self.bulk = true;
-        for d in self.dbs.values_mut() {
-            d.bulk.get_or_insert_with(Vec::new);
-        }
+        self.dbs.values_mut().for_each(DbIndex::begin_bulk);
     }
 
     /// Between `begin_bulk` and `end_bulk`: makes room at once for about `keys` keys in a
@@ -1301,11 +1311,17 @@ mod tests {
             let tenant = format!("t{}", rng.gen_range(0..7));
             let tags = [format!("tag{}", rng.gen_range(0..50)).into_bytes()];
             let remove = step >= distinct && rng.gen_range(0..4) == 0;
+            // Expiry times over a few buckets, some keys without one.
+            let at = if rng.gen_range(0..5) == 0 { expiry::NEVER } else { 100_000 + rng.gen_range(0..1_000) };
+            let retime = step >= distinct && rng.gen_range(0..9) == 0;
             for ix in [&mut one_by_one, &mut bulk] {
                 if remove {
                     ix.remove(0, key.as_bytes());
+                } else if retime {
+                    ix.db_mut(0).set_expiry(key.as_bytes(), at);
                 } else {
-                    put(ix.db_mut(0), key.as_bytes(), tenant.as_bytes(), &tags, 10);
+                    let tags: Vec<Name> = tags.iter().map(|t| Name::from(t.as_slice())).collect();
+                    ix.db_mut(0).insert(key.as_bytes(), &mut Labels::new(Name::from(tenant.as_bytes()), tags), 10, at);
                 }
             }
         }
@@ -1319,6 +1335,11 @@ mod tests {
         }
         assert_eq!(b.self_check(), Ok(()));
         assert_eq!(b.len(), a.len());
+        assert_eq!((b.expiries.len(), b.expiries.heap_bytes()), (a.expiries.len(), b.expiries.heap_recounted()));
+        for now in [0, 100_200, 100_500, 101_100] {
+            let due = |ix: &DbIndex| ix.expiries.due(now).map(|k| k.to_vec()).collect::<std::collections::BTreeSet<_>>();
+            assert_eq!(due(a), due(b), "names due at {now}");
+        }
         // The chunks may be cut differently (a bulk fill fills them); the figures are exact.
         assert_eq!((a.item_bytes, b.item_bytes), (a.item_bytes_recounted(), b.item_bytes_recounted()));
         // Written one at a time once the bulk fill is over.
