@@ -777,15 +777,24 @@ impl DbIndex {
     fn begin_bulk(&mut self) {
         self.bulk.get_or_insert_with(Vec::new);
         self.expiries.defer();
+        self.tags.defer();
     }
 
     fn end_bulk(&mut self) {
         if let Some(added) = self.bulk.take() {
             self.place_in_tenants(added);
         }
+        self.settle_tags();
         self.expiries.settle();
         self.keys.compact();
         self.tags.compact();
+    }
+
+    /// Adds the tag members deferred by a bulk fill. A tag's first key, written before the
+    /// others, dates its set; one removed meanwhile dates it at 0 (no invalidation is older).
+    fn settle_tags(&mut self) {
+        let keys = &self.keys;
+        self.tags.settle(|k| record(keys, k).map_or(0, |r| r.born()));
     }
 
     fn place_in_tenants(&mut self, mut added: Vec<(Name, Key)>) {
@@ -821,6 +830,11 @@ impl DbIndex {
             // The key may be among those not in their tenant's order yet.
             let added = std::mem::take(added);
             self.place_in_tenants(added);
+        }
+        if self.tags.deferred() {
+            // Or among those not in their tags' sets yet.
+            self.settle_tags();
+            self.tags.defer();
         }
         self.pending.counting_sees_change(record.born(), &key, record.tenant(), record.tags());
         if self.dead(record) {
@@ -1336,6 +1350,12 @@ mod tests {
         assert_eq!(b.self_check(), Ok(()));
         assert_eq!(b.len(), a.len());
         assert_eq!((b.expiries.len(), b.expiries.heap_bytes()), (a.expiries.len(), b.expiries.heap_recounted()));
+        for tag in 0..50 {
+            let tag = [format!("tag{tag}").into_bytes()];
+            let members = |ix: &DbIndex| ix.tagged(&tag).iter().map(|k| k.to_vec()).collect::<std::collections::BTreeSet<_>>();
+            assert_eq!(members(a), members(b), "keys of {:?}", tag);
+        }
+        assert_eq!(b.tags.item_bytes(), b.tags.item_bytes_recounted());
         for now in [0, 100_200, 100_500, 101_100] {
             let due = |ix: &DbIndex| ix.expiries.due(now).map(|k| k.to_vec()).collect::<std::collections::BTreeSet<_>>();
             assert_eq!(due(a), due(b), "names due at {now}");

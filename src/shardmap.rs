@@ -257,13 +257,22 @@ impl<K: Borrow<[u8]>, V> ShardMap<K, V> {
         let shard = self.shards.get_mut(at)?;
         let (len, cap) = (shard.len(), shard.capacity());
         let result = change(shard, seed);
-        shrink_if_sparse(shard, &rehash);
+        // Shrinking and merging follow removals only: a map sized ahead of its entries
+        // (`presize`) keeps its room while it fills.
+        if shard.len() < len {
+            shrink_if_sparse(shard, &rehash);
+        }
+        let (grew, shrank) = (shard.len() > len, shard.len() < len);
         self.len = self.len.saturating_sub(len).saturating_add(shard.len());
         self.table_bytes = self
             .table_bytes
             .saturating_sub(table_bytes(cap, slot))
             .saturating_add(table_bytes(shard.capacity(), slot));
-        self.rebalance();
+        if grew {
+            self.split_if_full();
+        } else if shrank {
+            self.merge_if_sparse();
+        }
         Some(result)
     }
 
@@ -320,7 +329,7 @@ impl<K: Borrow<[u8]>, V> ShardMap<K, V> {
                 Err(_) => None,
             })
             .flatten();
-        if self.len == 0 && !self.shards.is_empty() {
+        if removed.is_some() && self.len == 0 {
             // Nothing left: give every table back.
             *self = ShardMap { seed: self.seed, ..ShardMap::default() };
         }
@@ -384,13 +393,19 @@ impl<K: Borrow<[u8]>, V> ShardMap<K, V> {
         out
     }
 
-    /// Splits one shard when the average shard is above target, merges the last one back when
-    /// it is well below: at most one shard's entries move per change.
-    fn rebalance(&mut self) {
-        let shards = self.shards.len();
-        if self.len > shards.saturating_mul(SHARD_TARGET) {
+    /// After an insert: splits one shard when the average shard is above target (at most one
+    /// shard's entries move per change).
+    fn split_if_full(&mut self) {
+        if self.len > self.shards.len().saturating_mul(SHARD_TARGET) {
             self.split_one();
-        } else if shards > 1 && self.len < shards.saturating_mul(SHARD_TARGET) / 4 {
+        }
+    }
+
+    /// After a removal: merges the last shard back when the average shard is well below
+    /// target.
+    fn merge_if_sparse(&mut self) {
+        let shards = self.shards.len();
+        if shards > 1 && self.len < shards.saturating_mul(SHARD_TARGET) / 4 {
             self.merge_one();
         }
     }
@@ -567,6 +582,11 @@ mod tests {
             m.presize(n as usize);
             assert_eq!(m.table_bytes, recounted_table_bytes(&m));
             let sized: Vec<usize> = m.shards.iter().map(HashTable::capacity).collect();
+            // A miss does not give the room back, nor does an entry looked at and left vacant.
+            assert!(m.remove(&name(u32::MAX)).is_none());
+            if n > 0 {
+                m.with_entry(name(u32::MAX), |_| ());
+            }
             let mut grown: ShardMap<Name, ()> = ShardMap::default();
             for i in 0..n {
                 m.insert(name(i), ());

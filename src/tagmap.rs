@@ -81,6 +81,9 @@ pub struct TagMap {
     sets: ShardMap<Name, NameSet>,
     /// Heap bytes of the tag names and of the sets' tables (kept up to date).
     item_bytes: usize,
+    /// While deferred (`defer`): keys to add to tags the map holds already, with each key's
+    /// hash.
+    later: Option<Vec<(Name, Key, u64)>>,
 }
 
 impl TagMap {
@@ -127,11 +130,17 @@ impl TagMap {
         let t = Hashed::of(tag);
         let mut added = 0;
         let mut became_many = None;
+        let deferring = self.later.is_some();
+        let mut defer = false;
         let Some((shared, many)) = self.tags.with_entry_hashed(tag.clone(), t.hash, |e| match e {
             Entry::Occupied(mut e) => {
                 let name = e.key().clone();
                 match e.get() {
                     Some(one) if *one == *key => (name, false),
+                    _ if deferring => {
+                        defer = true;
+                        (name, false)
+                    }
                     Some(_) => {
                         became_many = e.insert(None);
                         (name, false)
@@ -148,6 +157,12 @@ impl TagMap {
         }) else {
             return tag.clone();
         };
+        if defer {
+            if let Some(later) = self.later.as_mut() {
+                later.push((shared.clone(), key.clone(), hash));
+            }
+            return shared;
+        }
         if let Some(first) = became_many {
             let mut set = NameSet { since: born_of(&first), names: ShardMap::default() };
             set.names.insert(first, ());
@@ -164,6 +179,55 @@ impl TagMap {
         }
         self.item_bytes = self.item_bytes.saturating_add(added);
         shared
+    }
+
+    /// Adds keys to tags the map holds already in bulk until `settle` (each new tag still
+    /// gets its first key at once, so that its name is shared): a tag's set is then built at
+    /// once, in a table of its size. Nothing may read the keys of a tag, or remove one, until
+    /// then.
+    pub fn defer(&mut self) {
+        self.later.get_or_insert_with(Vec::new);
+    }
+
+    /// Whether keys are waiting for `settle`.
+    pub fn deferred(&self) -> bool {
+        self.later.as_ref().is_some_and(|later| !later.is_empty())
+    }
+
+    /// Adds the keys deferred so far (and stops deferring); `born_of` gives the write epoch of
+    /// a tag's first key, as for `add`.
+    pub fn settle(&mut self, born_of: impl Fn(&[u8]) -> u64) {
+        let Some(mut later) = self.later.take() else {
+            return;
+        };
+        later.sort_unstable_by_key(|(tag, _, _)| tag.as_ptr() as usize);
+        let mut later = later.into_iter().peekable();
+        while let Some((tag, key, hash)) = later.next() {
+            let mut keys = vec![(key, hash)];
+            while let Some((_, key, hash)) = later.next_if(|(next, _, _)| next.as_ptr() == tag.as_ptr()) {
+                keys.push((key, hash));
+            }
+            let t = Hashed::of(&tag);
+            let first = match self.tags.get_mut_hashed(t) {
+                Some(slot @ Some(_)) => slot.take(),
+                Some(None) => None,
+                None => continue,
+            };
+            let before = self.sets.get_hashed(t).map_or(0, |set| set.names.heap_bytes());
+            if let Some(first) = first {
+                let mut names = ShardMap::default();
+                names.presize(keys.len().saturating_add(1));
+                let since = born_of(&first);
+                names.insert(first, ());
+                self.sets.insert_hashed(tag.clone(), t.hash, NameSet { since, names });
+            }
+            if let Some(set) = self.sets.get_mut_hashed(t) {
+                for (key, hash) in keys {
+                    set.names.insert_hashed(key, hash, ());
+                }
+                self.item_bytes = self.item_bytes.saturating_sub(before).saturating_add(set.names.heap_bytes());
+            }
+        }
     }
 
     /// Removes `key` from the keys of `tag` (nothing when it is not one of them: a set made
