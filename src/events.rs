@@ -148,7 +148,9 @@ pub fn rebuild_index(ctx: &Context) {
     for_each_entry(ctx, |db, name, entry, expires_at| {
         if presized != Some(db) {
             presized = Some(db);
-            let keys = keyspace::db_size(ctx);
+            // Room for this database's keys, but never for more entries than the load read
+            // (a database may hold many keys of other types).
+            let keys = keyspace::db_size(ctx).min(crate::ffi::datatype::entries_loaded());
             with_state(|s| s.index.presize(db, keys));
         }
         if !entry.tenant_explicit() {
@@ -195,6 +197,7 @@ fn loading(ctx: &Context, phase: Loading) {
         }
         Loading::Started => {
             // The data set is being replaced: nothing indexed or leased survives.
+            crate::ffi::datatype::forget_entries_loaded();
             with_state(|s| {
                 s.index.clear();
                 s.stats.forget_keys();

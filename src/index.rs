@@ -770,10 +770,8 @@ impl DbIndex {
         replaced
     }
 
-    /// Puts the keys inserted since `Index::begin_bulk` into their tenants' orders: each
-    /// tenant's names sorted once (they fit in cache, one tenant at a time) and built into
-    /// full chunks, instead of a million inserts each comparing names scattered in
-    /// memory.
+    /// Starts a bulk fill (see `Index::begin_bulk`): tenant orders, tag sets and expiry
+    /// buckets are filled at its end.
     fn begin_bulk(&mut self) {
         self.bulk.get_or_insert_with(Vec::new);
         self.expiries.defer();
@@ -797,6 +795,10 @@ impl DbIndex {
         self.tags.settle(|k| record(keys, k).map_or(0, |r| r.born()));
     }
 
+    /// Puts the keys inserted since `Index::begin_bulk` into their tenants' orders: each
+    /// tenant's names sorted once (they fit in cache, one tenant at a time) and built into
+    /// full chunks, instead of a million inserts each comparing names scattered in
+    /// memory.
     fn place_in_tenants(&mut self, mut added: Vec<(Name, Key)>) {
         added.sort_unstable_by_key(|(tenant, _)| tenant.as_ptr() as usize);
         let mut added = added.into_iter().peekable();
@@ -1032,8 +1034,9 @@ impl Index {
     }
 
     /// Starts filling an empty index with many entries (the rebuild after a load): each key's
-    /// place in its tenant's order is left for `end_bulk`. Nothing may read or remove from
-    /// the index until then.
+    /// place in its tenant's order and in its tags' sets, and its expiry bucket, are left for
+    /// `end_bulk`. Nothing may read the index until then; a removal (a key the fill meets
+    /// twice) first puts what was left in place.
     pub fn begin_bulk(&mut self) {
         self.bulk = true;
         self.dbs.values_mut().for_each(DbIndex::begin_bulk);
@@ -1320,6 +1323,8 @@ mod tests {
         fresh.shuffle(&mut rng);
         let (mut one_by_one, mut bulk) = (Index::default(), Index::default());
         bulk.begin_bulk();
+        // Sized for eight times the keys written: the fill gives back what it did not use.
+        bulk.presize(0, 8 * distinct);
         for step in 0..ops {
             let key = format!("k:{:05}", fresh.get(step).copied().unwrap_or_else(|| rng.gen_range(0..distinct)));
             let tenant = format!("t{}", rng.gen_range(0..7));
@@ -1356,6 +1361,18 @@ mod tests {
             assert_eq!(members(a), members(b), "keys of {:?}", tag);
         }
         assert_eq!(b.tags.item_bytes(), b.tags.item_bytes_recounted());
+        for ix in [&*a, &*b] {
+            // A tag set dates no later than its oldest member's write.
+            for (tag, members) in ix.tags.iter() {
+                if let Members::Many(set) = members {
+                    let oldest = set.names.keys().filter_map(|k| record(&ix.keys, k)).map(|r| r.born()).min();
+                    assert!(oldest.is_none_or(|o| set.since <= o), "set of {tag:?} dated {} after {oldest:?}", set.since);
+                }
+            }
+        }
+        // The presized maps were given back the room the fill did not use.
+        assert!(b.keys.heap_bytes() <= 2 * a.keys.heap_bytes(), "{} vs {}", b.keys.heap_bytes(), a.keys.heap_bytes());
+        assert!(b.tags.heap_bytes() <= 2 * a.tags.heap_bytes(), "{} vs {}", b.tags.heap_bytes(), a.tags.heap_bytes());
         for now in [0, 100_200, 100_500, 101_100] {
             let due = |ix: &DbIndex| ix.expiries.due(now).map(|k| k.to_vec()).collect::<std::collections::BTreeSet<_>>();
             assert_eq!(due(a), due(b), "names due at {now}");

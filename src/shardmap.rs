@@ -166,10 +166,10 @@ impl<K: Borrow<[u8]>, V> ShardMap<K, V> {
         self.table_bytes = self.shards.iter().map(|t| table_bytes(t.capacity(), slot)).fold(0, usize::saturating_add);
     }
 
-    /// Rebuilds a map left with less than half of what `presize` made room for (a guess too
-    /// high) as if grown to its size.
+    /// Rebuilds a map left with more shards than growing to its size would have made (what
+    /// `presize` made room for was a guess too high) as if grown to its size.
     pub fn compact(&mut self) {
-        if self.len >= self.shards.len().saturating_mul(SHARD_TARGET) / 2 {
+        if self.shards.len() <= self.len.div_ceil(SHARD_TARGET).max(1) {
             return;
         }
         let old = std::mem::take(&mut self.shards);

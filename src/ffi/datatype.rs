@@ -7,6 +7,7 @@ use redis_module::native_types::RedisType;
 use redis_module::raw;
 use std::ffi::CString;
 use std::os::raw::{c_int, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const FLAG_TENANT_EXPLICIT: u64 = 1;
 
@@ -60,6 +61,18 @@ pub struct PersistHooks {
 }
 
 static PERSIST: std::sync::OnceLock<PersistHooks> = std::sync::OnceLock::new();
+
+/// Entries read from an RDB payload (a load, RESTORE, MIGRATE) since `forget_entries_loaded`:
+/// the rebuild after a load sizes the index's tables to at most this many.
+static ENTRIES_LOADED: AtomicUsize = AtomicUsize::new(0);
+
+pub fn entries_loaded() -> usize {
+    ENTRIES_LOADED.load(Ordering::Relaxed)
+}
+
+pub fn forget_entries_loaded() {
+    ENTRIES_LOADED.store(0, Ordering::Relaxed);
+}
 
 pub fn install_persist_hooks(hooks: PersistHooks) {
     let _ = PERSIST.set(hooks);
@@ -190,7 +203,10 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
         return std::ptr::null_mut();
     }
     match load_entry(rdb) {
-        Ok(Some(entry)) => Entry::into_raw(entry),
+        Ok(Some(entry)) => {
+            ENTRIES_LOADED.fetch_add(1, Ordering::Relaxed);
+            Entry::into_raw(entry)
+        }
         _ => std::ptr::null_mut(),
     }
 }
