@@ -168,6 +168,24 @@ pub fn rebuild_index(ctx: &Context) {
     });
 }
 
+/// The load ended: the entries it read from an RDB (a snapshot, a full sync, an AOF's
+/// preamble, RESTORE) are indexed by one pass over the keyspace. A load that read none (a plain
+/// AOF, a dataset without entries) skips that pass: the replayed writes indexed themselves, and
+/// a dataset of other types must not pay for a walk over all its keys.
+fn index_loaded(ctx: &Context) {
+    let entries = crate::ffi::datatype::entries_loaded();
+    if entries == 0 {
+        with_state(|s| s.index_ready = true);
+        return;
+    }
+    let started = std::time::Instant::now();
+    rebuild_index(ctx);
+    redis_module::logging::log_notice(format!(
+        "tagcache: index rebuilt after the load ({entries} entries read) in {} ms",
+        started.elapsed().as_millis()
+    ));
+}
+
 /// FLUSHDB (`Some(db)`) or FLUSHALL: forget the index, release parked callers and leases.
 fn flushed(db: Option<i32>) {
     let sep = config::NAMESPACE_SEPARATOR.get();
@@ -192,7 +210,7 @@ fn swapped(a: i32, b: i32) {
 fn loading(ctx: &Context, phase: Loading) {
     match phase {
         Loading::Ended => {
-            rebuild_index(ctx);
+            index_loaded(ctx);
             crate::reclaim::after_load(ctx);
         }
         Loading::Started => {

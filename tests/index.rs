@@ -422,6 +422,52 @@ fn restarts_rebuild_the_index() {
     assert_eq!(keys(&mut c, b"*", b"*"), BTreeSet::from([b"after".to_vec()]));
 }
 
+/// A load that reads no entry from an RDB skips the pass over the keyspace: a plain AOF's
+/// replayed writes indexed themselves (INDEXCHECK proves the index complete without the pass),
+/// and a dataset of other types is not walked at all. An RDB with entries is walked.
+#[test]
+fn a_load_without_rdb_entries_keeps_the_replayed_index() {
+    const REBUILT: &str = "tagcache: index rebuilt after the load";
+    let s = Server::start_with(&["--appendonly", "yes", "--aof-use-rdb-preamble", "no"]);
+    let mut c = s.conn();
+    for i in 0..60 {
+        set(&mut c, format!("a:{i}:{{t{}}}", i % 3).as_bytes(), &[b"EX", b"100", b"TAGS", b"2", b"x", format!("y{}", i % 5).as_bytes()]);
+        let _: () = q(&mut c, &[b"SET", format!("plain:{i}").as_bytes(), b"1"]).unwrap();
+    }
+    let _: i64 = q(&mut c, &[b"DEL", b"a:0:{t0}"]).unwrap();
+    let _: () = q(&mut c, &[b"RENAME", b"a:1:{t1}", b"a:1:{t2}"]).unwrap();
+    let _: i64 = q(&mut c, &[b"PERSIST", b"a:2:{t2}"]).unwrap();
+    let _: i64 = q(&mut c, &[b"PEXPIRE", b"a:3:{t0}", b"500000"]).unwrap();
+    let _: () = q(&mut c, &[b"CACHE.SET", b"a:4:{t1}", b"w", b"TAGS", b"1", b"z"]).unwrap();
+    drop(c);
+    let s = s.restart(false);
+    let mut c = s.conn();
+    assert!(!s.log().contains(REBUILT), "a plain AOF is replayed without the pass");
+    assert_indexed_ok(&mut c, "plain AOF replay");
+    assert_eq!(keys(&mut c, b"t2", b"*").len(), 21);
+    assert_eq!(q::<i64>(&mut c, &[b"CACHE.INVALIDATETAGS", b"1", b"x"]).unwrap(), 58);
+    assert_eq!(keys(&mut c, b"*", b"*"), BTreeSet::from([b"a:4:{t1}".to_vec()]));
+    // An RDB of plain keys only: nothing to walk.
+    let _: i64 = q(&mut c, &[b"DEL", b"a:4:{t1}"]).unwrap();
+    let _: () = q(&mut c, &[b"SAVE"]).unwrap();
+    drop(c);
+    let s = s.restart_with(false, vec!["--appendonly".into(), "no".into()]);
+    let mut c = s.conn();
+    assert!(s.log().contains("DB loaded from disk"), "loaded from the RDB file");
+    assert!(!s.log().contains(REBUILT), "no entry in the RDB, no pass");
+    assert_eq!(q::<i64>(&mut c, &[b"DBSIZE"]).unwrap(), 60);
+    assert_indexed_ok(&mut c, "RDB without entries");
+    // An RDB with entries is indexed by the pass.
+    set(&mut c, b"b:{t7}", &[b"TAGS", b"1", b"x"]);
+    let _: () = q(&mut c, &[b"SAVE"]).unwrap();
+    drop(c);
+    let s = s.restart(false);
+    let mut c = s.conn();
+    assert!(s.log().contains(REBUILT), "{}", s.log());
+    assert_indexed_ok(&mut c, "RDB with an entry");
+    assert_eq!(keys(&mut c, b"t7", b"*"), BTreeSet::from([b"b:{t7}".to_vec()]));
+}
+
 #[test]
 fn replica_converges_after_mixed_workload() {
     let primary = Server::start();
