@@ -166,8 +166,10 @@ pub fn normalize_tags(mut tags: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 }
 
 /// An entry's labels from its tenant and tags (sorted and deduplicated here).
-pub fn labels(tenant: Name, tags: Vec<Vec<u8>>) -> Labels {
-    Labels::new(tenant, normalize_tags(tags).into_iter().map(Name::from).collect())
+pub fn labels(tenant: Name, mut tags: Vec<Name>) -> Labels {
+    tags.sort_unstable();
+    tags.dedup();
+    Labels::new(tenant, tags)
 }
 
 /// A piece of a canonical CACHE.SET that is not taken from the entry or the client.
@@ -298,7 +300,7 @@ mod tests {
 
     #[test]
     fn set_command_args_round_trip_shape() {
-        let e = entry(b"v", labels(Name::from(&b"t"[..]), vec![b"a".to_vec()]), true, 60_000, 0);
+        let e = entry(b"v", labels(Name::from(&b"t"[..]), vec![Name::from(&b"a"[..])]), true, 60_000, 0);
         let args = set_command_args(b"k", &e, Some(123));
         let text: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         assert_eq!(text, ["k", "v", "PXAT", "123", "STALE", "60", "TAGS", "1", "a", "TENANT", "t"]);

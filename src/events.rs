@@ -210,12 +210,13 @@ fn swapped(a: i32, b: i32) {
 fn loading(ctx: &Context, phase: Loading) {
     match phase {
         Loading::Ended => {
+            crate::ffi::datatype::load_ended();
             index_loaded(ctx);
             crate::reclaim::after_load(ctx);
         }
         Loading::Started => {
             // The data set is being replaced: nothing indexed or leased survives.
-            crate::ffi::datatype::forget_entries_loaded();
+            crate::ffi::datatype::load_started();
             with_state(|s| {
                 s.index.clear();
                 s.stats.forget_keys();

@@ -202,6 +202,37 @@ impl fmt::Debug for Labels {
     }
 }
 
+/// Names seen recently, so that the entries a load reads share one allocation per tenant and
+/// per common tag instead of one copy each (which the index would replace on insert anyway).
+/// Direct-mapped: a name takes the slot its hash picks and evicts what was there, so names met
+/// once (a per-item tag) cost a slot, never growth, and colliding names cost an allocation each.
+pub struct NameCache {
+    slots: Vec<Option<Name>>,
+}
+
+impl NameCache {
+    /// A cache of `slots` slots (rounded up to a power of two, at least one).
+    pub fn new(slots: usize) -> NameCache {
+        NameCache { slots: vec![None; slots.max(1).next_power_of_two()] }
+    }
+
+    /// The cached name with these bytes, or a new one that takes its slot.
+    pub fn name(&mut self, bytes: &[u8]) -> Name {
+        let mut hasher = crate::hash::FastHasher::default();
+        hasher.write(bytes);
+        let mask = self.slots.len().saturating_sub(1);
+        // Truncating the hash is the point: its low bits pick the slot.
+        #[allow(clippy::cast_possible_truncation)]
+        let Some(slot) = self.slots.get_mut(hasher.finish() as usize & mask) else {
+            return Name::new(bytes);
+        };
+        match slot {
+            Some(name) if name.as_bytes() == bytes => name.clone(),
+            _ => slot.insert(Name::new(bytes)).clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +272,23 @@ mod tests {
         assert_eq!(labels, Labels::new(n("u"), vec![n("z"), n("z")]));
         assert_ne!(labels, Labels::new(n("v"), vec![n("z"), n("z")]));
         assert!(Labels::default().tags().is_empty());
+    }
+
+    #[test]
+    fn a_name_cache_shares_repeated_names_and_stays_its_size() {
+        let same = |a: &Name, b: &Name| std::ptr::eq(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        let mut cache = NameCache::new(5);
+        assert_eq!(cache.slots.len(), 8);
+        let all = cache.name(b"all");
+        assert_eq!(&all[..], b"all");
+        assert!(same(&cache.name(b"all"), &all), "a repeated name is the cached one");
+        let once: Vec<Name> = (0..1000).map(|i| cache.name(format!("item:{i}").as_bytes())).collect();
+        assert!(once.iter().enumerate().all(|(i, n)| n.as_bytes() == format!("item:{i}").as_bytes()));
+        assert_eq!(cache.slots.len(), 8, "names met once never grow it");
+        let again = cache.name(b"all");
+        assert_eq!(again, all, "an evicted name comes back with the same bytes");
+        assert!(same(&cache.name(b"all"), &again));
+        assert_eq!(&cache.name(b"")[..], b"");
+        assert_eq!(NameCache::new(0).name(b"x"), Name::from(&b"x"[..]));
     }
 }

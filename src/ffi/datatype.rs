@@ -5,6 +5,8 @@ use super::strings::string_bytes;
 use crate::entry::{set_command_args, labels, Entry, ENCODING_VERSION};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
+use crate::name::{Name, NameCache};
+use std::cell::RefCell;
 use std::ffi::CString;
 use std::os::raw::{c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,12 +68,35 @@ static PERSIST: std::sync::OnceLock<PersistHooks> = std::sync::OnceLock::new();
 /// the rebuild after a load sizes the index's tables to at most this many.
 static ENTRIES_LOADED: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// While a dataset loads: the names its entries share (see `NameCache`).
+    static LOAD_NAMES: RefCell<Option<NameCache>> = const { RefCell::new(None) };
+}
+
+/// Slots of the load's name cache: room for every tenant and common tag of most datasets.
+const LOAD_NAME_SLOTS: usize = 4096;
+
 pub fn entries_loaded() -> usize {
     ENTRIES_LOADED.load(Ordering::Relaxed)
 }
 
-pub fn forget_entries_loaded() {
+/// A dataset starts loading: count its entries from zero and share their names.
+pub fn load_started() {
     ENTRIES_LOADED.store(0, Ordering::Relaxed);
+    LOAD_NAMES.with(|n| *n.borrow_mut() = Some(NameCache::new(LOAD_NAME_SLOTS)));
+}
+
+/// The load ended (or failed): the names it shared are the entries' own from now on.
+pub fn load_ended() {
+    LOAD_NAMES.with(|n| n.borrow_mut().take());
+}
+
+/// A name read from an RDB: shared with the load's others while a dataset loads.
+fn loaded_name(bytes: &[u8]) -> Name {
+    LOAD_NAMES.with(|n| match n.try_borrow_mut().as_deref_mut() {
+        Ok(Some(cache)) => cache.name(bytes),
+        _ => Name::new(bytes),
+    })
 }
 
 pub fn install_persist_hooks(hooks: PersistHooks) {
@@ -215,15 +240,15 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
 fn load_entry(rdb: *mut raw::RedisModuleIO) -> Result<Option<Box<Entry>>, redis_module::error::Error> {
     let flags = raw::load_unsigned(rdb)?;
     let value = raw::load_string_buffer(rdb)?;
-    let tenant = raw::load_string_buffer(rdb)?.as_ref().to_vec();
+    let tenant = loaded_name(raw::load_string_buffer(rdb)?.as_ref());
     let count = raw::load_unsigned(rdb)?;
-    let mut tags = Vec::new();
+    let mut tags = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(64));
     for _ in 0..count {
-        tags.push(raw::load_string_buffer(rdb)?.as_ref().to_vec());
+        tags.push(loaded_name(raw::load_string_buffer(rdb)?.as_ref()));
     }
     let stale_ms = raw::load_signed(rdb)?;
     let fill_ms = u32::try_from(raw::load_signed(rdb)?.max(0)).unwrap_or(u32::MAX);
-    Ok(Entry::new(value.as_ref(), labels(tenant.into(), tags), flags & FLAG_TENANT_EXPLICIT != 0, stale_ms, fill_ms))
+    Ok(Entry::new(value.as_ref(), labels(tenant, tags), flags & FLAG_TENANT_EXPLICIT != 0, stale_ms, fill_ms))
 }
 
 /// Emits `CACHE.SET key value NOEXPIRE STALE s TAGS n … [TENANT t]`; Redis appends the key's
