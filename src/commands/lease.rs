@@ -102,7 +102,12 @@ pub fn fill(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let labels = Labels::new(tenant.as_slice().into(), tags.into_iter().map(Into::into).collect());
     let fill_ms = u32::try_from(now.saturating_sub(lease.granted_at_ms).max(0)).unwrap_or(u32::MAX);
     let entry = Entry::new(value.as_slice(), labels, tenant_explicit, deadline.stale_ms, fill_ms);
-    engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Fill)?;
+    if let Err(e) = engine::store(ctx, key, value, &opts, entry, deadline, engine::Notice::Fill) {
+        // The lease is spent and no value came: parked callers go to the next taker now
+        // instead of waiting out their timeout.
+        parking::hand_over(ctx, db, name);
+        return Err(e);
+    }
     record(Event::Fill, &tenant, name);
     Ok(super::reply_ok(ctx))
 }
