@@ -171,10 +171,11 @@ pub fn rebuild_index(ctx: &Context) {
 /// The load ended: the entries it read from an RDB (a snapshot, a full sync, an AOF's
 /// preamble, RESTORE) are indexed by one pass over the keyspace. A load that read none (a plain
 /// AOF, a dataset without entries) skips that pass: the replayed writes indexed themselves, and
-/// a dataset of other types must not pay for a walk over all its keys.
-fn index_loaded(ctx: &Context) {
+/// a dataset of other types must not pay for a walk over all its keys. A failed load, or one
+/// that started while entries were indexed, always walks.
+fn index_loaded(ctx: &Context, failed: bool) {
     let entries = crate::ffi::datatype::entries_loaded();
-    if entries == 0 {
+    if entries == 0 && !failed && !with_state(|s| s.walk_after_load) {
         with_state(|s| s.index_ready = true);
         return;
     }
@@ -209,15 +210,16 @@ fn swapped(a: i32, b: i32) {
 
 fn loading(ctx: &Context, phase: Loading) {
     match phase {
-        Loading::Ended => {
+        Loading::Ended | Loading::Failed => {
             crate::ffi::datatype::load_ended();
-            index_loaded(ctx);
+            index_loaded(ctx, matches!(phase, Loading::Failed));
             crate::reclaim::after_load(ctx);
         }
         Loading::Started => {
             // The data set is being replaced: nothing indexed or leased survives.
             crate::ffi::datatype::load_started();
             with_state(|s| {
+                s.walk_after_load = s.index.total_keys() > 0;
                 s.index.clear();
                 s.stats.forget_keys();
                 s.loaded_dead.clear();

@@ -60,6 +60,10 @@ pub struct State {
     pub separator: Vec<u8>,
     /// The index matches the keyspace (false from a load's start until its rebuild).
     pub index_ready: bool,
+    /// The load under way must be followed by a walk over the keyspace even if it reads no
+    /// entry: the index held keys when it started (a load that keeps them, `DEBUG RELOAD
+    /// NOFLUSH`, would otherwise leave them out).
+    pub walk_after_load: bool,
     /// Reclamation of invalidated entries (see `reclaim`).
     pub reclaim: ReclaimStats,
     /// While a dataset loads: the entries it listed as invalidated, per database.

@@ -457,6 +457,16 @@ fn a_load_without_rdb_entries_keeps_the_replayed_index() {
     assert!(!s.log().contains(REBUILT), "no entry in the RDB, no pass");
     assert_eq!(q::<i64>(&mut c, &[b"DBSIZE"]).unwrap(), 60);
     assert_indexed_ok(&mut c, "RDB without entries");
+    // A load that keeps the keys already there (DEBUG RELOAD NOFLUSH of that RDB) walks: the
+    // index held entries when it started.
+    // (The keyspace must not hold the RDB's keys: Redis stops on a duplicate.)
+    let _: () = q(&mut c, &[b"FLUSHALL"]).unwrap();
+    set(&mut c, b"kept:{t8}", &[b"TAGS", b"1", b"x"]);
+    let _: () = q(&mut c, &[b"DEBUG", b"RELOAD", b"NOSAVE", b"NOFLUSH"]).unwrap_or_else(|e| panic!("{e}: {}", s.log()));
+    assert_eq!(q::<i64>(&mut c, &[b"DBSIZE"]).unwrap(), 61, "the RDB's keys and the kept entry");
+    assert_indexed_ok(&mut c, "DEBUG RELOAD NOFLUSH");
+    assert_eq!(keys(&mut c, b"t8", b"*"), BTreeSet::from([b"kept:{t8}".to_vec()]));
+    let _: i64 = q(&mut c, &[b"DEL", b"kept:{t8}"]).unwrap();
     // An RDB with entries is indexed by the pass.
     set(&mut c, b"b:{t7}", &[b"TAGS", b"1", b"x"]);
     let _: () = q(&mut c, &[b"SAVE"]).unwrap();

@@ -14,6 +14,8 @@ use std::sync::OnceLock;
 pub enum Loading {
     Started,
     Ended,
+    /// The load failed (what the keyspace holds then is not the load's to say).
+    Failed,
 }
 
 /// What the module does on each event (installed once, at load).
@@ -79,8 +81,10 @@ unsafe extern "C" fn on_loading(ctx: *mut raw::RedisModuleCtx, _eid: raw::RedisM
     let Some(hooks) = HOOKS.get() else {
         return;
     };
-    let phase = if subevent == raw::REDISMODULE_SUBEVENT_LOADING_ENDED || subevent == raw::REDISMODULE_SUBEVENT_LOADING_FAILED {
+    let phase = if subevent == raw::REDISMODULE_SUBEVENT_LOADING_ENDED {
         Loading::Ended
+    } else if subevent == raw::REDISMODULE_SUBEVENT_LOADING_FAILED {
+        Loading::Failed
     } else {
         Loading::Started
     };
