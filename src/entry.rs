@@ -158,18 +158,16 @@ impl Thin<EntryHead> {
     }
 }
 
-/// Sorts and deduplicates a tag list.
-pub fn normalize_tags(mut tags: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+/// Sorts and deduplicates a tag list (as bytes or as names: both order by the bytes).
+pub fn normalize_tags<T: Ord>(mut tags: Vec<T>) -> Vec<T> {
     tags.sort_unstable();
     tags.dedup();
     tags
 }
 
 /// An entry's labels from its tenant and tags (sorted and deduplicated here).
-pub fn labels(tenant: Name, mut tags: Vec<Name>) -> Labels {
-    tags.sort_unstable();
-    tags.dedup();
-    Labels::new(tenant, tags)
+pub fn labels(tenant: Name, tags: Vec<Name>) -> Labels {
+    Labels::new(tenant, normalize_tags(tags))
 }
 
 /// A piece of a canonical CACHE.SET that is not taken from the entry or the client.
